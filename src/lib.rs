@@ -1,0 +1,2 @@
+//! wsgate: browsers talk to gRPC services over WebSocket.
+pub mod proto;
