@@ -1,0 +1,155 @@
+//! The WebSocket gateway: browsers send JSON text frames, the gateway turns
+//! them into gRPC calls on the upstream service and sends the answers back.
+//!
+//! # Layout
+//! - `gateway`: everything derived from the service descriptor (which
+//!   actions exist, JSON <-> protobuf), as pure functions.
+//! - `codec`: the tonic codec for dynamic (descriptor-driven) messages.
+//! - `upstream`: the shared gRPC channel, unary calls, and each session's
+//!   reconnecting bidirectional stream.
+//! - `session`: one WebSocket connection's read loop and dispatch.
+//! - `outbound`: the browser-bound queue and writer task of a session.
+//! - this file: settings, the HTTP routes (page, WebSocket, health), `run`.
+
+pub mod codec;
+pub mod gateway;
+mod outbound;
+mod session;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use gateway::Gateway;
+use upstream::Upstream;
+
+/// Default largest frame a browser may send, in bytes.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Default interval between keepalive pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// Default frames queued towards one browser before it counts as too slow.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default unary calls one connection may have in flight.
+pub const DEFAULT_MAX_UNARY_IN_FLIGHT: usize = 32;
+/// Default deadline of a unary call.
+pub const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for sessions to say goodbye.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The web client, embedded so the binary serves it with no build step.
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+
+/// The gateway's settings, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// URI of the gRPC service, e.g. `http://127.0.0.1:50051`.
+    pub upstream: String,
+    pub max_frame_bytes: usize,
+    pub ping_interval: Duration,
+    pub outbound_queue: usize,
+    pub max_unary_in_flight: usize,
+    pub unary_timeout: Duration,
+}
+
+impl Config {
+    pub fn new(upstream: impl Into<String>) -> Self {
+        Config {
+            upstream: upstream.into(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            max_unary_in_flight: DEFAULT_MAX_UNARY_IN_FLIGHT,
+            unary_timeout: DEFAULT_UNARY_TIMEOUT,
+        }
+    }
+}
+
+/// What every session shares.
+pub struct Context {
+    config: Config,
+    upstream: Upstream,
+    shutdown: CancellationToken,
+    sessions: TaskTracker,
+}
+
+/// The gateway's HTTP routes: `GET /` is the WebSocket endpoint for a
+/// WebSocket upgrade and the web client otherwise; `GET /healthz` is a
+/// liveness probe.
+pub fn app(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(ctx)
+}
+
+async fn root(
+    State(ctx): State<Arc<Context>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        // A WebSocket handshake gone wrong gets its error, not the page.
+        Err(rejection) if headers.contains_key(header::UPGRADE) => return rejection.into_response(),
+        Err(_) => return page(),
+    };
+    let max = ctx.config.max_frame_bytes;
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let sessions = ctx.sessions.clone();
+            sessions.track_future(session::serve(socket, ctx, peer))
+        })
+}
+
+fn page() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-cache")],
+        Html(INDEX_HTML),
+    )
+        .into_response()
+}
+
+/// Serves the gateway on `listener` until `shutdown` is cancelled, then
+/// closes every WebSocket with 1001 and returns.
+pub async fn run(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let upstream = Upstream::new(&config.upstream, gateway, config.unary_timeout)?;
+    tracing::info!(%local, upstream = %config.upstream, "WebSocket gateway listening");
+    let sessions = TaskTracker::new();
+    let ctx = Arc::new(Context {
+        config,
+        upstream,
+        shutdown: shutdown.clone(),
+        sessions: sessions.clone(),
+    });
+    let app = app(ctx).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    sessions.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait()).await.is_err() {
+        tracing::warn!("some WebSocket sessions did not close in time");
+    }
+    tracing::info!("WebSocket gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! One WebSocket connection: reads the browser's frames and dispatches them
+//! (unary call, stream frame, or error frame); ends on close, on keepalive
+//! timeout, on an oversize frame, or on shutdown.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tonic::Code;
+
+use super::Context;
+use super::gateway::{Frame, error_json, reply_json};
+use super::outbound::{ToClient, close_code, spawn_writer};
+use super::upstream::StreamLink;
+
+/// Serves one upgraded WebSocket until it ends.
+#[tracing::instrument(name = "ws_session", skip_all, fields(peer = %peer))]
+pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketAddr) {
+    let config = &ctx.config;
+    let (sink, mut stream) = socket.split();
+    let (client, writer) = spawn_writer(sink, config.outbound_queue, config.ping_interval);
+    let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight));
+    // Opened at the first stream frame: a page that only reads history costs
+    // the service no stream.
+    let mut link: Option<StreamLink> = None;
+    // We ping every interval; a live peer answers well within two.
+    let idle_limit = config.ping_interval * 2;
+    tracing::debug!("connected");
+
+    loop {
+        let next = tokio::select! {
+            _ = client.closed() => break,
+            _ = ctx.shutdown.cancelled() => {
+                client.close(close_code::AWAY, "the gateway is shutting down");
+                break;
+            }
+            next = tokio::time::timeout(idle_limit, stream.next()) => next,
+        };
+        let message = match next {
+            Err(_) => {
+                client.close(close_code::POLICY, "keepalive timeout: no pong received");
+                break;
+            }
+            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
+                client.finish();
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                if is_too_big(&e) {
+                    let reason = format!("frame larger than {} bytes", config.max_frame_bytes);
+                    client.close(close_code::SIZE, &reason);
+                } else {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    client.finish();
+                }
+                break;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        match message {
+            Message::Text(text) => {
+                dispatch(text.as_str(), &ctx, &client, &unary_slots, &mut link).await;
+            }
+            Message::Binary(_) => {
+                let error = error_json(
+                    Code::InvalidArgument,
+                    "binary frames are not supported; send JSON in text frames",
+                    None,
+                );
+                client.send(error).await;
+            }
+            // Pongs only prove the peer is alive, which the read already did.
+            _ => {}
+        }
+    }
+
+    // Cancels the upstream stream now, so the service sees the user leave.
+    drop(link);
+    if writer.await.is_err() {
+        tracing::error!("websocket writer task failed");
+    }
+    tracing::debug!("disconnected");
+}
+
+async fn dispatch(
+    text: &str,
+    ctx: &Arc<Context>,
+    client: &ToClient,
+    unary_slots: &Arc<Semaphore>,
+    link: &mut Option<StreamLink>,
+) {
+    match ctx.upstream.gateway().parse_frame(text) {
+        Err(e) => {
+            client
+                .send(error_json(Code::InvalidArgument, &e.message, e.request_id.as_deref()))
+                .await;
+        }
+        Ok(Frame::Unary {
+            method,
+            request,
+            request_id,
+        }) => {
+            // Waiting for a slot stops reading this socket, which pushes back
+            // on a client that floods us with calls.
+            let Ok(slot) = unary_slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (method, upstream, client) = (method.clone(), ctx.upstream.clone(), client.clone());
+            tokio::spawn(async move {
+                let frame = match upstream.unary(&method, request).await {
+                    Ok(reply) => reply_json(&method, &reply, request_id.as_deref()),
+                    Err(status) => error_json(status.code(), status.message(), request_id.as_deref()),
+                };
+                client.send(frame).await;
+                drop(slot);
+            });
+        }
+        Ok(Frame::Stream(frame)) => {
+            let link = link.get_or_insert_with(|| StreamLink::open(ctx.upstream.clone(), client.clone()));
+            if let Err(frame) = link.try_send(frame) {
+                let request_id = super::gateway::request_id_of(&frame);
+                let error = error_json(
+                    Code::Unavailable,
+                    "the upstream stream is reconnecting and its queue is full; frame not sent",
+                    request_id.as_deref(),
+                );
+                client.send(error).await;
+            }
+        }
+    }
+}
+
+/// Whether a read failed because the peer sent more than the size limit.
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}

@@ -1,0 +1,191 @@
+//! The gRPC side of the gateway: one shared HTTP/2 channel to the upstream
+//! service, unary calls, and the reconnecting bidirectional stream that each
+//! WebSocket session opens at its first stream frame.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost_reflect::DynamicMessage;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use super::codec::DynamicCodec;
+use super::gateway::{Gateway, StreamMethod, UnaryMethod, error_json, event_json};
+use super::outbound::ToClient;
+
+/// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Frames a session may queue for its stream while it is being re-opened.
+const LINK_QUEUE: usize = 256;
+
+/// A cheap-to-clone handle on the upstream service.
+#[derive(Clone)]
+pub struct Upstream {
+    channel: Channel,
+    gateway: Arc<Gateway>,
+    unary_timeout: Duration,
+}
+
+impl Upstream {
+    /// Prepares the channel without connecting: the gateway starts, and
+    /// keeps serving its page, while the upstream is down.
+    pub fn new(uri: &str, gateway: Arc<Gateway>, unary_timeout: Duration) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(uri.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            // Notices a dead upstream even when no call is active.
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        Ok(Upstream {
+            channel,
+            gateway,
+            unary_timeout,
+        })
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Calls a unary method.
+    pub async fn unary(&self, method: &UnaryMethod, request: DynamicMessage) -> Result<DynamicMessage, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
+        let mut request = Request::new(request);
+        request.set_timeout(self.unary_timeout);
+        let codec = DynamicCodec::new(method.output.clone());
+        let response = grpc.unary(request, method.path.clone(), codec).await?;
+        Ok(response.into_inner())
+    }
+
+    async fn open_stream(
+        &self,
+        method: &StreamMethod,
+        requests: mpsc::Receiver<DynamicMessage>,
+    ) -> Result<tonic::Streaming<DynamicMessage>, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
+        let codec = DynamicCodec::new(method.output.clone());
+        let requests = Request::new(ReceiverStream::new(requests));
+        Ok(grpc.streaming(requests, method.path.clone(), codec).await?.into_inner())
+    }
+}
+
+/// A session's bidirectional stream. Dropping it cancels the upstream call
+/// at once, so the service sees the client leave.
+pub struct StreamLink {
+    tx: mpsc::Sender<DynamicMessage>,
+    _cancel: DropGuard,
+}
+
+impl StreamLink {
+    /// Starts the task that keeps the stream open for the session.
+    pub fn open(upstream: Upstream, client: ToClient) -> Self {
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let cancel = CancellationToken::new();
+        tokio::spawn(run_link(upstream, rx, client, cancel.clone()));
+        StreamLink {
+            tx,
+            _cancel: cancel.drop_guard(),
+        }
+    }
+
+    /// Queues a frame for the stream; gives it back if too many are waiting
+    /// for a stream that is being re-opened.
+    pub fn try_send(&self, frame: DynamicMessage) -> Result<(), DynamicMessage> {
+        self.tx.try_send(frame).map_err(|e| e.into_inner())
+    }
+}
+
+/// Keeps one upstream stream open: forwards the session's frames up and the
+/// service's frames down; when the stream breaks, tells the browser once,
+/// then re-opens it with backoff and replays the newest resume state.
+async fn run_link(
+    upstream: Upstream,
+    mut from_session: mpsc::Receiver<DynamicMessage>,
+    client: ToClient,
+    cancel: CancellationToken,
+) {
+    let Some(method) = upstream.gateway().stream() else {
+        return;
+    };
+    let mut resume: Option<DynamicMessage> = None;
+    let mut backoff = MIN_BACKOFF;
+    let mut outage = false;
+    loop {
+        let (up_tx, up_rx) = mpsc::channel(32);
+        if let Some(resume) = &resume {
+            // The channel is new and empty, so this cannot fail.
+            let _ = up_tx.try_send(resume.clone());
+        }
+        let opened = tokio::select! {
+            _ = cancel.cancelled() => return,
+            opened = upstream.open_stream(method, up_rx) => opened,
+        };
+        let lost = match opened {
+            Ok(mut inbound) => {
+                if outage {
+                    tracing::info!("upstream stream restored");
+                    outage = false;
+                }
+                backoff = MIN_BACKOFF;
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        frame = from_session.recv() => match frame {
+                            Some(frame) => if up_tx.send(frame).await.is_err() {
+                                break Status::unavailable("the request stream closed");
+                            },
+                            None => return,
+                        },
+                        frame = inbound.message() => match frame {
+                            Ok(Some(frame)) => match method.take_resume(&frame) {
+                                Some(state) => resume = Some(state),
+                                None => if !client.push(event_json(&frame)) {
+                                    return;
+                                },
+                            },
+                            Ok(None) => break Status::unavailable("the service ended the stream"),
+                            Err(status) => break status,
+                        },
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        if !outage {
+            outage = true;
+            tracing::warn!(code = ?lost.code(), message = lost.message(), "upstream stream lost");
+            let message = format!(
+                "upstream stream lost ({}: {}); reconnecting",
+                super::gateway::code_name(lost.code()),
+                lost.message()
+            );
+            if !client.push(error_json(Code::Unavailable, &message, None)) {
+                return;
+            }
+        }
+        let wait = jittered(backoff);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Between half and all of `d`, so that sessions cut off together do not
+/// all reconnect in the same instant.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.5 + fastrand::f64() / 2.0)
+}

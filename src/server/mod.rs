@@ -1,0 +1,119 @@
+//! The gRPC chat server: `chat.ChatService`, plus health and reflection.
+//!
+//! # Layout
+//! - `service`: the RPCs, and the mapping of errors to gRPC status codes.
+//! - `session`: one `Chat` stream (rooms joined, users acted as, frames handled).
+//! - `hub`: rooms, presence, and the fan-out of each committed message.
+//! - `validate`: pure checks of client input.
+//!
+//! A message goes session -> storage [`Writer`] (group commit, seq assigned)
+//! -> [`hub::Hub::committed`] on the writer thread -> every member's outbox.
+
+mod hub;
+mod service;
+mod session;
+mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::proto::{FILE_DESCRIPTOR_SET, chat::chat_service_server::ChatServiceServer};
+use crate::storage::{Store, Writer, WriterOptions};
+use hub::Hub;
+use service::ChatServiceImpl;
+
+pub use validate::{MAX_HISTORY_LIMIT, MAX_ID_BYTES, MAX_NAME_CHARS};
+
+/// Default largest message content, in bytes.
+pub const DEFAULT_MAX_CONTENT_BYTES: usize = 4096;
+/// Default outbound queue per stream, in frames: about a few seconds of a busy
+/// room, so a client on a slow link rides out a burst without being dropped.
+pub const DEFAULT_STREAM_BUFFER: usize = 4096;
+
+/// The server's settings, validated by the caller.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_content_bytes: usize,
+    pub stream_buffer: usize,
+    pub writer: WriterOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
+            stream_buffer: DEFAULT_STREAM_BUFFER,
+            writer: WriterOptions::default(),
+        }
+    }
+}
+
+/// Serves the chat service on `listener` until `shutdown` is cancelled, then
+/// ends every stream and returns once every accepted write is committed.
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let hub = Arc::new(Hub::default());
+    let fan_out = hub.clone();
+    let (writer, writer_thread) =
+        Writer::spawn(store.clone(), config.writer.clone(), move |results| fan_out.committed(results));
+    let sessions = TaskTracker::new();
+    let chat = ChatServiceImpl {
+        hub,
+        writer,
+        store,
+        max_content_bytes: config.max_content_bytes,
+        stream_buffer: config.stream_buffer,
+        shutdown: shutdown.clone(),
+        sessions: sessions.clone(),
+    };
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ChatServiceServer<ChatServiceImpl>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    let reflection_v1 = reflection.clone().build_v1()?;
+    let reflection_v1alpha = reflection.build_v1alpha()?;
+
+    tracing::info!(%local, "gRPC chat server listening");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        // Finds dead peers (and keeps NAT entries alive) on idle connections.
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ChatServiceServer::new(chat))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await?;
+
+    // Sessions saw the same token; once they are gone nothing holds the
+    // writer, which then commits what is queued and stops.
+    sessions.close();
+    sessions.wait().await;
+    writer_thread.join().await;
+    tracing::info!("gRPC chat server stopped; storage flushed");
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch, by the system clock.
+pub(crate) fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,159 @@
+//! The `chat.ChatService` RPCs, and the one mapping from our errors to gRPC
+//! status codes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt, stream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::hub::{Hub, Outbox, StreamId, Tag};
+use super::session::Session;
+use super::{now_us, validate};
+use crate::proto::chat::{self, chat_service_server::ChatService};
+use crate::storage::{HistoryQuery, Store, StoreError, Write, Writer};
+
+impl From<validate::Invalid> for Status {
+    fn from(e: validate::Invalid) -> Self {
+        Status::invalid_argument(e.0)
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        Status::internal(e.to_string())
+    }
+}
+
+fn writer_stopped() -> Status {
+    Status::unavailable("the server is shutting down")
+}
+
+pub struct ChatServiceImpl {
+    pub(super) hub: Arc<Hub>,
+    pub(super) writer: Writer<Tag>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) max_content_bytes: usize,
+    pub(super) stream_buffer: usize,
+    pub(super) shutdown: CancellationToken,
+    pub(super) sessions: TaskTracker,
+}
+
+impl ChatServiceImpl {
+    /// Runs a blocking storage read off the async worker threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<chat::ChatStream, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChatService for ChatServiceImpl {
+    async fn get_user(&self, request: Request<chat::GetUserRequest>) -> Result<Response<chat::User>, Status> {
+        let user_id = request.into_inner().user_id;
+        validate::user_id(&user_id)?;
+        let online = self.hub.is_online(&user_id);
+        let lookup = user_id.clone();
+        match self.read(move |store| store.get_user(&lookup)).await? {
+            Some(record) => Ok(Response::new(chat::User::from_record(record, online))),
+            // Joined a moment ago, its registration not committed yet.
+            None if online => Ok(Response::new(chat::User {
+                name: user_id.clone(),
+                id: user_id,
+                status: chat::UserStatus::Online as i32,
+                created_at: None,
+            })),
+            None => Err(Status::not_found(format!("user \"{user_id}\" not found"))),
+        }
+    }
+
+    async fn set_user_name(
+        &self,
+        request: Request<chat::SetUserNameRequest>,
+    ) -> Result<Response<chat::User>, Status> {
+        let request = request.into_inner();
+        validate::user_id(&request.user_id)?;
+        let name = validate::display_name(&request.name)?.to_owned();
+        let (reply, done) = oneshot::channel();
+        let write = Write::SetUserName {
+            user_id: request.user_id,
+            name,
+            now_us: now_us(),
+        };
+        self.writer
+            .submit(write, Tag::User(Some(reply)))
+            .await
+            .map_err(|_| writer_stopped())?;
+        let record = done.await.map_err(|_| writer_stopped())??;
+        let online = self.hub.is_online(&record.id);
+        Ok(Response::new(chat::User::from_record(record, online)))
+    }
+
+    type ChatStream = ChatResponseStream;
+
+    async fn chat(
+        &self,
+        request: Request<Streaming<chat::ChatStream>>,
+    ) -> Result<Response<Self::ChatStream>, Status> {
+        let (tx, rx) = mpsc::channel(self.stream_buffer);
+        let overflow = CancellationToken::new();
+        let outbox = Outbox::new(StreamId::next(), tx, overflow.clone());
+        let session = Session::new(self.hub.clone(), self.writer.clone(), outbox, self.max_content_bytes);
+        self.sessions
+            .spawn(session.run(request.into_inner(), self.shutdown.clone(), overflow.clone()));
+
+        // A stream that fell behind ends with a status saying so, instead of
+        // the frames it could not take.
+        let fell_behind = overflow.clone();
+        let outbound = ReceiverStream::new(rx)
+            .take_until(overflow.cancelled_owned())
+            .chain(stream::once(async move { fell_behind.is_cancelled() }).filter_map(
+                |slow| async move {
+                    slow.then(|| {
+                        Err(Status::resource_exhausted(
+                            "this stream fell too far behind and was closed; \
+                             reconnect and catch up with GetChatHistory(after_seq)",
+                        ))
+                    })
+                },
+            ));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+
+    async fn get_chat_history(
+        &self,
+        request: Request<chat::GetChatHistoryRequest>,
+    ) -> Result<Response<chat::ChatHistory>, Status> {
+        let request = request.into_inner();
+        validate::room_id(&request.room_id)?;
+        let query = HistoryQuery {
+            room_id: request.room_id,
+            limit: validate::history_limit(request.limit),
+            before_seq: request.before_seq,
+            after_seq: request.after_seq,
+        };
+        let (room_id, page) = self
+            .read(move |store| {
+                let page = store.history(&query)?;
+                Ok((query.room_id, page))
+            })
+            .await?;
+        Ok(Response::new(chat::ChatHistory {
+            room_id,
+            messages: page.messages.into_iter().map(Into::into).collect(),
+            has_more: page.has_more,
+        }))
+    }
+}

@@ -1,0 +1,153 @@
+//! Checks on what clients send, as pure functions. Each error message names
+//! the field and the rule, since it goes straight back to a developer.
+
+use crate::proto::chat::{ChatMessage, JoinRoom};
+
+/// Longest room, user or message id, in bytes: ids are keys, not content.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// History page size when the request says 0.
+pub const DEFAULT_HISTORY_LIMIT: usize = 50;
+/// Largest history page, whatever the request says.
+pub const MAX_HISTORY_LIMIT: usize = 500;
+
+/// Why a request was refused (becomes `INVALID_ARGUMENT`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn id(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.is_empty() {
+        return Err(Invalid(format!("{field} is required")));
+    }
+    optional_id(field, value)
+}
+
+fn optional_id(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(Invalid(format!(
+            "{field} is {} bytes long; the limit is {MAX_ID_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn user_id(value: &str) -> Result<(), Invalid> {
+    id("user_id", value)
+}
+
+pub fn room_id(value: &str) -> Result<(), Invalid> {
+    id("room_id", value)
+}
+
+pub fn chat_message(m: &ChatMessage, max_content_bytes: usize) -> Result<(), Invalid> {
+    room_id(&m.room_id)?;
+    id("sender_id", &m.sender_id)?;
+    optional_id("id", &m.id)?;
+    if m.content.trim().is_empty() {
+        return Err(Invalid("content is required".into()));
+    }
+    if m.content.len() > max_content_bytes {
+        return Err(Invalid(format!(
+            "content is {} bytes long; the limit is {max_content_bytes}",
+            m.content.len()
+        )));
+    }
+    Ok(())
+}
+
+pub fn join_room(j: &JoinRoom) -> Result<(), Invalid> {
+    room_id(&j.room_id)?;
+    user_id(&j.user_id)
+}
+
+/// A display name, trimmed: 1 to 64 characters, no control characters.
+pub fn display_name(name: &str) -> Result<&str, Invalid> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(Invalid("name is required".into()));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Invalid(format!(
+            "name is longer than {MAX_NAME_CHARS} characters"
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Invalid("name must not contain control characters".into()));
+    }
+    Ok(name)
+}
+
+/// The page size a history request gets: 0 means the default, and no page
+/// is larger than the cap.
+pub fn history_limit(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_HISTORY_LIMIT,
+        n => n.min(MAX_HISTORY_LIMIT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(room: &str, sender: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            room_id: room.into(),
+            sender_id: sender.into(),
+            content: content.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_complete_message_passes() {
+        assert_eq!(chat_message(&msg("room1", "client1", "Hello World !"), 4096), Ok(()));
+    }
+
+    #[test]
+    fn each_missing_field_is_named() {
+        let err = |m| chat_message(&m, 4096).unwrap_err().0;
+        assert_eq!(err(msg("", "c", "x")), "room_id is required");
+        assert_eq!(err(msg("r", "", "x")), "sender_id is required");
+        assert_eq!(err(msg("r", "c", "")), "content is required");
+        assert_eq!(err(msg("r", "c", "  \n")), "content is required");
+    }
+
+    #[test]
+    fn content_over_the_limit_is_refused_with_both_sizes() {
+        assert_eq!(chat_message(&msg("r", "c", &"a".repeat(10)), 10), Ok(()));
+        assert_eq!(
+            chat_message(&msg("r", "c", &"a".repeat(11)), 10).unwrap_err().0,
+            "content is 11 bytes long; the limit is 10"
+        );
+    }
+
+    #[test]
+    fn long_ids_are_refused() {
+        let long = "r".repeat(MAX_ID_BYTES + 1);
+        assert!(room_id(&long).is_err());
+        let mut m = msg("r", "c", "x");
+        m.id = long;
+        assert!(chat_message(&m, 4096).unwrap_err().0.starts_with("id is 129 bytes"));
+    }
+
+    #[test]
+    fn names_are_trimmed_and_checked() {
+        assert_eq!(display_name("  Ada "), Ok("Ada"));
+        assert!(display_name("   ").is_err());
+        assert!(display_name("a\u{7}b").is_err());
+        assert!(display_name(&"é".repeat(64)).is_ok());
+        assert!(display_name(&"é".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn history_limit_defaults_and_caps() {
+        assert_eq!(history_limit(0), 50);
+        assert_eq!(history_limit(1), 1);
+        assert_eq!(history_limit(500), 500);
+        assert_eq!(history_limit(100_000), 500);
+    }
+}

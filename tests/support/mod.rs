@@ -1,0 +1,295 @@
+//! Helpers for the integration tests: start the real server and gateway on
+//! ephemeral loopback ports, in this process or as a child process, and talk
+//! to them with a real WebSocket client and a real gRPC client.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use wsgate::proto::chat::chat_service_client::ChatServiceClient;
+use wsgate::storage::{SqliteOptions, SqliteStore};
+use wsgate::{proxy, server};
+
+/// How long a test waits for any one expected event before failing.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A chat server running inside the test process.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh database in a temporary directory.
+    pub async fn start() -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Server::start_with(&dir.path().join("chat.db"), server::Config::default()).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    pub async fn start_with(db: &Path, config: server::Config) -> Server {
+        let store = SqliteStore::open(db, SqliteOptions::default()).expect("open store");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server::run(listener, Arc::new(store), config, shutdown.clone()));
+        Server {
+            addr,
+            shutdown,
+            task,
+            _dir: None,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn grpc(&self) -> ChatServiceClient<tonic::transport::Channel> {
+        ChatServiceClient::connect(self.uri()).await.expect("gRPC connect")
+    }
+
+    /// Shuts down gracefully and waits until storage is flushed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(WAIT, self.task).await.expect("server stops in time");
+        result.expect("server task").expect("server run");
+    }
+}
+
+/// The gateway running inside the test process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        Proxy::start_with(proxy::Config::new(upstream)).await
+    }
+
+    pub async fn start_with(config: proxy::Config) -> Proxy {
+        let pool = wsgate::proto::descriptor_pool();
+        let service = pool.get_service_by_name(wsgate::proto::CHAT_SERVICE).expect("service");
+        let gateway = Arc::new(proxy::Gateway::from_service(&service, None).expect("gateway"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(proxy::run(listener, gateway, config, shutdown.clone()));
+        Proxy { addr, shutdown, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    pub async fn connect(&self) -> Ws {
+        Ws::connect(&self.url()).await
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(WAIT, self.task).await.expect("proxy stops in time");
+        result.expect("proxy task").expect("proxy run");
+    }
+}
+
+/// A chat server and a gateway in front of it.
+pub struct System {
+    pub server: Server,
+    pub proxy: Proxy,
+}
+
+impl System {
+    pub async fn start() -> System {
+        let server = Server::start().await;
+        let proxy = Proxy::start(&server.uri()).await;
+        System { server, proxy }
+    }
+
+    pub async fn connect(&self) -> Ws {
+        self.proxy.connect().await
+    }
+}
+
+/// A WebSocket client speaking JSON text frames.
+pub struct Ws {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Ws {
+        let (inner, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("WebSocket connect");
+        Ws { inner }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.inner.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, message: Message) {
+        self.inner.send(message).await.expect("send");
+    }
+
+    /// The next frame other than a resume, as JSON.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_message().await {
+            Message::Text(text) => serde_json::from_str(text.as_str()).expect("frames are JSON"),
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next WebSocket message of any kind (pings are answered and skipped).
+    pub async fn next_message(&mut self) -> Message {
+        loop {
+            let message = tokio::time::timeout(WAIT, self.inner.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("connection open")
+                .expect("read");
+            if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                return message;
+            }
+        }
+    }
+
+    /// Skips frames until one satisfies `pred`, and returns it.
+    pub async fn recv_until(&mut self, mut pred: impl FnMut(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if pred(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends a unary action with a request id and returns the reply to it.
+    pub async fn call(&mut self, action: &str, body: Value) -> Value {
+        let request_id = format!("call-{}", fastrand::u64(..));
+        let mut frame = serde_json::json!({ "request_id": request_id });
+        frame[action] = body;
+        self.send(frame).await;
+        self.recv_until(|f| f["request_id"] == request_id.as_str()).await
+    }
+
+    /// Joins a room and waits until the join has taken effect, proven by
+    /// the echo of a message sent after it.
+    pub async fn join(&mut self, room: &str, user: &str) {
+        self.send(serde_json::json!({"join_room": {"room_id": room, "user_id": user}})).await;
+        let probe = format!("probe-{}", fastrand::u64(..));
+        self.send(serde_json::json!({"chat_message": {"id": probe, "room_id": room, "sender_id": user, "content": "joined"}}))
+            .await;
+        self.recv_until(|f| f["chat_message"]["id"] == probe.as_str()).await;
+    }
+
+    /// Sends a chat message and waits for its echo (the confirmation).
+    pub async fn say(&mut self, room: &str, user: &str, id: &str, content: &str) -> Value {
+        self.send(serde_json::json!({"chat_message": {"id": id, "room_id": room, "sender_id": user, "content": content}}))
+            .await;
+        self.recv_until(|f| f["chat_message"]["id"] == id && f["chat_message"]["sender_id"] == user)
+            .await["chat_message"]
+            .clone()
+    }
+
+    /// Waits for the peer to close and returns the close code.
+    pub async fn closed_with(&mut self) -> u16 {
+        loop {
+            match self.next_message().await {
+                Message::Close(Some(frame)) => return frame.code.into(),
+                Message::Close(None) => return 1005,
+                _ => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.inner.close(None).await;
+    }
+}
+
+/// A chat server in a child process, for tests that kill it.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `wsgate server` on `db`, on `addr` (port 0 for any), and
+    /// waits until it listens.
+    pub fn spawn(db: &Path, addr: SocketAddr) -> ServerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(["server", "--grpc-listen", &addr.to_string(), "--db"])
+            .arg(db)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wsgate server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.contains("gRPC chat server listening").then(|| listen_addr(&line)).flatten() {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                eprintln!("[server] {line}");
+            }
+        });
+        let addr = rx.recv_timeout(WAIT).expect("server listening in time");
+        ServerProcess {
+            child,
+            addr,
+            db: db.to_owned(),
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill_9(mut self) -> (SocketAddr, PathBuf) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+        (self.addr, self.db.clone())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    let start = line.find("local=")? + "local=".len();
+    line[start..].split_whitespace().next()?.parse().ok()
+}
