@@ -2,8 +2,10 @@
 //! them into gRPC calls on the upstream service and sends the answers back.
 //!
 //! # Layout
-//! - `gateway`: everything derived from the service descriptor (which
-//!   actions exist, JSON <-> protobuf), as pure functions.
+//! - `gateway`: what the service descriptor says: which actions exist, their
+//!   reply keys, the stream's oneof and resume convention.
+//! - `transcode`: JSON frame <-> protobuf message, error frames, status names
+//!   (pure functions).
 //! - `codec`: the tonic codec for dynamic (descriptor-driven) messages.
 //! - `upstream`: the shared gRPC channel, unary calls, and each session's
 //!   reconnecting bidirectional stream.
@@ -15,6 +17,7 @@ pub mod codec;
 pub mod gateway;
 mod outbound;
 mod session;
+pub mod transcode;
 mod upstream;
 
 use std::net::SocketAddr;
