@@ -10,7 +10,8 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 
 use super::Context;
-use super::gateway::{Frame, error_json, reply_json};
+use super::gateway::REQUEST_ID;
+use super::transcode::{Frame, error_json, reply_json, status_json};
 use super::outbound::{ToClient, close_code, spawn_writer};
 use super::upstream::StreamLink;
 
@@ -92,9 +93,7 @@ async fn dispatch(
 ) {
     match ctx.upstream.gateway().parse_frame(text) {
         Err(e) => {
-            client
-                .send(error_json(Code::InvalidArgument, &e.message, e.request_id.as_deref()))
-                .await;
+            client.send(e.to_json()).await;
         }
         Ok(Frame::Unary {
             method,
@@ -110,7 +109,7 @@ async fn dispatch(
             tokio::spawn(async move {
                 let frame = match upstream.unary(&method, request).await {
                     Ok(reply) => reply_json(&method, &reply, request_id.as_deref()),
-                    Err(status) => error_json(status.code(), status.message(), request_id.as_deref()),
+                    Err(status) => status_json(&status, request_id.as_deref()),
                 };
                 client.send(frame).await;
                 drop(slot);
@@ -119,11 +118,12 @@ async fn dispatch(
         Ok(Frame::Stream(frame)) => {
             let link = link.get_or_insert_with(|| StreamLink::open(ctx.upstream.clone(), client.clone()));
             if let Err(frame) = link.try_send(frame) {
-                let request_id = super::gateway::request_id_of(&frame);
+                let request_id = frame.get_field_by_name(REQUEST_ID);
+                let request_id = request_id.as_ref().and_then(|v| v.as_str());
                 let error = error_json(
                     Code::Unavailable,
                     "the upstream stream is reconnecting and its queue is full; frame not sent",
-                    request_id.as_deref(),
+                    request_id,
                 );
                 client.send(error).await;
             }

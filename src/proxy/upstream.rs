@@ -13,7 +13,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use super::codec::DynamicCodec;
-use super::gateway::{Gateway, StreamMethod, UnaryMethod, error_json, event_json};
+use super::gateway::{Gateway, StreamMethod, UnaryMethod};
+use super::transcode::{code_name, error_json, event_json};
 use super::outbound::ToClient;
 
 /// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].
@@ -168,7 +169,7 @@ async fn run_link(
             tracing::warn!(code = ?lost.code(), message = lost.message(), "upstream stream lost");
             let message = format!(
                 "upstream stream lost ({}: {}); reconnecting",
-                super::gateway::code_name(lost.code()),
+                code_name(lost.code()),
                 lost.message()
             );
             if !client.push(error_json(Code::Unavailable, &message, None)) {
