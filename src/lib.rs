@@ -1,2 +1,3 @@
 //! wsgate: browsers talk to gRPC services over WebSocket.
 pub mod proto;
+pub mod storage;
