@@ -1,3 +1,16 @@
 //! wsgate: browsers talk to gRPC services over WebSocket.
+//!
+//! # Layout
+//! - [`proto`]: `proto/chat.proto`'s generated types and its descriptor set.
+//! - [`server`]: the gRPC chat service (`server::run`).
+//! - [`storage`]: the [`storage::Store`] trait, SQLite, the group-commit writer.
+//! - [`proxy`]: the descriptor-driven WebSocket gateway (`proxy::run`).
+//!
+//! Entry points take a bound listener and a shutdown token, so callers (the
+//! binary, the tests) choose the address, and tests bind port 0.
+//! See ARCHITECTURE.md for the path of one message.
+
 pub mod proto;
 pub mod proxy;
+pub mod server;
+pub mod storage;

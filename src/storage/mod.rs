@@ -14,7 +14,7 @@ mod sqlite;
 mod writer;
 
 pub use sqlite::{SqliteOptions, SqliteStore};
-pub use writer::{Writer, WriterOptions};
+pub use writer::{Writer, WriterHandle, WriterOptions};
 
 /// A validated message on its way to storage: id and timestamp already set.
 #[derive(Debug, Clone, PartialEq, Eq)]

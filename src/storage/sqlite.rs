@@ -1,1 +1,979 @@
-//! TODO(storage helper): SqliteStore.
+//! [`SqliteStore`]: the embedded default engine.
+//!
+//! # Connections
+//! SQLite lets one connection write at a time, so the store has exactly one
+//! writer connection (used only by [`Store::write_batch`], which the writer
+//! thread calls) and a small pool of read-only connections for history and
+//! user lookups. In WAL mode readers never wait for the writer and see the
+//! last committed state; each reader sits behind its own mutex so concurrent
+//! queries spread over the pool instead of queueing on one lock. Connections
+//! are opened once: opening one per call would re-parse the schema and throw
+//! away the prepared-statement cache.
+//!
+//! # Schema
+//! Room names are interned into `rooms` so that every message row and index
+//! entry carries an 8-byte integer instead of the name. Messages are a
+//! `WITHOUT ROWID` table clustered on `(room, seq)`: a history page is one
+//! range scan of adjacent rows, whatever the room's size, and an insert
+//! touches two b-trees (the table and the idempotence index) instead of three
+//! for a rowid table with a separate `(room, seq)` index (measured: a few
+//! percent faster to write and about 10% faster to page than the rowid
+//! layout, at 2M messages in one room).
+//!
+//! The idempotence index is `(room, id, sender_id)` rather than
+//! `(room, sender_id, id)`: the same uniqueness, but server-generated ids are
+//! UUIDv7, ordered by time, so new entries land on the rightmost pages of the
+//! index instead of one page per sender. With 1000 senders per batch that is
+//! the difference between ~140k and ~15k messages/s on a 1M-message room,
+//! because every page an insert dirties is rewritten to the WAL at commit.
+//! Clients that pick random ids still pay one index page per message.
+//!
+//! # Durability
+//! WAL with `synchronous=NORMAL` (the default) makes every committed
+//! transaction survive a crash of the process; `synchronous=FULL`
+//! ([`SqliteOptions::fsync`]) also makes it survive a power loss, at the cost
+//! of an fsync per commit, which group commit amortises over a whole batch.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::Duration;
+
+use rusqlite::config::DbConfig;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+
+use super::{
+    HistoryPage, HistoryQuery, NewMessage, Store, StoreError, StoredMessage, UserRecord, Write,
+    Written,
+};
+
+/// Stored in `PRAGMA user_version`; bump it and add a migration step in
+/// [`migrate`] whenever [`SCHEMA`] changes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rooms (
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    -- Kept rather than derived from MAX(seq) so that seqs are never reused,
+    -- even if old messages get deleted one day.
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    room INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    sender_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    timestamp_us INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_id ON messages (room, id, sender_id);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// How long a connection waits for a lock held by another connection (a
+/// checkpoint, or a second process opening the file) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `ON CONFLICT` names the idempotence index only: a clash on `(room, seq)`
+/// would be a bug in the seq cache and must fail the batch, not be skipped.
+const INSERT_MESSAGE: &str = "
+INSERT INTO messages (room, seq, id, sender_id, content, timestamp_us)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+ON CONFLICT (room, id, sender_id) DO NOTHING";
+
+const SELECT_DUPLICATE: &str = "
+SELECT seq, content, timestamp_us FROM messages
+WHERE room = ?1 AND sender_id = ?2 AND id = ?3";
+
+const SELECT_ROOM: &str = "SELECT id, last_seq FROM rooms WHERE name = ?1";
+const INSERT_ROOM: &str = "INSERT INTO rooms (name, last_seq) VALUES (?1, 0)";
+const UPDATE_ROOM: &str = "UPDATE rooms SET last_seq = ?2 WHERE id = ?1";
+
+const SELECT_USER: &str = "SELECT id, name, created_at FROM users WHERE id = ?1";
+const INSERT_USER: &str = "
+INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (id) DO NOTHING";
+const UPSERT_USER_NAME: &str = "
+INSERT INTO users (id, name, created_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name
+RETURNING id, name, created_at";
+
+/// Newest first; the caller reverses the page.
+const HISTORY_BEFORE: &str = "
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us
+FROM rooms r JOIN messages m ON m.room = r.id
+WHERE r.name = ?1 AND m.seq < ?2
+ORDER BY m.seq DESC LIMIT ?3";
+
+const HISTORY_AFTER: &str = "
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us
+FROM rooms r JOIN messages m ON m.room = r.id
+WHERE r.name = ?1 AND m.seq > ?2 AND m.seq < ?3
+ORDER BY m.seq LIMIT ?4";
+
+/// How [`SqliteStore::open`] sets up the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// `true`: `synchronous=FULL`, commits survive a power loss. `false` (the
+    /// default): `synchronous=NORMAL`, commits survive a crash of the process
+    /// but the last ones may be lost on power loss.
+    pub fsync: bool,
+    /// Read-only connections for history and user lookups (at least one is
+    /// opened). Default 4.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            fsync: false,
+            readers: 4,
+        }
+    }
+}
+
+/// A [`Store`] in one SQLite file: one writer connection, a pool of readers.
+pub struct SqliteStore {
+    writer: Mutex<WriterState>,
+    readers: Vec<Mutex<Connection>>,
+    /// Where the next query starts looking for a free reader (round robin).
+    next_reader: AtomicUsize,
+}
+
+/// The writer connection and what the writer remembers of the disk.
+struct WriterState {
+    conn: Connection,
+    cache: Cache,
+}
+
+/// What the writer knows about the database so that storing a message costs
+/// one INSERT: the seq to assign and whether the sender is registered would
+/// otherwise take two more queries per message. Only the writer changes these
+/// tables, so the cache stays exact as long as it is dropped whenever a
+/// transaction fails (it then refills lazily from disk).
+#[derive(Default)]
+struct Cache {
+    /// Room name → its id and last assigned seq.
+    rooms: HashMap<String, Room>,
+    /// Ids of registered users.
+    users: HashSet<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    id: i64,
+    last_seq: u64,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its directory if missing) the database at
+    /// `path`, creates or migrates the schema, and opens the connections.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = Connection::open(path)?;
+        configure(&conn)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError(format!(
+                "cannot switch {} to WAL (journal_mode is {mode})",
+                path.display()
+            )));
+        }
+        let synchronous = if options.fsync { "FULL" } else { "NORMAL" };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        migrate(&mut conn)?;
+
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_reader(path).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(SqliteStore {
+            writer: Mutex::new(WriterState {
+                conn,
+                cache: Cache::default(),
+            }),
+            readers,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// The writer. A panic while it was held may have left the cache ahead
+    /// of the (rolled back) disk, so a poisoned writer starts from an empty
+    /// cache.
+    fn lock_writer(&self) -> MutexGuard<'_, WriterState> {
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            self.writer.clear_poison();
+            let mut writer = poisoned.into_inner();
+            writer.cache = Cache::default();
+            writer
+        })
+    }
+
+    /// Runs `query` on a free reader: tries each once without blocking,
+    /// starting from a different one each call, and only then waits.
+    fn read<R>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let n = self.readers.len();
+        for i in 0..n {
+            // A reader holds no state of ours, so a poisoned one is fine.
+            let conn = match self.readers[(start + i) % n].try_lock() {
+                Ok(conn) => conn,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => continue,
+            };
+            return Ok(query(&conn)?);
+        }
+        let conn = self.readers[start % n]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(query(&conn)?)
+    }
+}
+
+impl Store for SqliteStore {
+    fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<Written>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut writer = self.lock_writer();
+        let WriterState { conn, cache } = &mut *writer;
+        let result = apply(conn, cache, writes);
+        if result.is_err() {
+            // The transaction was rolled back: forget what it did.
+            *cache = Cache::default();
+        }
+        Ok(result?)
+    }
+
+    fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        // One row more than the page: if it comes back, there is more beyond
+        // the page, and no second query (COUNT or probe) is needed.
+        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let before = match query.before_seq {
+            0 => i64::MAX,
+            before => seq_bound(before),
+        };
+        let row_to_message = |row: &Row<'_>| {
+            Ok(StoredMessage {
+                seq: seq_column(row, 0)?,
+                id: row.get(1)?,
+                room_id: query.room_id.clone(),
+                sender_id: row.get(2)?,
+                content: row.get(3)?,
+                timestamp_us: row.get(4)?,
+            })
+        };
+        let mut messages = self.read(|conn| {
+            if query.after_seq == 0 {
+                conn.prepare_cached(HISTORY_BEFORE)?
+                    .query_map(params![query.room_id, before, fetch], row_to_message)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            } else {
+                let after = seq_bound(query.after_seq);
+                conn.prepare_cached(HISTORY_AFTER)?
+                    .query_map(params![query.room_id, after, before, fetch], row_to_message)?
+                    .collect()
+            }
+        })?;
+        let has_more = messages.len() > query.limit;
+        // The extra row is the last one fetched: the oldest when going back,
+        // the newest when going forward.
+        messages.truncate(query.limit);
+        if query.after_seq == 0 {
+            messages.reverse();
+        }
+        Ok(HistoryPage { messages, has_more })
+    }
+
+    fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(SELECT_USER)?
+                .query_row([user_id], row_to_user)
+                .optional()
+        })
+    }
+}
+
+/// Creates the schema in a new file, checks the version of an existing one.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError(format!(
+            "database schema version {version} is newer than this program's ({SCHEMA_VERSION})"
+        )));
+    }
+    if version < SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    configure(&conn)?;
+    Ok(conn)
+}
+
+/// Settings of every connection.
+///
+/// The query planner stability guarantee keeps a cached statement's plan
+/// independent of the values bound to it. Without it, SQLite re-prepares a
+/// statement whose plan used a bound value, such as the `LIMIT ?` of the
+/// history queries, on every reuse (rusqlite clears the bindings when the
+/// statement goes back to its cache): that tripled the cost of a page.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(())
+}
+
+/// Applies a batch in one transaction: one commit (and, with
+/// [`SqliteOptions::fsync`], one fsync) for the whole batch is what makes
+/// group commit fast.
+fn apply(
+    conn: &mut Connection,
+    cache: &mut Cache,
+    writes: Vec<Write>,
+) -> rusqlite::Result<Vec<Written>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Room id → last seq after this batch, written once per room at the end.
+    let mut advanced = HashMap::new();
+    let mut written = Vec::with_capacity(writes.len());
+    for write in writes {
+        written.push(match write {
+            Write::Message(message) => write_message(&tx, cache, &mut advanced, message)?,
+            Write::EnsureUser { user_id, now_us } => {
+                Written::User(ensure_user(&tx, cache, user_id, now_us)?)
+            }
+            Write::SetUserName {
+                user_id,
+                name,
+                now_us,
+            } => {
+                let user = tx
+                    .prepare_cached(UPSERT_USER_NAME)?
+                    .query_row(params![user_id, name, now_us], row_to_user)?;
+                cache.users.insert(user_id);
+                Written::User(user)
+            }
+        });
+    }
+    {
+        let mut update = tx.prepare_cached(UPDATE_ROOM)?;
+        for (room, last_seq) in advanced {
+            update.execute(params![room, seq_to_sql(last_seq)?])?;
+        }
+    }
+    tx.commit()?;
+    Ok(written)
+}
+
+/// Stores a message under the next seq of its room, or returns the original
+/// if (room, sender, id) is already stored, earlier in this batch included.
+fn write_message(
+    tx: &Connection,
+    cache: &mut Cache,
+    advanced: &mut HashMap<i64, u64>,
+    message: NewMessage,
+) -> rusqlite::Result<Written> {
+    let room = cache.room(tx, &message.room_id)?;
+    let seq = room.last_seq + 1;
+    let inserted = tx.prepare_cached(INSERT_MESSAGE)?.execute(params![
+        room.id,
+        seq_to_sql(seq)?,
+        message.id,
+        message.sender_id,
+        message.content,
+        message.timestamp_us
+    ])?;
+    if inserted == 0 {
+        let (seq, content, timestamp_us) = tx
+            .prepare_cached(SELECT_DUPLICATE)?
+            .query_row(params![room.id, message.sender_id, message.id], |row| {
+                Ok((seq_column(row, 0)?, row.get(1)?, row.get(2)?))
+            })?;
+        return Ok(Written::Duplicate(StoredMessage {
+            id: message.id,
+            room_id: message.room_id,
+            sender_id: message.sender_id,
+            content,
+            timestamp_us,
+            seq,
+        }));
+    }
+    cache.advance(&message.room_id, seq);
+    advanced.insert(room.id, seq);
+    if !cache.users.contains(&message.sender_id) {
+        tx.prepare_cached(INSERT_USER)?.execute(params![
+            message.sender_id,
+            message.sender_id,
+            message.timestamp_us
+        ])?;
+        cache.users.insert(message.sender_id.clone());
+    }
+    Ok(Written::Stored(StoredMessage {
+        id: message.id,
+        room_id: message.room_id,
+        sender_id: message.sender_id,
+        content: message.content,
+        timestamp_us: message.timestamp_us,
+        seq,
+    }))
+}
+
+/// The user, registered now (name = id) if new.
+fn ensure_user(
+    tx: &Connection,
+    cache: &mut Cache,
+    user_id: String,
+    now_us: i64,
+) -> rusqlite::Result<UserRecord> {
+    let existing = tx
+        .prepare_cached(SELECT_USER)?
+        .query_row([&user_id], row_to_user)
+        .optional()?;
+    let user = match existing {
+        Some(user) => user,
+        None => {
+            tx.prepare_cached(INSERT_USER)?
+                .execute(params![user_id, user_id, now_us])?;
+            UserRecord {
+                name: user_id.clone(),
+                id: user_id,
+                created_at_us: now_us,
+            }
+        }
+    };
+    if !cache.users.contains(&user.id) {
+        cache.users.insert(user.id.clone());
+    }
+    Ok(user)
+}
+
+impl Cache {
+    /// The room's id and last seq; on a miss, read from disk, or the room is
+    /// created (with last seq 0) if it does not exist yet.
+    fn room(&mut self, tx: &Connection, name: &str) -> rusqlite::Result<Room> {
+        if let Some(room) = self.rooms.get(name) {
+            return Ok(*room);
+        }
+        let found = tx
+            .prepare_cached(SELECT_ROOM)?
+            .query_row([name], |row| {
+                Ok(Room {
+                    id: row.get(0)?,
+                    last_seq: seq_column(row, 1)?,
+                })
+            })
+            .optional()?;
+        let room = match found {
+            Some(room) => room,
+            None => {
+                tx.prepare_cached(INSERT_ROOM)?.execute([name])?;
+                Room {
+                    id: tx.last_insert_rowid(),
+                    last_seq: 0,
+                }
+            }
+        };
+        self.rooms.insert(name.to_owned(), room);
+        Ok(room)
+    }
+
+    /// Records `seq` as the room's last; the room was cached by [`Cache::room`].
+    fn advance(&mut self, name: &str, seq: u64) {
+        if let Some(room) = self.rooms.get_mut(name) {
+            room.last_seq = seq;
+        }
+    }
+}
+
+fn row_to_user(row: &Row<'_>) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        created_at_us: row.get(2)?,
+    })
+}
+
+// Seqs are u64 in the API and INTEGER (i64) in SQLite; rusqlite converts u64
+// only with a feature this crate does not enable.
+
+fn seq_to_sql(seq: u64) -> rusqlite::Result<i64> {
+    i64::try_from(seq).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+fn seq_column(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let seq: i64 = row.get(index)?;
+    u64::try_from(seq).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(index, seq))
+}
+
+/// A seq used as a query bound. No stored seq exceeds `i64::MAX`, so
+/// clamping keeps the bound's meaning.
+fn seq_bound(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("chat.db"), SqliteOptions::default()).unwrap()
+    }
+
+    fn message(room: &str, sender: &str, id: &str, content: &str) -> Write {
+        Write::Message(NewMessage {
+            id: id.into(),
+            room_id: room.into(),
+            sender_id: sender.into(),
+            content: content.into(),
+            timestamp_us: 1_000,
+        })
+    }
+
+    /// The seq of a `Stored`, panicking on anything else.
+    fn stored_seq(written: &Written) -> u64 {
+        match written {
+            Written::Stored(message) => message.seq,
+            other => panic!("expected Stored, got {other:?}"),
+        }
+    }
+
+    fn history(
+        store: &SqliteStore,
+        limit: usize,
+        before_seq: u64,
+        after_seq: u64,
+    ) -> (Vec<u64>, bool) {
+        let page = store
+            .history(&HistoryQuery {
+                room_id: "r".into(),
+                limit,
+                before_seq,
+                after_seq,
+            })
+            .unwrap();
+        let seqs = page.messages.iter().map(|m| m.seq).collect();
+        (seqs, page.has_more)
+    }
+
+    /// A store with messages 1..=count in room "r", committed over several batches.
+    fn store_with_history(dir: &tempfile::TempDir, count: u64) -> SqliteStore {
+        let store = open(dir);
+        let writes: Vec<_> = (1..=count)
+            .map(|i| message("r", "alice", &format!("m{i}"), &format!("text {i}")))
+            .collect();
+        for chunk in writes.chunks(40) {
+            store.write_batch(chunk.to_vec()).unwrap();
+        }
+        store
+    }
+
+    #[test]
+    fn seqs_start_at_one_per_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let written = store
+            .write_batch(vec![
+                message("a", "alice", "1", "x"),
+                message("b", "alice", "2", "x"),
+                message("a", "bob", "3", "x"),
+            ])
+            .unwrap();
+        let seqs: Vec<_> = written.iter().map(stored_seq).collect();
+        assert_eq!(seqs, [1, 1, 2]);
+        let written = store
+            .write_batch(vec![message("a", "alice", "4", "x")])
+            .unwrap();
+        assert_eq!(stored_seq(&written[0]), 3);
+        assert_eq!(
+            written[0],
+            Written::Stored(StoredMessage {
+                id: "4".into(),
+                room_id: "a".into(),
+                sender_id: "alice".into(),
+                content: "x".into(),
+                timestamp_us: 1_000,
+                seq: 3,
+            })
+        );
+    }
+
+    #[test]
+    fn duplicates_return_the_original_and_consume_no_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let first = store
+            .write_batch(vec![
+                message("r", "alice", "m1", "original"),
+                message("r", "alice", "m1", "retry in the same batch"),
+            ])
+            .unwrap();
+        let Written::Stored(original) = &first[0] else {
+            panic!("expected Stored, got {:?}", first[0]);
+        };
+        assert_eq!(first[1], Written::Duplicate(original.clone()));
+
+        let again = store
+            .write_batch(vec![
+                message("r", "alice", "m1", "retry in a later batch"),
+                // Same id from another sender, or in another room: distinct messages.
+                message("r", "bob", "m1", "y"),
+                message("other", "alice", "m1", "z"),
+            ])
+            .unwrap();
+        assert_eq!(again[0], Written::Duplicate(original.clone()));
+        assert_eq!(stored_seq(&again[1]), 2);
+        assert_eq!(stored_seq(&again[2]), 1);
+        drop(store);
+
+        let store = open(&dir);
+        let reopened = store
+            .write_batch(vec![
+                message("r", "alice", "m1", "retry after reopening"),
+                message("r", "alice", "m2", "new"),
+            ])
+            .unwrap();
+        assert_eq!(reopened[0], Written::Duplicate(original.clone()));
+        assert_eq!(stored_seq(&reopened[1]), 3);
+    }
+
+    #[test]
+    fn users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        assert_eq!(store.get_user("nobody").unwrap(), None);
+
+        let written = store
+            .write_batch(vec![
+                message("r", "alice", "m1", "x"),
+                Write::EnsureUser {
+                    user_id: "alice".into(),
+                    now_us: 5,
+                },
+                Write::EnsureUser {
+                    user_id: "bob".into(),
+                    now_us: 6,
+                },
+                Write::SetUserName {
+                    user_id: "bob".into(),
+                    name: "Bob".into(),
+                    now_us: 7,
+                },
+                Write::SetUserName {
+                    user_id: "carol".into(),
+                    name: "Carol".into(),
+                    now_us: 8,
+                },
+            ])
+            .unwrap();
+        let user = |id: &str, name: &str, created_at_us| UserRecord {
+            id: id.into(),
+            name: name.into(),
+            created_at_us,
+        };
+        // Registered by its message, with the message's time: EnsureUser keeps it.
+        assert_eq!(written[1], Written::User(user("alice", "alice", 1_000)));
+        assert_eq!(written[2], Written::User(user("bob", "bob", 6)));
+        assert_eq!(written[3], Written::User(user("bob", "Bob", 6)));
+        assert_eq!(written[4], Written::User(user("carol", "Carol", 8)));
+
+        assert_eq!(
+            store.get_user("alice").unwrap(),
+            Some(user("alice", "alice", 1_000))
+        );
+        assert_eq!(store.get_user("bob").unwrap(), Some(user("bob", "Bob", 6)));
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(
+            store.get_user("carol").unwrap(),
+            Some(user("carol", "Carol", 8))
+        );
+        let written = store
+            .write_batch(vec![Write::EnsureUser {
+                user_id: "carol".into(),
+                now_us: 9,
+            }])
+            .unwrap();
+        assert_eq!(written[0], Written::User(user("carol", "Carol", 8)));
+    }
+
+    #[test]
+    fn history_pages_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 130);
+        assert_eq!(history(&store, 50, 0, 0), ((81..=130).collect(), true));
+        assert_eq!(history(&store, 50, 81, 0), ((31..=80).collect(), true));
+        assert_eq!(history(&store, 50, 31, 0), ((1..=30).collect(), false));
+        // A page that ends exactly at the first message.
+        assert_eq!(history(&store, 50, 51, 0), ((1..=50).collect(), false));
+        assert_eq!(history(&store, 50, 1, 0), (vec![], false));
+
+        let page = store
+            .history(&HistoryQuery {
+                room_id: "r".into(),
+                limit: 1,
+                before_seq: 0,
+                after_seq: 0,
+            })
+            .unwrap();
+        assert_eq!(
+            page.messages,
+            [StoredMessage {
+                id: "m130".into(),
+                room_id: "r".into(),
+                sender_id: "alice".into(),
+                content: "text 130".into(),
+                timestamp_us: 1_000,
+                seq: 130,
+            }]
+        );
+    }
+
+    #[test]
+    fn history_pages_forwards_and_in_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 130);
+        assert_eq!(history(&store, 50, 0, 30), ((31..=80).collect(), true));
+        assert_eq!(history(&store, 50, 0, 80), ((81..=130).collect(), false));
+        assert_eq!(history(&store, 30, 0, 100), ((101..=130).collect(), false));
+        assert_eq!(history(&store, 50, 0, 130), (vec![], false));
+        // Both bounds: more within the range, then exactly the range.
+        assert_eq!(history(&store, 5, 20, 10), ((11..=15).collect(), true));
+        assert_eq!(history(&store, 9, 20, 10), ((11..=19).collect(), false));
+        assert_eq!(history(&store, 50, u64::MAX, u64::MAX), (vec![], false));
+    }
+
+    #[test]
+    fn pages_have_no_gap_or_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 130);
+        let mut backwards = Vec::new();
+        let mut before = 0;
+        loop {
+            let (seqs, has_more) = history(&store, 7, before, 0);
+            before = seqs[0];
+            backwards.splice(0..0, seqs);
+            if !has_more {
+                break;
+            }
+        }
+        assert_eq!(backwards, (1..=130).collect::<Vec<_>>());
+
+        let mut forwards = Vec::new();
+        let mut after = 1;
+        loop {
+            let (seqs, has_more) = history(&store, 7, 0, after);
+            after = *seqs.last().unwrap();
+            forwards.extend(seqs);
+            if !has_more {
+                break;
+            }
+        }
+        assert_eq!(forwards, (2..=130).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn history_of_an_unknown_room_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 3);
+        for (before, after) in [(0, 0), (10, 0), (0, 1)] {
+            let page = store
+                .history(&HistoryQuery {
+                    room_id: "nowhere".into(),
+                    limit: 50,
+                    before_seq: before,
+                    after_seq: after,
+                })
+                .unwrap();
+            assert_eq!(
+                page,
+                HistoryPage {
+                    messages: vec![],
+                    has_more: false
+                }
+            );
+        }
+    }
+
+    /// A page must cost the same in a huge room as in a small one: the plan
+    /// finds the room by its name index, then range-scans the messages'
+    /// primary key in the wanted order, with no scan and no sort.
+    #[test]
+    fn history_is_an_index_range_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 3);
+        let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> String {
+            let writer = store.lock_writer();
+            let mut stmt = writer
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let details: Vec<String> = stmt
+                .query_map(params, |row| row.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            details.join("\n")
+        };
+        let before = plan(HISTORY_BEFORE, params!["r", 3, 51]);
+        assert!(before.contains("SEARCH r USING COVERING INDEX"), "{before}");
+        assert!(
+            before.contains("SEARCH m USING PRIMARY KEY (room=? AND seq<?)"),
+            "{before}"
+        );
+        let after = plan(HISTORY_AFTER, params!["r", 1, 3, 51]);
+        assert!(
+            after.contains("SEARCH m USING PRIMARY KEY (room=? AND seq>? AND seq<?)"),
+            "{after}"
+        );
+        for plan in [before, after] {
+            assert!(
+                !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
+                "{plan}"
+            );
+        }
+    }
+
+    /// Re-preparing a statement costs more than running it: a cached
+    /// statement must be reused as is, whatever values it gets.
+    #[test]
+    fn cached_statements_are_not_reprepared() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store_with_history(&dir, 10));
+        let options = SqliteOptions {
+            readers: 1,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteStore::open(&dir.path().join("chat.db"), options).unwrap();
+        for limit in [1, 5, 1, 5] {
+            history(&store, limit, 0, 0);
+            history(&store, limit, 8, 2);
+        }
+        let reader = store.readers[0].lock().unwrap();
+        for sql in [HISTORY_BEFORE, HISTORY_AFTER] {
+            let stmt = reader.prepare_cached(sql).unwrap();
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 4);
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        }
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store_with_history(&dir, 130));
+        let store = open(&dir);
+        assert_eq!(history(&store, 500, 0, 0), ((1..=130).collect(), false));
+        let written = store
+            .write_batch(vec![message("r", "bob", "new", "x")])
+            .unwrap();
+        assert_eq!(stored_seq(&written[0]), 131);
+    }
+
+    #[test]
+    fn fsync_option_sets_synchronous_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let synchronous = |store: &SqliteStore| -> i64 {
+            let writer = store.lock_writer();
+            writer
+                .conn
+                .pragma_query_value(None, "synchronous", |row| row.get(0))
+                .unwrap()
+        };
+        let path = dir.path().join("nested/dir/chat.db");
+        let store = SqliteStore::open(
+            &path,
+            SqliteOptions {
+                fsync: true,
+                readers: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(synchronous(&store), 2); // FULL
+        let written = store
+            .write_batch(vec![message("r", "alice", "m1", "x")])
+            .unwrap();
+        assert_eq!(stored_seq(&written[0]), 1);
+        assert_eq!(history(&store, 10, 0, 0), (vec![1], false));
+        drop(store);
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        assert_eq!(synchronous(&store), 1); // NORMAL
+    }
+
+    /// A failed transaction leaves neither rows nor cache entries behind: the
+    /// room, the seq and the user it created are all forgotten.
+    #[test]
+    fn a_failed_batch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        {
+            let writer = store.lock_writer();
+            writer
+                .conn
+                .execute_batch(
+                    "CREATE TEMP TRIGGER fail BEFORE INSERT ON messages
+                     WHEN NEW.content = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END;",
+                )
+                .unwrap();
+        }
+        let err = store
+            .write_batch(vec![
+                message("r", "zed", "m1", "fine"),
+                message("r", "zed", "m2", "boom"),
+            ])
+            .unwrap_err();
+        assert!(err.0.contains("boom"), "{err}");
+        assert_eq!(store.get_user("zed").unwrap(), None);
+        assert_eq!(history(&store, 10, 0, 0), (vec![], false));
+
+        let written = store
+            .write_batch(vec![message("r", "zed", "m1", "fine")])
+            .unwrap();
+        assert_eq!(stored_seq(&written[0]), 1);
+        assert_eq!(history(&store, 10, 0, 0), (vec![1], false));
+        assert!(store.get_user("zed").unwrap().is_some());
+    }
+
+    #[test]
+    fn readers_run_concurrently_with_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 10);
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..200 {
+                        let (seqs, _) = history(&store, 5, 0, 0);
+                        assert_eq!(seqs.len(), 5);
+                        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+                    }
+                });
+            }
+            for i in 0..200 {
+                store
+                    .write_batch(vec![message("r", "bob", &format!("b{i}"), "x")])
+                    .unwrap();
+            }
+        });
+        assert_eq!(history(&store, 1, 0, 0), (vec![210], true));
+    }
+}
