@@ -105,7 +105,11 @@ struct GatewayArgs {
 #[command(next_help_heading = "Upstream gRPC service")]
 struct UpstreamArgs {
     /// URI of the gRPC service.
-    #[arg(long, env = "WSGATE_UPSTREAM", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "WSGATE_UPSTREAM",
+        default_value = "http://127.0.0.1:50051"
+    )]
     upstream: String,
     /// Encoded FileDescriptorSet describing the service (e.g. from
     /// `protoc --include_imports -o set.pb` or `buf build -o set.pb`).
@@ -153,8 +157,18 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let web = bind(args.gateway.listen).await?;
     let upstream = format!("http://{}", reachable(grpc.local_addr()?));
     let shutdown = shutdown_on_signal();
-    let server = tokio::spawn(server::run(grpc, store, server_config(&args.server), shutdown.clone()));
-    let gateway = tokio::spawn(proxy::run(web, gateway, proxy_config(&args.gateway, upstream), shutdown.clone()));
+    let server = tokio::spawn(server::run(
+        grpc,
+        store,
+        server_config(&args.server),
+        shutdown.clone(),
+    ));
+    let gateway = tokio::spawn(proxy::run(
+        web,
+        gateway,
+        proxy_config(&args.gateway, upstream),
+        shutdown.clone(),
+    ));
     let (server, gateway) = tokio::join!(server, gateway);
     server??;
     gateway??;
@@ -189,16 +203,25 @@ fn build_gateway(args: &UpstreamArgs) -> anyhow::Result<Gateway> {
     let pool = match &args.descriptor_set {
         None => wsgate::proto::descriptor_pool(),
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            prost_reflect::DescriptorPool::decode(bytes.as_slice())
-                .with_context(|| format!("{} is not an encoded FileDescriptorSet", path.display()))?
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            prost_reflect::DescriptorPool::decode(bytes.as_slice()).with_context(|| {
+                format!("{} is not an encoded FileDescriptorSet", path.display())
+            })?
         }
     };
     let Some(service) = pool.get_service_by_name(&args.service) else {
         let known: Vec<_> = pool.services().map(|s| s.full_name().to_owned()).collect();
-        bail!("service {:?} is not in the descriptor set; it has: {}", args.service, known.join(", "));
+        bail!(
+            "service {:?} is not in the descriptor set; it has: {}",
+            args.service,
+            known.join(", ")
+        );
     };
-    Ok(Gateway::from_service(&service, args.stream_method.as_deref())?)
+    Ok(Gateway::from_service(
+        &service,
+        args.stream_method.as_deref(),
+    )?)
 }
 
 fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
@@ -239,8 +262,12 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 /// through loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }
@@ -267,14 +294,15 @@ async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

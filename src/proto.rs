@@ -68,7 +68,10 @@ mod tests {
         let t = super::timestamp_from_us(1_700_000_000_123_456);
         assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_456_000));
         let before_epoch = super::timestamp_from_us(-1);
-        assert_eq!((before_epoch.seconds, before_epoch.nanos), (-1, 999_999_000));
+        assert_eq!(
+            (before_epoch.seconds, before_epoch.nanos),
+            (-1, 999_999_000)
+        );
     }
 
     #[test]

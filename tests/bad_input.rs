@@ -12,9 +12,15 @@ use tokio_tungstenite::tungstenite::Message;
 async fn refused(ws: &mut Ws, text: &str, needle: &str) {
     ws.send_text(text).await;
     let frame = ws.recv().await;
-    assert_eq!(frame["error"]["code"], "INVALID_ARGUMENT", "for {text}: {frame}");
+    assert_eq!(
+        frame["error"]["code"], "INVALID_ARGUMENT",
+        "for {text}: {frame}"
+    );
     let message = frame["error"]["message"].as_str().unwrap();
-    assert!(message.contains(needle), "for {text}: {message:?} should mention {needle:?}");
+    assert!(
+        message.contains(needle),
+        "for {text}: {message:?} should mention {needle:?}"
+    );
     still_usable(ws).await;
 }
 
@@ -33,11 +39,26 @@ async fn malformed_frames_get_an_error_and_the_connection_goes_on() {
     refused(&mut ws, "{}", "JSON object").await;
     refused(&mut ws, r#"{"launch_rockets": {}}"#, "unknown action").await;
     refused(&mut ws, r#"{"resume": {"joins": []}}"#, "unknown action").await;
-    refused(&mut ws, r#"{"get_user": {"user_id": "a"}, "join_room": {}}"#, "2 action keys").await;
+    refused(
+        &mut ws,
+        r#"{"get_user": {"user_id": "a"}, "join_room": {}}"#,
+        "2 action keys",
+    )
+    .await;
     refused(&mut ws, r#"{"get_user": {"user_id": 5}}"#, "get_user").await;
-    refused(&mut ws, r#"{"get_chat_history": {"room_id": "r", "limit": "lots"}}"#, "get_chat_history").await;
+    refused(
+        &mut ws,
+        r#"{"get_chat_history": {"room_id": "r", "limit": "lots"}}"#,
+        "get_chat_history",
+    )
+    .await;
     refused(&mut ws, r#"{"get_user": {"user": "a"}}"#, "user").await;
-    refused(&mut ws, r#"{"get_user": {"user_id": "a"}, "request_id": 7}"#, "request_id").await;
+    refused(
+        &mut ws,
+        r#"{"get_user": {"user_id": "a"}, "request_id": 7}"#,
+        "request_id",
+    )
+    .await;
     refused(&mut ws, r#"{"chat_message": "hello"}"#, "chat_message").await;
 }
 
@@ -56,30 +77,60 @@ async fn missing_or_invalid_fields_are_refused_by_the_service() {
     let system = System::start().await;
     let mut ws = system.connect().await;
     let cases = [
-        (json!({"chat_message": {"room_id": "", "sender_id": "u", "content": "x"}}), "room_id is required"),
-        (json!({"chat_message": {"room_id": "r", "sender_id": "", "content": "x"}}), "sender_id is required"),
-        (json!({"chat_message": {"room_id": "r", "sender_id": "u", "content": ""}}), "content is required"),
-        (json!({"chat_message": {"room_id": "r", "sender_id": "u", "content": "x".repeat(4097)}}), "limit is 4096"),
-        (json!({"join_room": {"room_id": "r"}}), "user_id is required"),
-        (json!({"error": {"code": "NOT_FOUND", "message": "spoof"}}), "sent by the server"),
+        (
+            json!({"chat_message": {"room_id": "", "sender_id": "u", "content": "x"}}),
+            "room_id is required",
+        ),
+        (
+            json!({"chat_message": {"room_id": "r", "sender_id": "", "content": "x"}}),
+            "sender_id is required",
+        ),
+        (
+            json!({"chat_message": {"room_id": "r", "sender_id": "u", "content": ""}}),
+            "content is required",
+        ),
+        (
+            json!({"chat_message": {"room_id": "r", "sender_id": "u", "content": "x".repeat(4097)}}),
+            "limit is 4096",
+        ),
+        (
+            json!({"join_room": {"room_id": "r"}}),
+            "user_id is required",
+        ),
+        (
+            json!({"error": {"code": "NOT_FOUND", "message": "spoof"}}),
+            "sent by the server",
+        ),
     ];
     for (i, (frame, needle)) in cases.into_iter().enumerate() {
         let mut frame = frame;
         frame["request_id"] = json!(format!("bad-{i}"));
         ws.send(frame).await;
-        let reply = ws.recv_until(|f| f["request_id"] == format!("bad-{i}").as_str()).await;
+        let reply = ws
+            .recv_until(|f| f["request_id"] == format!("bad-{i}").as_str())
+            .await;
         assert_eq!(reply["error"]["code"], "INVALID_ARGUMENT", "{reply}");
         let message = reply["error"]["message"].as_str().unwrap();
-        assert!(message.contains(needle), "{message:?} should mention {needle:?}");
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
     }
     for (action, body, needle) in [
         ("get_user", json!({}), "user_id is required"),
         ("get_chat_history", json!({}), "room_id is required"),
-        ("set_user_name", json!({"user_id": "u", "name": "  "}), "name is required"),
+        (
+            "set_user_name",
+            json!({"user_id": "u", "name": "  "}),
+            "name is required",
+        ),
     ] {
         let reply = ws.call(action, body).await;
         assert_eq!(reply["error"]["code"], "INVALID_ARGUMENT", "{reply}");
-        assert!(reply["error"]["message"].as_str().unwrap().contains(needle), "{reply}");
+        assert!(
+            reply["error"]["message"].as_str().unwrap().contains(needle),
+            "{reply}"
+        );
     }
     // The stream survived all of it.
     let echo = ws.say("r", "u", "ok", "fine").await;
@@ -93,7 +144,12 @@ async fn binary_frames_get_an_error() {
     ws.send_raw(Message::binary(vec![1, 2, 3])).await;
     let frame = ws.recv().await;
     assert_eq!(frame["error"]["code"], "INVALID_ARGUMENT");
-    assert!(frame["error"]["message"].as_str().unwrap().contains("binary"));
+    assert!(
+        frame["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("binary")
+    );
     still_usable(&mut ws).await;
 }
 
@@ -104,7 +160,8 @@ async fn an_oversize_frame_closes_with_1009() {
     config.max_frame_bytes = 1024;
     let proxy = Proxy::start_with(config).await;
     let mut ws = proxy.connect().await;
-    let big = json!({"chat_message": {"room_id": "r", "sender_id": "u", "content": "x".repeat(2000)}});
+    let big =
+        json!({"chat_message": {"room_id": "r", "sender_id": "u", "content": "x".repeat(2000)}});
     ws.send(big).await;
     assert_eq!(ws.closed_with().await, 1009);
     // Other connections are unaffected.
@@ -116,8 +173,13 @@ async fn an_oversize_frame_closes_with_1009() {
 async fn the_page_is_served_on_plain_get() {
     let system = System::start().await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(system.proxy.addr).await.unwrap();
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(system.proxy.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut body = String::new();
     stream.read_to_string(&mut body).await.unwrap();
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");

@@ -28,8 +28,14 @@ async fn the_handouts_postman_frame_is_echoed_as_confirmation() {
     assert_eq!(m["sender_id"], "client1");
     assert_eq!(m["content"], "Hello World !");
     assert_eq!(m["seq"], "1", "canonical JSON: 64-bit integers are strings");
-    assert!(m["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{frame}");
-    assert!(frame.get("request_id").is_none(), "no request_id was sent: {frame}");
+    assert!(
+        m["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{frame}"
+    );
+    assert!(
+        frame.get("request_id").is_none(),
+        "no request_id was sent: {frame}"
+    );
 }
 
 #[tokio::test]
@@ -56,20 +62,59 @@ async fn every_member_gets_every_message_in_one_order() {
             let frame = ws.recv().await;
             let m = &frame["chat_message"];
             if m["id"].as_str().is_some_and(|id| id.starts_with('m')) {
-                seen.push((m["seq"].as_str().unwrap().parse::<u64>().unwrap(), m["id"].as_str().unwrap().to_owned()));
+                seen.push((
+                    m["seq"].as_str().unwrap().parse::<u64>().unwrap(),
+                    m["id"].as_str().unwrap().to_owned(),
+                ));
             }
         }
         orders.push(seen);
     }
     for seen in &orders {
-        assert!(seen.windows(2).all(|w| w[1].0 == w[0].0 + 1), "seqs contiguous and increasing: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+            "seqs contiguous and increasing: {seen:?}"
+        );
     }
     assert_eq!(orders[0], orders[1]);
     assert_eq!(orders[1], orders[2]);
 }
 
+/// Every frame up to and including the echo of the message `id`.
+async fn frames_until_echo(ws: &mut support::Ws, id: &str) -> Vec<serde_json::Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = ws.recv().await;
+        let done = frame["chat_message"]["id"] == id;
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
 #[tokio::test]
-async fn rooms_are_isolated_and_leaving_stops_delivery() {
+async fn rooms_are_isolated() {
+    let system = System::start().await;
+    let mut alice = system.connect().await;
+    let mut bob = system.connect().await;
+    alice.join("a", "alice").await;
+    bob.join("b", "bob").await;
+
+    // A message is fanned out to every member before its sender's echo, so
+    // once alice has her echo, anything bound for bob is already queued
+    // ahead of his next echo.
+    alice.say("a", "alice", "to-a", "only for a").await;
+    bob.send(json!({"chat_message": {"id": "check", "room_id": "b", "sender_id": "bob", "content": "x"}})).await;
+    let seen = frames_until_echo(&mut bob, "check").await;
+    assert!(
+        seen.iter().all(|f| f["chat_message"]["room_id"] == "b"),
+        "bob saw another room: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn leaving_a_room_stops_its_messages() {
     let system = System::start().await;
     let mut alice = system.connect().await;
     let mut bob = system.connect().await;
@@ -77,25 +122,23 @@ async fn rooms_are_isolated_and_leaving_stops_delivery() {
     alice.join("b", "alice").await;
     bob.join("b", "bob").await;
 
-    bob.say("b", "bob", "to-b", "hi b").await;
-    let got = alice.recv_until(|f| f["chat_message"]["id"] == "to-b").await;
+    bob.say("b", "bob", "before", "alice is here").await;
+    let got = alice
+        .recv_until(|f| f["chat_message"]["id"] == "before")
+        .await;
     assert_eq!(got["chat_message"]["room_id"], "b");
 
-    // A message to room a never reaches bob: prove it by what bob sees next.
-    alice.say("a", "alice", "to-a", "only a").await;
+    // Frames on one stream are handled in order: the leave takes effect
+    // before alice's next message, whose echo proves it was handled.
     alice.send(json!({"leave_room": {"room_id": "b"}})).await;
-    // alice's leave is ordered before bob's next message only once processed:
-    // wait for it with a message of hers that no longer needs room b.
-    alice.say("a", "alice", "after-leave", "x").await;
-    bob.say("b", "bob", "b-after-leave", "anyone?").await;
-    let next = bob.recv().await;
-    assert_ne!(next["chat_message"]["room_id"], "a", "bob is not in room a: {next}");
-
-    // alice sees nothing more from room b: the next frame she gets is her own
-    // next message in room a.
+    alice.say("a", "alice", "sync", "left b").await;
+    bob.say("b", "bob", "after", "alice is gone").await;
     alice.send(json!({"chat_message": {"id": "last", "room_id": "a", "sender_id": "alice", "content": "x"}})).await;
-    let frame = alice.recv().await;
-    assert_eq!(frame["chat_message"]["id"], "last", "no frame from room b after leaving: {frame}");
+    let seen = frames_until_echo(&mut alice, "last").await;
+    assert!(
+        seen.iter().all(|f| f["chat_message"]["id"] != "after"),
+        "alice got room b after leaving: {seen:?}"
+    );
 }
 
 #[tokio::test]
@@ -150,10 +193,17 @@ async fn get_user_finds_users_and_says_not_found_with_the_request_id() {
     assert_eq!(user["name"], "ada", "the default name is the id");
     assert_eq!(user["status"], "ONLINE");
 
-    ws.send(json!({"get_user": {"user_id": "nobody"}, "request_id": "q1"})).await;
+    ws.send(json!({"get_user": {"user_id": "nobody"}, "request_id": "q1"}))
+        .await;
     let reply = ws.recv_until(|f| f["request_id"] == "q1").await;
     assert_eq!(reply["error"]["code"], "NOT_FOUND");
-    assert!(reply["error"]["message"].as_str().unwrap().contains("nobody"), "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nobody"),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -161,7 +211,12 @@ async fn a_user_can_change_its_name_and_goes_offline_when_its_stream_ends() {
     let system = System::start().await;
     let mut ada = system.connect().await;
     ada.join("r", "ada").await;
-    let reply = ada.call("set_user_name", json!({"user_id": "ada", "name": "  Ada Lovelace "})).await;
+    let reply = ada
+        .call(
+            "set_user_name",
+            json!({"user_id": "ada", "name": "  Ada Lovelace "}),
+        )
+        .await;
     assert_eq!(reply["user"]["name"], "Ada Lovelace");
     assert_eq!(reply["user"]["status"], "ONLINE");
 
@@ -175,7 +230,10 @@ async fn a_user_can_change_its_name_and_goes_offline_when_its_stream_ends() {
         if reply["user"]["status"] == "OFFLINE" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "ada still online: {reply}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ada still online: {reply}"
+        );
         tokio::task::yield_now().await;
     }
 }
@@ -184,9 +242,15 @@ async fn a_user_can_change_its_name_and_goes_offline_when_its_stream_ends() {
 async fn lower_camel_case_input_is_accepted() {
     let system = System::start().await;
     let mut ws = system.connect().await;
-    ws.send(json!({"chatMessage": {"id": "c1", "roomId": "r", "senderId": "u", "content": "camel"}})).await;
+    ws.send(
+        json!({"chatMessage": {"id": "c1", "roomId": "r", "senderId": "u", "content": "camel"}}),
+    )
+    .await;
     let frame = ws.recv().await;
-    assert_eq!(frame["chat_message"]["room_id"], "r", "output uses proto names: {frame}");
+    assert_eq!(
+        frame["chat_message"]["room_id"], "r",
+        "output uses proto names: {frame}"
+    );
 }
 
 #[tokio::test]
@@ -204,7 +268,9 @@ async fn a_client_that_vanishes_does_not_disturb_the_others() {
         drop(ghost);
     }
     for i in 0..20 {
-        alice.say("r", "alice", &format!("a{i}"), "still here").await;
+        alice
+            .say("r", "alice", &format!("a{i}"), "still here")
+            .await;
     }
     let last = bob.recv_until(|f| f["chat_message"]["id"] == "a19").await;
     assert_eq!(last["chat_message"]["sender_id"], "alice");

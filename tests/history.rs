@@ -32,7 +32,11 @@ async fn fill(system: &System, room: &str, n: usize) {
         .into_inner();
     let mut confirmed = 0;
     while confirmed < n {
-        let frame = tokio::time::timeout(support::WAIT, echoes.message()).await.unwrap().unwrap().unwrap();
+        let frame = tokio::time::timeout(support::WAIT, echoes.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(Event::ChatMessage(_)) = frame.event {
             confirmed += 1;
         }
@@ -59,9 +63,17 @@ async fn paging_backwards_and_forwards_covers_every_message_once() {
     let mut before = 0u64;
     let mut pages = 0;
     loop {
-        let page = ws.call("get_chat_history", json!({"room_id": "big", "limit": 50, "before_seq": before})).await;
+        let page = ws
+            .call(
+                "get_chat_history",
+                json!({"room_id": "big", "limit": 50, "before_seq": before}),
+            )
+            .await;
         let s = seqs(&page);
-        assert!(s.windows(2).all(|w| w[1] == w[0] + 1), "oldest first, no gap: {s:?}");
+        assert!(
+            s.windows(2).all(|w| w[1] == w[0] + 1),
+            "oldest first, no gap: {s:?}"
+        );
         pages += 1;
         all.splice(0..0, s.iter().copied());
         if page["chat_history"]["has_more"] == false {
@@ -73,28 +85,29 @@ async fn paging_backwards_and_forwards_covers_every_message_once() {
     assert_eq!(all, (1..=130).collect::<Vec<_>>());
 
     // Forwards from a seq, as a reconnecting client catches up.
-    let mut all = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let page = ws.call("get_chat_history", json!({"room_id": "big", "limit": 40, "after_seq": after})).await;
-        let s = seqs(&page);
-        all.extend(&s);
-        if page["chat_history"]["has_more"] == false {
-            break;
-        }
-        after = *s.last().unwrap();
-    }
-    // after_seq = 0 means "no lower bound", so the first page is the newest 40;
-    // catching up starts from a known seq instead:
-    let page = ws.call("get_chat_history", json!({"room_id": "big", "after_seq": 100})).await;
+    let page = ws
+        .call(
+            "get_chat_history",
+            json!({"room_id": "big", "after_seq": 100}),
+        )
+        .await;
     assert_eq!(seqs(&page), (101..=130).collect::<Vec<_>>());
     assert_eq!(page["chat_history"]["has_more"], false);
-    let page = ws.call("get_chat_history", json!({"room_id": "big", "after_seq": 1, "limit": 10})).await;
+    let page = ws
+        .call(
+            "get_chat_history",
+            json!({"room_id": "big", "after_seq": 1, "limit": 10}),
+        )
+        .await;
     assert_eq!(seqs(&page), (2..=11).collect::<Vec<_>>());
     assert_eq!(page["chat_history"]["has_more"], true);
-    let page = ws.call("get_chat_history", json!({"room_id": "big", "after_seq": 10, "before_seq": 15})).await;
+    let page = ws
+        .call(
+            "get_chat_history",
+            json!({"room_id": "big", "after_seq": 10, "before_seq": 15}),
+        )
+        .await;
     assert_eq!(seqs(&page), vec![11, 12, 13, 14]);
-    assert!(!all.is_empty());
 }
 
 #[tokio::test]
@@ -131,7 +144,9 @@ async fn the_limit_defaults_to_50_and_is_capped_at_500() {
     let mut ws = system.connect().await;
     let page = ws.call("get_chat_history", json!({"room_id": "r"})).await;
     assert_eq!(seqs(&page), (471..=520).collect::<Vec<_>>());
-    let page = ws.call("get_chat_history", json!({"room_id": "r", "limit": 100000})).await;
+    let page = ws
+        .call("get_chat_history", json!({"room_id": "r", "limit": 100000}))
+        .await;
     assert_eq!(seqs(&page).len(), 500);
     assert_eq!(page["chat_history"]["has_more"], true);
 }
@@ -140,6 +155,11 @@ async fn the_limit_defaults_to_50_and_is_capped_at_500() {
 async fn an_unknown_room_has_an_empty_history_and_every_field_is_present() {
     let system = System::start().await;
     let mut ws = system.connect().await;
-    let page = ws.call("get_chat_history", json!({"room_id": "nowhere"})).await;
-    assert_eq!(page["chat_history"], json!({"room_id": "nowhere", "messages": [], "has_more": false}));
+    let page = ws
+        .call("get_chat_history", json!({"room_id": "nowhere"}))
+        .await;
+    assert_eq!(
+        page["chat_history"],
+        json!({"room_id": "nowhere", "messages": [], "has_more": false})
+    );
 }

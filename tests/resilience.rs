@@ -25,9 +25,10 @@ async fn confirmed_messages_survive_kill_9_and_seq_continues() {
     let (addr, db) = server.kill_9();
 
     let server = ServerProcess::spawn(&db, addr);
-    let mut grpc = wsgate::proto::chat::chat_service_client::ChatServiceClient::connect(server.uri())
-        .await
-        .unwrap();
+    let mut grpc =
+        wsgate::proto::chat::chat_service_client::ChatServiceClient::connect(server.uri())
+            .await
+            .unwrap();
     let page = grpc
         .get_chat_history(wsgate::proto::chat::GetChatHistoryRequest {
             room_id: "r".into(),
@@ -37,7 +38,10 @@ async fn confirmed_messages_survive_kill_9_and_seq_continues() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<_>>()
+    );
 
     // The same WebSocket, still open, goes on once the stream is back; the
     // next message continues the sequence.
@@ -74,9 +78,14 @@ async fn an_open_websocket_is_told_of_the_outage_and_rejoins_after_restart() {
         alice
             .send(json!({"chat_message": {"id": "back", "room_id": "room1", "sender_id": "alice", "content": "we're back"}, "request_id": "b"}))
             .await;
-        let reply = alice.recv_until(|f| f["request_id"] == "b" || f.get("error").is_some()).await;
+        let reply = alice
+            .recv_until(|f| f["request_id"] == "b" || f.get("error").is_some())
+            .await;
         sent = reply.get("chat_message").is_some();
-        assert!(tokio::time::Instant::now() < deadline, "alice could not send after restart: {reply}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice could not send after restart: {reply}"
+        );
     }
     let got = bob.recv_until(|f| f["chat_message"]["id"] == "back").await;
     assert_eq!(got["chat_message"]["content"], "we're back");
@@ -85,7 +94,10 @@ async fn an_open_websocket_is_told_of_the_outage_and_rejoins_after_restart() {
 #[tokio::test]
 async fn the_gateway_starts_with_the_upstream_down() {
     // Reserve a port, then free it: nothing listens there.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let proxy = Proxy::start(&format!("http://{addr}")).await;
     let mut ws = proxy.connect().await;
     let reply = ws.call("get_user", json!({"user_id": "x"})).await;

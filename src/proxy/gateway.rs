@@ -206,6 +206,15 @@ impl Gateway {
         };
         let example = format!("{{{}: {{...}}}}", json_quote(first));
         let action_list = table.order.join(", ");
+        // lowerCamelCase spellings (`chatMessage`, `getChatHistory`) are
+        // accepted too, as protobuf's JSON mapping accepts them for fields.
+        let aliases: Vec<(String, Slot)> = table
+            .actions
+            .iter()
+            .map(|(name, slot)| (lower_camel_case(name), *slot))
+            .filter(|(camel, _)| !table.actions.contains_key(camel))
+            .collect();
+        table.actions.extend(aliases);
 
         Ok(Gateway {
             service: service.full_name().to_owned(),
@@ -441,6 +450,23 @@ pub(crate) fn json_quote(name: &str) -> String {
     serde_json::to_string(name).unwrap_or_else(|_| format!("\"{name}\""))
 }
 
+/// lowerCamelCase of a snake_case name: `get_chat_history` → `getChatHistory`.
+fn lower_camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.push(c.to_ascii_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// snake_case of a CamelCase protobuf name: `GetChatHistory` →
 /// `get_chat_history`, `GetHTTPStatus` → `get_http_status`, `V2Thing` →
 /// `v2_thing`. A word break goes before an upper-case letter that follows a
@@ -599,6 +625,25 @@ mod tests {
         ] {
             assert_eq!(snake_case(name), want, "{name}");
         }
+    }
+
+    #[test]
+    fn lower_camel_case_spellings_are_aliases() {
+        let gw = chat_gateway();
+        assert_eq!(
+            gw.actions.get("chatMessage"),
+            gw.actions.get("chat_message")
+        );
+        assert_eq!(
+            gw.actions.get("getChatHistory"),
+            gw.actions.get("get_chat_history")
+        );
+        assert!(gw.actions.contains_key("getChatHistory"));
+        assert!(gw.action("ChatMessage").is_none());
+        assert!(
+            !gw.action_list().contains("chatMessage"),
+            "aliases are not listed"
+        );
     }
 
     #[test]

@@ -105,7 +105,9 @@ async fn root(
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         // A WebSocket handshake gone wrong gets its error, not the page.
-        Err(rejection) if headers.contains_key(header::UPGRADE) => return rejection.into_response(),
+        Err(rejection) if headers.contains_key(header::UPGRADE) => {
+            return rejection.into_response();
+        }
         Err(_) => return page(),
     };
     let max = ctx.config.max_frame_bytes;
@@ -150,7 +152,10 @@ pub async fn run(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     sessions.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("some WebSocket sessions did not close in time");
     }
     tracing::info!("WebSocket gateway stopped");

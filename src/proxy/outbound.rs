@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Close codes the gateway uses (RFC 6455 section 7.4.1).
 pub mod close_code {
-    pub use axum::extract::ws::close_code::{AWAY, ERROR, POLICY, SIZE};
+    pub use axum::extract::ws::close_code::{AWAY, POLICY, SIZE};
 }
 
 /// How long the writer may take to send a final close frame to a peer that
@@ -124,7 +124,11 @@ async fn write_loop(
             return;
         }
     }
-    let frame = ending.frame.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let frame = ending
+        .frame
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(frame))).await;
 }
 

@@ -11,8 +11,8 @@ use tonic::Code;
 
 use super::Context;
 use super::gateway::REQUEST_ID;
-use super::transcode::{Frame, error_json, reply_json, status_json};
 use super::outbound::{ToClient, close_code, spawn_writer};
+use super::transcode::{Frame, error_json, reply_json, status_json};
 use super::upstream::StreamLink;
 
 /// Serves one upgraded WebSocket until it ends.
@@ -116,7 +116,8 @@ async fn dispatch(
             });
         }
         Ok(Frame::Stream(frame)) => {
-            let link = link.get_or_insert_with(|| StreamLink::open(ctx.upstream.clone(), client.clone()));
+            let link =
+                link.get_or_insert_with(|| StreamLink::open(ctx.upstream.clone(), client.clone()));
             if let Err(frame) = link.try_send(frame) {
                 let request_id = frame.get_field_by_name(REQUEST_ID);
                 let request_id = request_id.as_ref().and_then(|v| v.as_str());

@@ -639,8 +639,8 @@ mod tests {
                 None,
             ),
             (
-                r#"{"chatMessage": {}}"#,
-                "unknown action \"chatMessage\"; expected one of: chat_message, join_room, \
+                r#"{"ChatMessage": {}}"#,
+                "unknown action \"ChatMessage\"; expected one of: chat_message, join_room, \
                  leave_room, error, get_user, set_user_name, get_chat_history",
                 None,
             ),

@@ -14,8 +14,8 @@ use tonic::{Code, Request, Status};
 
 use super::codec::DynamicCodec;
 use super::gateway::{Gateway, StreamMethod, UnaryMethod};
-use super::transcode::{code_name, error_json, event_json};
 use super::outbound::ToClient;
+use super::transcode::{code_name, error_json, event_json};
 
 /// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -55,7 +55,11 @@ impl Upstream {
     }
 
     /// Calls a unary method.
-    pub async fn unary(&self, method: &UnaryMethod, request: DynamicMessage) -> Result<DynamicMessage, Status> {
+    pub async fn unary(
+        &self,
+        method: &UnaryMethod,
+        request: DynamicMessage,
+    ) -> Result<DynamicMessage, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready()
             .await
@@ -78,7 +82,10 @@ impl Upstream {
             .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
         let codec = DynamicCodec::new(method.output.clone());
         let requests = Request::new(ReceiverStream::new(requests));
-        Ok(grpc.streaming(requests, method.path.clone(), codec).await?.into_inner())
+        Ok(grpc
+            .streaming(requests, method.path.clone(), codec)
+            .await?
+            .into_inner())
     }
 }
 

@@ -58,15 +58,23 @@ impl Outbox {
 
     /// Queues a frame without waiting; ends the stream if its queue is full.
     pub fn push(&self, frame: ChatStream) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(frame)) {
-            if !self.overflow.is_cancelled() {
-                tracing::warn!(stream = self.stream.0, "outbound queue full, ending slow stream");
-                self.overflow.cancel();
-            }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(frame))
+            && !self.overflow.is_cancelled()
+        {
+            tracing::warn!(
+                stream = self.stream.0,
+                "outbound queue full, ending slow stream"
+            );
+            self.overflow.cancel();
         }
     }
 
-    pub fn push_error(&self, code: chat::Code, message: impl Into<String>, request_id: Option<String>) {
+    pub fn push_error(
+        &self,
+        code: chat::Code,
+        message: impl Into<String>,
+        request_id: Option<String>,
+    ) {
         self.push(ChatStream {
             event: Some(Event::Error(chat::Error {
                 code: code as i32,
@@ -168,7 +176,11 @@ impl Hub {
                 }
                 (Tag::Message { origin, request_id }, Err(e)) => {
                     tracing::error!(error = %e, "message not stored");
-                    origin.push_error(chat::Code::Unavailable, format!("message not stored: {e}"), request_id);
+                    origin.push_error(
+                        chat::Code::Unavailable,
+                        format!("message not stored: {e}"),
+                        request_id,
+                    );
                 }
                 (Tag::User(reply), result) => {
                     if let Some(reply) = reply {

@@ -65,8 +65,9 @@ pub async fn run(
     let local = listener.local_addr()?;
     let hub = Arc::new(Hub::default());
     let fan_out = hub.clone();
-    let (writer, writer_thread) =
-        Writer::spawn(store.clone(), config.writer.clone(), move |results| fan_out.committed(results));
+    let (writer, writer_thread) = Writer::spawn(store.clone(), config.writer, move |results| {
+        fan_out.committed(results)
+    })?;
     let sessions = TaskTracker::new();
     let chat = ChatServiceImpl {
         hub,
@@ -82,11 +83,14 @@ pub async fn run(
     health_reporter
         .set_serving::<ChatServiceServer<ChatServiceImpl>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    let reflection_v1 = reflection.clone().build_v1()?;
-    let reflection_v1alpha = reflection.build_v1alpha()?;
+    // Both versions: grpcurl asks for v1, older Postman builds for v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     tracing::info!(%local, "gRPC chat server listening");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -105,7 +109,7 @@ pub async fn run(
     // writer, which then commits what is queued and stops.
     sessions.close();
     sessions.wait().await;
-    writer_thread.join().await;
+    writer_thread.join().await?;
     tracing::info!("gRPC chat server stopped; storage flushed");
     Ok(())
 }

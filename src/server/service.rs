@@ -61,7 +61,10 @@ type ChatResponseStream = Pin<Box<dyn Stream<Item = Result<chat::ChatStream, Sta
 
 #[tonic::async_trait]
 impl ChatService for ChatServiceImpl {
-    async fn get_user(&self, request: Request<chat::GetUserRequest>) -> Result<Response<chat::User>, Status> {
+    async fn get_user(
+        &self,
+        request: Request<chat::GetUserRequest>,
+    ) -> Result<Response<chat::User>, Status> {
         let user_id = request.into_inner().user_id;
         validate::user_id(&user_id)?;
         let online = self.hub.is_online(&user_id);
@@ -110,25 +113,35 @@ impl ChatService for ChatServiceImpl {
         let (tx, rx) = mpsc::channel(self.stream_buffer);
         let overflow = CancellationToken::new();
         let outbox = Outbox::new(StreamId::next(), tx, overflow.clone());
-        let session = Session::new(self.hub.clone(), self.writer.clone(), outbox, self.max_content_bytes);
-        self.sessions
-            .spawn(session.run(request.into_inner(), self.shutdown.clone(), overflow.clone()));
+        let session = Session::new(
+            self.hub.clone(),
+            self.writer.clone(),
+            outbox,
+            self.max_content_bytes,
+        );
+        self.sessions.spawn(session.run(
+            request.into_inner(),
+            self.shutdown.clone(),
+            overflow.clone(),
+        ));
 
         // A stream that fell behind ends with a status saying so, instead of
         // the frames it could not take.
         let fell_behind = overflow.clone();
         let outbound = ReceiverStream::new(rx)
             .take_until(overflow.cancelled_owned())
-            .chain(stream::once(async move { fell_behind.is_cancelled() }).filter_map(
-                |slow| async move {
-                    slow.then(|| {
-                        Err(Status::resource_exhausted(
-                            "this stream fell too far behind and was closed; \
+            .chain(
+                stream::once(async move { fell_behind.is_cancelled() }).filter_map(
+                    |slow| async move {
+                        slow.then(|| {
+                            Err(Status::resource_exhausted(
+                                "this stream fell too far behind and was closed; \
                              reconnect and catch up with GetChatHistory(after_seq)",
-                        ))
-                    })
-                },
-            ));
+                            ))
+                        })
+                    },
+                ),
+            );
         Ok(Response::new(Box::pin(outbound)))
     }
 

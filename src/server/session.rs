@@ -25,7 +25,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(hub: Arc<Hub>, writer: Writer<Tag>, outbox: Outbox, max_content_bytes: usize) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        writer: Writer<Tag>,
+        outbox: Outbox,
+        max_content_bytes: usize,
+    ) -> Self {
         Session {
             hub,
             writer,
@@ -70,7 +75,9 @@ impl Session {
             Some(Event::ChatMessage(message)) => self.send(message, request_id).await,
             Some(Event::JoinRoom(join)) => {
                 if let Err(e) = validate::join_room(&join) {
-                    return self.outbox.push_error(Code::InvalidArgument, e.0, request_id);
+                    return self
+                        .outbox
+                        .push_error(Code::InvalidArgument, e.0, request_id);
                 }
                 if self.join(join).await {
                     self.push_resume();
@@ -78,7 +85,9 @@ impl Session {
             }
             Some(Event::LeaveRoom(leave)) => {
                 if let Err(e) = validate::room_id(&leave.room_id) {
-                    return self.outbox.push_error(Code::InvalidArgument, e.0, request_id);
+                    return self
+                        .outbox
+                        .push_error(Code::InvalidArgument, e.0, request_id);
                 }
                 if self.joins.remove(&leave.room_id).is_some() {
                     self.hub.leave(&leave.room_id, self.outbox.stream());
@@ -112,7 +121,9 @@ impl Session {
     /// Stores a message; its echo comes back through the hub once committed.
     async fn send(&mut self, mut message: chat::ChatMessage, request_id: Option<String>) {
         if let Err(e) = validate::chat_message(&message, self.max_content_bytes) {
-            return self.outbox.push_error(Code::InvalidArgument, e.0, request_id);
+            return self
+                .outbox
+                .push_error(Code::InvalidArgument, e.0, request_id);
         }
         // Sending to a room joins it, so the sender gets the echo that
         // confirms its message, and every message after it. The store
@@ -136,8 +147,11 @@ impl Session {
             request_id: request_id.clone(),
         };
         if self.writer.submit(write, tag).await.is_err() {
-            self.outbox
-                .push_error(Code::Unavailable, "the server is shutting down; message not stored", request_id);
+            self.outbox.push_error(
+                Code::Unavailable,
+                "the server is shutting down; message not stored",
+                request_id,
+            );
         }
     }
 

@@ -104,7 +104,10 @@ mod tests {
 
     #[test]
     fn a_complete_message_passes() {
-        assert_eq!(chat_message(&msg("room1", "client1", "Hello World !"), 4096), Ok(()));
+        assert_eq!(
+            chat_message(&msg("room1", "client1", "Hello World !"), 4096),
+            Ok(())
+        );
     }
 
     #[test]
@@ -120,7 +123,9 @@ mod tests {
     fn content_over_the_limit_is_refused_with_both_sizes() {
         assert_eq!(chat_message(&msg("r", "c", &"a".repeat(10)), 10), Ok(()));
         assert_eq!(
-            chat_message(&msg("r", "c", &"a".repeat(11)), 10).unwrap_err().0,
+            chat_message(&msg("r", "c", &"a".repeat(11)), 10)
+                .unwrap_err()
+                .0,
             "content is 11 bytes long; the limit is 10"
         );
     }
@@ -131,7 +136,12 @@ mod tests {
         assert!(room_id(&long).is_err());
         let mut m = msg("r", "c", "x");
         m.id = long;
-        assert!(chat_message(&m, 4096).unwrap_err().0.starts_with("id is 129 bytes"));
+        assert!(
+            chat_message(&m, 4096)
+                .unwrap_err()
+                .0
+                .starts_with("id is 129 bytes")
+        );
     }
 
     #[test]

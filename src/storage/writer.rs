@@ -64,7 +64,7 @@ impl<T: Send + 'static> Writer<T> {
     /// does (fan out to subscribers) happens in commit order.
     ///
     /// Fails only if the thread cannot be created.
-    pub fn spawn<S: Store>(
+    pub fn spawn<S: Store + ?Sized>(
         store: Arc<S>,
         options: WriterOptions,
         on_commit: impl FnMut(Vec<(T, Result<Written, StoreError>)>) + Send + 'static,
@@ -102,7 +102,7 @@ impl WriterHandle {
 
 /// The writer thread's loop: one batch per iteration, until the queue is
 /// closed and empty.
-fn run<S: Store, T>(
+fn run<S: Store + ?Sized, T>(
     store: &S,
     mut receiver: mpsc::Receiver<(Write, T)>,
     max_batch: usize,

@@ -36,7 +36,8 @@ impl Server {
     /// A server on a fresh database in a temporary directory.
     pub async fn start() -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server = Server::start_with(&dir.path().join("chat.db"), server::Config::default()).await;
+        let mut server =
+            Server::start_with(&dir.path().join("chat.db"), server::Config::default()).await;
         server._dir = Some(dir);
         server
     }
@@ -46,7 +47,12 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::run(listener, Arc::new(store), config, shutdown.clone()));
+        let task = tokio::spawn(server::run(
+            listener,
+            Arc::new(store),
+            config,
+            shutdown.clone(),
+        ));
         Server {
             addr,
             shutdown,
@@ -60,13 +66,17 @@ impl Server {
     }
 
     pub async fn grpc(&self) -> ChatServiceClient<tonic::transport::Channel> {
-        ChatServiceClient::connect(self.uri()).await.expect("gRPC connect")
+        ChatServiceClient::connect(self.uri())
+            .await
+            .expect("gRPC connect")
     }
 
     /// Shuts down gracefully and waits until storage is flushed.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(WAIT, self.task).await.expect("server stops in time");
+        let result = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server stops in time");
         result.expect("server task").expect("server run");
     }
 }
@@ -85,13 +95,19 @@ impl Proxy {
 
     pub async fn start_with(config: proxy::Config) -> Proxy {
         let pool = wsgate::proto::descriptor_pool();
-        let service = pool.get_service_by_name(wsgate::proto::CHAT_SERVICE).expect("service");
+        let service = pool
+            .get_service_by_name(wsgate::proto::CHAT_SERVICE)
+            .expect("service");
         let gateway = Arc::new(proxy::Gateway::from_service(&service, None).expect("gateway"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(proxy::run(listener, gateway, config, shutdown.clone()));
-        Proxy { addr, shutdown, task }
+        Proxy {
+            addr,
+            shutdown,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -104,7 +120,9 @@ impl Proxy {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let result = tokio::time::timeout(WAIT, self.task).await.expect("proxy stops in time");
+        let result = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("proxy stops in time");
         result.expect("proxy task").expect("proxy run");
     }
 }
@@ -191,17 +209,20 @@ impl Ws {
         let mut frame = serde_json::json!({ "request_id": request_id });
         frame[action] = body;
         self.send(frame).await;
-        self.recv_until(|f| f["request_id"] == request_id.as_str()).await
+        self.recv_until(|f| f["request_id"] == request_id.as_str())
+            .await
     }
 
     /// Joins a room and waits until the join has taken effect, proven by
     /// the echo of a message sent after it.
     pub async fn join(&mut self, room: &str, user: &str) {
-        self.send(serde_json::json!({"join_room": {"room_id": room, "user_id": user}})).await;
+        self.send(serde_json::json!({"join_room": {"room_id": room, "user_id": user}}))
+            .await;
         let probe = format!("probe-{}", fastrand::u64(..));
         self.send(serde_json::json!({"chat_message": {"id": probe, "room_id": room, "sender_id": user, "content": "joined"}}))
             .await;
-        self.recv_until(|f| f["chat_message"]["id"] == probe.as_str()).await;
+        self.recv_until(|f| f["chat_message"]["id"] == probe.as_str())
+            .await;
     }
 
     /// Sends a chat message and waits for its echo (the confirmation).
@@ -254,10 +275,10 @@ impl ServerProcess {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.contains("gRPC chat server listening").then(|| listen_addr(&line)).flatten() {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
+                if line.contains("gRPC chat server listening")
+                    && let (Some(addr), Some(tx)) = (listen_addr(&line), tx.take())
+                {
+                    let _ = tx.send(addr);
                 }
                 eprintln!("[server] {line}");
             }
