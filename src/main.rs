@@ -157,22 +157,33 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let web = bind(args.gateway.listen).await?;
     let upstream = format!("http://{}", reachable(grpc.local_addr()?));
     let shutdown = shutdown_on_signal();
-    let server = tokio::spawn(server::run(
-        grpc,
-        store,
-        server_config(&args.server),
+    // If either half stops (an error), the other is stopped too.
+    let server = tokio::spawn(stop_all_when_done(
+        server::run(grpc, store, server_config(&args.server), shutdown.clone()),
         shutdown.clone(),
     ));
-    let gateway = tokio::spawn(proxy::run(
-        web,
-        gateway,
-        proxy_config(&args.gateway, upstream),
-        shutdown.clone(),
+    let gateway = tokio::spawn(stop_all_when_done(
+        proxy::run(
+            web,
+            gateway,
+            proxy_config(&args.gateway, upstream),
+            shutdown.clone(),
+        ),
+        shutdown,
     ));
     let (server, gateway) = tokio::join!(server, gateway);
     server??;
     gateway??;
     Ok(())
+}
+
+async fn stop_all_when_done(
+    run: impl Future<Output = anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let result = run.await;
+    shutdown.cancel();
+    result
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
