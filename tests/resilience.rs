@@ -108,3 +108,31 @@ async fn the_gateway_starts_with_the_upstream_down() {
     let echo = ws.say("r", "u", "first", "upstream is up").await;
     assert_eq!(echo["seq"], "1");
 }
+
+#[tokio::test]
+async fn graceful_shutdown_closes_websockets_with_1001_and_keeps_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    let server = support::Server::start_with(&db, Default::default()).await;
+    let proxy = Proxy::start(&server.uri()).await;
+    let mut ws = proxy.connect().await;
+    for i in 1..=20 {
+        ws.say("r", "u", &format!("m{i}"), "kept").await;
+    }
+    proxy.stop().await;
+    assert_eq!(ws.closed_with().await, 1001);
+    server.stop().await;
+
+    let server = support::Server::start_with(&db, Default::default()).await;
+    let page = server
+        .grpc()
+        .await
+        .get_chat_history(wsgate::proto::chat::GetChatHistoryRequest {
+            room_id: "r".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages.len(), 20);
+}

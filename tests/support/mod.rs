@@ -65,10 +65,16 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
-    pub async fn grpc(&self) -> ChatServiceClient<tonic::transport::Channel> {
-        ChatServiceClient::connect(self.uri())
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.uri())
+            .expect("uri")
+            .connect()
             .await
             .expect("gRPC connect")
+    }
+
+    pub async fn grpc(&self) -> ChatServiceClient<tonic::transport::Channel> {
+        ChatServiceClient::new(self.channel().await)
     }
 
     /// Shuts down gracefully and waits until storage is flushed.
