@@ -185,3 +185,29 @@ async fn the_page_is_served_on_plain_get() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("<title>wsgate chat</title>"));
 }
+
+#[tokio::test]
+async fn a_peer_that_never_answers_pings_is_dropped_with_1008() {
+    use tokio::io::AsyncReadExt;
+    let system = System::start().await;
+    let mut config = wsgate::proxy::Config::new(system.server.uri());
+    config.ping_interval = std::time::Duration::from_secs(1);
+    let proxy = Proxy::start_with(config).await;
+    let (ws, _) = tokio_tungstenite::connect_async(proxy.url()).await.unwrap();
+    // Read the raw socket: unlike a WebSocket client, it never answers pings.
+    let tokio_tungstenite::MaybeTlsStream::Plain(mut tcp) = ws.into_inner() else {
+        panic!("plain TCP expected");
+    };
+    let mut bytes = Vec::new();
+    tokio::time::timeout(support::WAIT, tcp.read_to_end(&mut bytes))
+        .await
+        .expect("the gateway hangs up within two ping intervals")
+        .unwrap();
+    // Server frames are unmasked: a close frame is 0x88, length, then the code.
+    let close = bytes
+        .windows(4)
+        .find(|w| w[0] == 0x88)
+        .expect("a close frame");
+    assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1008, "{bytes:?}");
+    assert!(bytes.contains(&0x89), "pings were sent first");
+}
