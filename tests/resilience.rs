@@ -69,26 +69,36 @@ async fn an_open_websocket_is_told_of_the_outage_and_rejoins_after_restart() {
     bob.recv_until(|f| f.get("error").is_some()).await;
 
     let _server = ServerProcess::spawn(&db, addr);
-    // bob never sends again, yet he gets alice's message: the gateway
-    // re-joined his room when it re-opened his stream.
-    let mut sent = false;
+    // Each stream comes back on its own schedule (jittered backoff); wait
+    // until both are back, bob's through a room he was never in.
+    send_until_confirmed(&mut alice, "room1", "alice", "alice-back").await;
+    send_until_confirmed(&mut bob, "elsewhere", "bob", "bob-back").await;
+
+    // bob never re-joined room1 himself, yet he gets alice's message: the
+    // gateway replayed his stream's resume state when it re-opened it.
+    alice.say("room1", "alice", "live", "we're back").await;
+    let got = bob.recv_until(|f| f["chat_message"]["id"] == "live").await;
+    assert_eq!(got["chat_message"]["content"], "we're back");
+}
+
+/// Sends a message until it is confirmed: while the connection's stream is
+/// being re-opened, frames may be refused.
+async fn send_until_confirmed(ws: &mut support::Ws, room: &str, user: &str, id: &str) {
     let deadline = tokio::time::Instant::now() + support::WAIT;
-    while !sent {
-        // Until alice's stream is back her frames may be refused; retry.
-        alice
-            .send(json!({"chat_message": {"id": "back", "room_id": "room1", "sender_id": "alice", "content": "we're back"}, "request_id": "b"}))
+    loop {
+        ws.send(json!({"chat_message": {"id": id, "room_id": room, "sender_id": user, "content": "back"}, "request_id": id}))
             .await;
-        let reply = alice
-            .recv_until(|f| f["request_id"] == "b" || f.get("error").is_some())
+        let reply = ws
+            .recv_until(|f| f["request_id"] == id || f.get("error").is_some())
             .await;
-        sent = reply.get("chat_message").is_some();
+        if reply.get("chat_message").is_some() {
+            return;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "alice could not send after restart: {reply}"
+            "{user} could not send after restart: {reply}"
         );
     }
-    let got = bob.recv_until(|f| f["chat_message"]["id"] == "back").await;
-    assert_eq!(got["chat_message"]["content"], "we're back");
 }
 
 #[tokio::test]
