@@ -381,7 +381,9 @@ async function loadOlder(r) {
   if (r.name === current) maybeFillUp();
 }
 
+/** Loads older pages while the view is not full enough to scroll. */
 function maybeFillUp() {
+  if (renderQueued !== null) return; // the pending render calls it again
   const r = rooms.get(current);
   const s = $("scroller");
   if (r && r.hasOlder && s.scrollHeight <= s.clientHeight + 40) loadOlder(r);
@@ -707,7 +709,7 @@ function render(mode = "none") {
 
   if (mode === "append" && !wasAtBottom) $("jump").hidden = false;
   if (atBottom()) $("jump").hidden = true;
-  if (r && (mode === "bottom" || mode === "restore")) maybeFillUp();
+  if (r) maybeFillUp();
 }
 
 function showHistoryNote(r) {
