@@ -64,24 +64,43 @@ const saveRooms = () => store.set("wsgate.rooms", [...rooms.keys()]);
 
 // ---------- names ----------
 
-const names = new Map([[userId, userName]]);
+/** Display names by user id, kept across visits so they show at once (even offline). */
+const names = new Map(Object.entries(store.get("wsgate.names", {})));
+names.set(userId, userName);
+const fresh = new Set(); // ids looked up on the current connection
 const lookingUp = new Set();
+let saveNamesTimer = null;
+function saveNames() {
+  clearTimeout(saveNamesTimer);
+  saveNamesTimer = setTimeout(() => {
+    const entries = [...names.entries()].slice(-500);
+    store.set("wsgate.names", Object.fromEntries(entries));
+  }, 500);
+}
 
 function nameOf(id) {
   if (id === userId) return userName;
-  if (names.has(id)) return names.get(id);
-  if (!lookingUp.has(id) && isOpen()) {
+  if (!fresh.has(id) && !lookingUp.has(id) && isOpen()) {
     lookingUp.add(id);
     call("get_user", { user_id: id })
-      .then((a) => names.set(id, a.user.name || id))
-      .catch((e) => {
-        if (e.code === "NOT_FOUND") names.set(id, id);
+      .then((a) => {
+        fresh.add(id);
+        if (names.get(id) !== (a.user.name || id)) {
+          names.set(id, a.user.name || id);
+          saveNames();
+          scheduleRender();
+        }
       })
-      .finally(() => {
-        lookingUp.delete(id);
-        scheduleRender();
-      });
+      .catch((e) => {
+        if (e.code === "NOT_FOUND") {
+          fresh.add(id);
+          names.set(id, id);
+          scheduleRender();
+        }
+      })
+      .finally(() => lookingUp.delete(id));
   }
+  if (names.has(id)) return names.get(id);
   return id.length > 12 ? `${id.slice(0, 8)}…` : id;
 }
 
@@ -96,10 +115,16 @@ const pending = new Map(); // request_id -> {resolve, reject, timer}
 
 const isOpen = () => ws && ws.readyState === WebSocket.OPEN;
 
+let lastState = null;
 function setStatus(state, text) {
   for (const el of [$("status"), $("head-status")]) el.dataset.state = state;
   $("status-text").textContent = text;
+  $("head-status-text").textContent = text;
   $("head-status").title = text;
+  if (state !== lastState && lastState !== null) {
+    announce(state === "connected" ? "Connected" : state === "offline" ? "Offline" : "Connection lost, reconnecting");
+  }
+  lastState = state;
   $("retry").hidden = state !== "reconnecting" && state !== "offline";
 }
 
@@ -193,7 +218,8 @@ function call(action, body) {
 
 function onConnected() {
   // Refresh names: others may have renamed themselves meanwhile.
-  for (const id of [...names.keys()]) if (id !== userId) names.delete(id);
+  fresh.clear();
+  scheduleRender();
   call("set_user_name", { user_id: userId, name: userName }).catch(() => {});
   for (const r of rooms.values()) sendFrame({ join_room: { room_id: r.name, user_id: userId } });
   flushOutbox(true);
