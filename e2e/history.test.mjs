@@ -50,9 +50,10 @@ test("history appears on join and older pages load on scroll up", async () => {
 
   // Keep scrolling up until the beginning.
   for (let i = 0; i < 5; i++) {
+    const n = await shown();
+    if (n === TOTAL) break;
     await page.evaluate(() => (document.getElementById("scroller").scrollTop = 0));
-    if ((await shown()) === TOTAL) break;
-    await page.waitForFunction((n) => document.querySelectorAll("#messages li.msg").length > n, await shown());
+    await page.waitForFunction((k) => document.querySelectorAll("#messages li.msg").length > k, n);
   }
   await page.waitForFunction((n) => document.querySelectorAll("#messages li.msg").length === n, TOTAL);
   await page.locator("#history-note", { hasText: "beginning" }).waitFor();
