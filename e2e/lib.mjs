@@ -122,6 +122,76 @@ export class Gate {
   }
 }
 
+function waitPort(port, proc, deadlineMs) {
+  const deadline = Date.now() + deadlineMs;
+  return new Promise((resolve, reject) => {
+    const probe = () => {
+      if (proc.exitCode !== null || proc.signalCode !== null) return reject(new Error("wsgate server exited early"));
+      const sock = net.connect(port, "127.0.0.1");
+      sock.once("connect", () => (sock.destroy(), resolve()));
+      sock.once("error", () => {
+        sock.destroy();
+        if (Date.now() > deadline) reject(new Error(`nothing listens on ${port} in time`));
+        else setTimeout(probe, 50);
+      });
+    };
+    probe();
+  });
+}
+
+/**
+ * The chat server and the gateway as two processes (`wsgate server`,
+ * `wsgate proxy`), so the upstream can die while browsers stay connected.
+ */
+export class SplitGate {
+  static async start() {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "wsgate-e2e-"));
+    const g = new SplitGate(path.join(dir, "chat.db"), dir);
+    g.port = await freePort();
+    g.grpcPort = await freePort();
+    await g.startServer();
+    g.proxy = spawn(BIN, ["proxy", "--listen", `127.0.0.1:${g.port}`, "--upstream", `http://127.0.0.1:${g.grpcPort}`], {
+      stdio: ["ignore", "ignore", process.env.E2E_VERBOSE ? "inherit" : "ignore"],
+    });
+    await waitHealthy(g.url, g.proxy, 15000);
+    return g;
+  }
+
+  constructor(db, dir) {
+    this.db = db;
+    this.dir = dir;
+  }
+
+  get url() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async startServer() {
+    const proc = spawn(BIN, ["server", "--db", this.db, "--grpc-listen", `127.0.0.1:${this.grpcPort}`], {
+      stdio: ["ignore", "ignore", process.env.E2E_VERBOSE ? "inherit" : "ignore"],
+    });
+    this.server = proc;
+    this.serverExited = new Promise((r) => proc.once("exit", r));
+    await waitPort(this.grpcPort, proc, 15000);
+  }
+
+  async killServer() {
+    this.server.kill("SIGKILL");
+    await this.serverExited;
+  }
+
+  async stop() {
+    for (const p of [this.proxy, this.server]) {
+      if (p && p.exitCode === null && p.signalCode === null) {
+        const gone = new Promise((r) => p.once("exit", r));
+        p.kill("SIGKILL");
+        await gone;
+      }
+    }
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
 /** A protocol client from node (seeding, checking history). */
 export class Client {
   static open(url) {

@@ -3,7 +3,7 @@
 // with the id it was given when typed, and nothing said meanwhile is missed.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Client, Gate, launch, openChat, sendText, waitConnected, waitMessage } from "./lib.mjs";
+import { Client, Gate, SplitGate, launch, openChat, sendText, waitConnected, waitMessage } from "./lib.mjs";
 
 let gate;
 let browser;
@@ -118,4 +118,47 @@ test("a gap in seq and a dropped connection are both caught up, without doubles"
   assert.deepEqual(texts, Array.from({ length: 240 }, (_, i) => `m${i + 1}`));
   writer.close();
   await context.close();
+});
+
+test("the gateway's upstream dies while the page stays connected: outbox and catch-up", async () => {
+  const split = await SplitGate.start();
+  try {
+    const page = await openChat(browser, split, { name: "Uma", room: "upstream" });
+    const writer = await Client.open(split.url);
+    await writer.say("upstream", "writer", "before");
+    await waitMessage(page, "before");
+
+    await split.killServer();
+    // The WebSocket stays open; the gateway reports UNAVAILABLE and the page says so.
+    await page.locator('#status[data-state="reconnecting"]').waitFor();
+    const typed = "typed while the upstream was gone";
+    await sendText(page, typed);
+    await page.locator("#messages li.msg.pending", { hasText: typed }).waitFor();
+
+    await split.startServer();
+    // Someone else talks right after the restart (retrying until the gateway is back).
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      try {
+        await writer.say("upstream", "writer", "while you were away", "away-1");
+        break;
+      } catch (e) {
+        if (Date.now() > deadline) throw e;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    await waitMessage(page, typed, 20000);
+    await waitMessage(page, "while you were away", 20000);
+    await waitConnected(page, 20000);
+
+    const history = await writer.history("upstream");
+    writer.close();
+    assert.equal(history.filter((m) => m.content === typed).length, 1, JSON.stringify(history));
+    const seqs = await page.locator("#messages li.msg").evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    assert.deepEqual(seqs, history.map((m) => Number(m.seq)));
+    assert.deepEqual(page.errors || [], []);
+    await page.context().close();
+  } finally {
+    await split.stop();
+  }
 });

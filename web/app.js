@@ -67,7 +67,8 @@ const saveRooms = () => store.set("wsgate.rooms", [...rooms.keys()]);
 /** Display names by user id, kept across visits so they show at once (even offline). */
 const names = new Map(Object.entries(store.get("wsgate.names", {})));
 names.set(userId, userName);
-const fresh = new Set(); // ids looked up on the current connection
+const fresh = new Map(); // id -> when it was looked up on the current connection
+const NAME_TTL_MS = 2 * 60 * 1000;
 const lookingUp = new Set();
 let saveNamesTimer = null;
 function saveNames() {
@@ -80,11 +81,12 @@ function saveNames() {
 
 function nameOf(id) {
   if (id === userId) return userName;
-  if (!fresh.has(id) && !lookingUp.has(id) && isOpen()) {
+  const stale = !fresh.has(id) || Date.now() - fresh.get(id) > NAME_TTL_MS;
+  if (stale && !lookingUp.has(id) && isOpen()) {
     lookingUp.add(id);
     call("get_user", { user_id: id })
       .then((a) => {
-        fresh.add(id);
+        fresh.set(id, Date.now());
         if (names.get(id) !== (a.user.name || id)) {
           names.set(id, a.user.name || id);
           saveNames();
@@ -93,7 +95,7 @@ function nameOf(id) {
       })
       .catch((e) => {
         if (e.code === "NOT_FOUND") {
-          fresh.add(id);
+          fresh.set(id, Date.now());
           names.set(id, id);
           scheduleRender();
         }
@@ -113,6 +115,7 @@ let reconnectAt = 0;
 let nextRequest = 1;
 const pending = new Map(); // request_id -> {resolve, reject, timer}
 
+let resendAfterCatchUp = false; // the upstream was lost: resend the outbox once it is back
 const isOpen = () => ws && ws.readyState === WebSocket.OPEN;
 
 let lastState = null;
@@ -264,6 +267,7 @@ function onError(error, rid) {
     // The gateway lost its upstream but kept us: fetch what we miss once it
     // is back, and resend what is unconfirmed (deduplicated by id).
     setStatus("reconnecting", "Server unavailable — catching up…");
+    resendAfterCatchUp = true;
     for (const r of rooms.values()) scheduleCatchUp(r);
   }
 }
@@ -361,7 +365,8 @@ async function catchUp(r) {
     } while (r.catchAgain);
     r.retryAttempt = 0;
     if (isOpen()) setStatus("connected", "Connected");
-    flushOutbox(false);
+    flushOutbox(resendAfterCatchUp);
+    resendAfterCatchUp = false;
   } catch (e) {
     if (e.code === "INVALID_ARGUMENT") return; // a room name the server refuses
     scheduleCatchUp(r);
