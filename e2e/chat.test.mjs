@@ -46,6 +46,25 @@ test("two pages chat both ways in real time", async () => {
   await waitMessage(ada, "over in random");
   assert.equal(await ada.locator('#room-list a[href="#random"] .badge').count(), 0);
 
+  // Leaving a room removes it from the list and opens another one.
+  await ada.getByRole("button", { name: "Leave room" }).click();
+  await ada.waitForFunction(() => location.hash === "#lobby");
+  assert.deepEqual(await ada.locator("#room-list a").allTextContents(), ["lobby"]);
+  assert.deepEqual(await ada.evaluate(() => JSON.parse(localStorage.getItem("wsgate.rooms"))), ["lobby"]);
+
+  // Renaming: own messages show the new name; others see it after a reload.
+  await ada.getByLabel("Your display name").fill("Ada L.");
+  await ada.getByLabel("Your display name").press("Enter");
+  await ada.locator("#name-note", { hasText: "Saved" }).waitFor();
+  await ada.waitForFunction(() =>
+    [...document.querySelectorAll("#messages li.msg.mine .who")].every((e) => e.textContent === "Ada L."),
+  );
+  await bob.goto(`${gate.url}/#lobby`);
+  await bob.reload();
+  await bob.waitForFunction(() =>
+    [...document.querySelectorAll("#messages li.msg .who")].some((e) => e.textContent === "Ada L."),
+  );
+
   assert.deepEqual(ada.errors || [], []);
   assert.deepEqual(bob.errors || [], []);
   await ada.context().close();

@@ -694,7 +694,6 @@ function render(mode = "none") {
     if (day !== prevDay) {
       const sep = document.createElement("li");
       sep.className = "day";
-      sep.setAttribute("role", "separator");
       sep.textContent = dayLabel(when);
       frag.append(sep);
       prevDay = day;
