@@ -80,6 +80,9 @@ test("screenshots of the main states", async () => {
   await sendText(page, "this waits in the outbox");
   await page.locator("#messages li.msg.pending").waitFor();
   await shot(page, "desktop-reconnecting");
+  await page.setViewportSize({ width: 375, height: 740 });
+  await page.emulateMedia({ colorScheme: "dark" });
+  await shot(page, "mobile-reconnecting-dark");
   await gate.restart();
   await waitMessage(page, "this waits in the outbox", 20000);
   c.close();

@@ -163,6 +163,7 @@ function connect() {
     pending.clear();
     for (const r of rooms.values()) r.catching = false;
     scheduleReconnect();
+    scheduleRender();
   };
 }
 
@@ -723,7 +724,7 @@ function render(mode = "none") {
     empty.textContent = "Join a room from the side list to start chatting.";
   } else if (r.lastSeq === null && !r.bySeq.size) {
     empty.hidden = false;
-    empty.textContent = "Loading messages…";
+    empty.textContent = isOpen() ? "Loading messages…" : "Messages will load once connected.";
   } else if (!r.bySeq.size && !outbox.some((o) => o.room_id === r.name)) {
     empty.hidden = false;
     empty.textContent = `This is the start of #${r.name}. Say hello!`;
