@@ -71,6 +71,31 @@ test("two pages chat both ways in real time", async () => {
   await bob.context().close();
 });
 
+test("keyboard only: skip link, Enter sends, Shift+Enter makes a new line; controls are labelled", async () => {
+  const kim = await openChat(browser, gate, { name: "Kim", room: "keys" });
+  await kim.keyboard.press("Tab");
+  assert.equal(await kim.evaluate(() => document.activeElement.className), "skip");
+  await kim.keyboard.press("Enter");
+  assert.equal(await kim.evaluate(() => document.activeElement.id), "content");
+  assert.equal(new URL(kim.url()).hash, "#keys");
+  await kim.keyboard.type("first line");
+  await kim.keyboard.press("Shift+Enter");
+  await kim.keyboard.type("second line");
+  await kim.keyboard.press("Enter");
+  await waitMessage(kim, "first line\nsecond line");
+  assert.equal(await kim.locator("#content").inputValue(), "");
+
+  // Every form control has an accessible name; new messages reach a live region.
+  const unnamed = await kim.evaluate(() =>
+    [...document.querySelectorAll("input, textarea, button")]
+      .filter((el) => !(el.labels?.length || el.getAttribute("aria-label") || el.textContent.trim()))
+      .map((el) => el.outerHTML),
+  );
+  assert.deepEqual(unnamed, []);
+  assert.equal(await kim.locator("#announcer").getAttribute("aria-live"), "polite");
+  await kim.context().close();
+});
+
 test("an XSS payload is shown as literal text and runs nothing", async () => {
   const payload = "<img src=x onerror=alert(1)> <script>alert(2)</script> see https://example.com/path?x=1.";
   const eve = await openChat(browser, gate, { name: "<b>Eve</b>", room: "xss" });

@@ -227,7 +227,10 @@ function onConnected() {
   call("set_user_name", { user_id: userId, name: userName }).catch(() => {});
   for (const r of rooms.values()) sendFrame({ join_room: { room_id: r.name, user_id: userId } });
   flushOutbox(true);
-  for (const r of rooms.values()) catchUp(r);
+  for (const r of rooms.values()) {
+    catchUp(r);
+    verifySoon(r);
+  }
 }
 
 function onFrame(frame) {
@@ -288,8 +291,27 @@ function advance(r) {
   while (r.bySeq.has(r.lastSeq + 1)) r.lastSeq += 1;
 }
 
-const maxSeq = (r) => (r.bySeq.size ? Math.max(...r.bySeq.keys()) : 0);
-const minSeq = (r) => (r.bySeq.size ? Math.min(...r.bySeq.keys()) : 0);
+function maxSeq(r) {
+  let max = 0;
+  for (const q of r.bySeq.keys()) if (q > max) max = q;
+  return max;
+}
+function minSeq(r) {
+  let min = Infinity;
+  for (const q of r.bySeq.keys()) if (q < min) min = q;
+  return min === Infinity ? 0 : min;
+}
+
+/**
+ * join_room has no answer, so a history call can overtake it: a message stored
+ * in between would arrive neither way. A second catch-up a moment later closes
+ * that window (it costs one request per room when nothing was missed).
+ */
+function verifySoon(r) {
+  setTimeout(() => {
+    if (isOpen() && rooms.get(r.name) === r) catchUp(r);
+  }, 1500);
+}
 
 function confirmOutbox(m) {
   if (m.sender_id !== userId) return;
@@ -470,6 +492,7 @@ function joinRoom(name, select = true) {
     saveRooms();
     sendFrame({ join_room: { room_id: name, user_id: userId } });
     catchUp(r);
+    verifySoon(r);
   }
   if (select) selectRoom(name);
   else renderRooms();
@@ -847,6 +870,11 @@ function init() {
     $("content").focus();
   });
 
+  // The skip link must not touch the hash: the hash names the room.
+  document.querySelector(".skip").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    $("content").focus();
+  });
   $("leave").addEventListener("click", () => current && leaveRoom(current));
   $("retry").addEventListener("click", reconnectNow);
   $("toggle-rooms").addEventListener("click", () =>
