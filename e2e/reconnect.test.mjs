@@ -63,10 +63,9 @@ test("a message typed while the server is down is delivered once after it restar
   assert.deepEqual(bob.errors || [], []);
 });
 
-test("a gap in seq and a dropped connection are both caught up, without doubles", async () => {
-  const context = await browser.newContext();
-  // Lets the test lose incoming chat_message frames and close the socket.
-  await context.addInitScript(() => {
+/** Lets the test lose incoming chat_message frames (window.__drop) and close the socket. */
+function lossy(context) {
+  return context.addInitScript(() => {
     window.__drop = false;
     window.__sockets = [];
     const Native = window.WebSocket;
@@ -83,6 +82,41 @@ test("a gap in seq and a dropped connection are both caught up, without doubles"
       }
     };
   });
+}
+
+test("a message whose confirmation was lost is resent with its id and stored once", async () => {
+  const context = await browser.newContext();
+  await lossy(context);
+  const page = await context.newPage();
+  await page.goto(`${gate.url}/#lost`);
+  await waitConnected(page);
+  await page.evaluate(() => (window.__drop = true));
+  await sendText(page, "confirmation lost");
+  await page.locator("#messages li.msg.pending").waitFor();
+  // Stored (the server has it) but the page never saw the echo.
+  const probe = await Client.open(gate.url);
+  const deadline = Date.now() + 10000;
+  while ((await probe.history("lost")).length === 0) {
+    assert.ok(Date.now() < deadline, "message never stored");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.equal(await page.locator("#messages li.msg.pending").count(), 1);
+  await page.evaluate(() => {
+    window.__drop = false;
+    for (const s of window.__sockets) s.close();
+  });
+  await waitMessage(page, "confirmation lost");
+  await page.waitForFunction(() => JSON.parse(localStorage.getItem("wsgate.outbox")).length === 0);
+  assert.equal(await page.locator("#messages li.msg").count(), 1);
+  const history = await probe.history("lost");
+  probe.close();
+  assert.equal(history.length, 1, JSON.stringify(history));
+  await context.close();
+});
+
+test("a gap in seq and a dropped connection are both caught up, without doubles", async () => {
+  const context = await browser.newContext();
+  await lossy(context);
   const cat = await context.newPage();
   await cat.goto(`${gate.url}/#catchup`);
   await waitConnected(cat);
