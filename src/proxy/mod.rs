@@ -52,6 +52,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The web client, embedded so the binary serves it with no build step.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
+/// The web client's script (an ES module) and style sheet.
+const APP_JS: &str = include_str!("../../web/app.js");
+const STYLE_CSS: &str = include_str!("../../web/style.css");
 
 /// The gateway's settings, validated by the caller.
 #[derive(Debug, Clone)]
@@ -92,6 +95,14 @@ pub struct Context {
 pub fn app(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/", get(root))
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctx)
 }
@@ -125,6 +136,19 @@ fn page() -> Response {
         StatusCode::OK,
         [(header::CACHE_CONTROL, "no-cache")],
         Html(INDEX_HTML),
+    )
+        .into_response()
+}
+
+/// A static file of the web client.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
     )
         .into_response()
 }

@@ -1,0 +1,89 @@
+// Main states of the client, light and dark, desktop and 375 px wide, saved to
+// e2e/screenshots/ for a look; checks the failed-send state on the way.
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { after, before, test } from "node:test";
+import { Client, Gate, SCREENSHOTS, launch, openChat, sendText, waitMessage } from "./lib.mjs";
+
+let gate;
+let browser;
+before(async () => {
+  gate = await Gate.start();
+  browser = await launch();
+  mkdirSync(SCREENSHOTS, { recursive: true });
+});
+after(async () => {
+  await browser?.close();
+  await gate?.stop();
+});
+
+const shot = (page, name) => page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`) });
+
+async function seed() {
+  const c = await Client.open(gate.url);
+  await c.setName("grace", "Grace Hopper");
+  await c.setName("linus", "Linus");
+  await c.say("design", "grace", "Morning! Did anyone look at the new gateway metrics?");
+  await c.say("design", "grace", "The p99 is down to 4 ms since the batching change.");
+  await c.say("design", "linus", "Nice. Dashboard is at https://example.com/dashboards/gateway?range=24h.");
+  await c.say("design", "linus", "I also wrote up the reconnect behaviour:\n- backoff with jitter\n- catch-up by seq\n- outbox resend with the same id");
+  await c.say("random", "linus", "lunch?");
+  await c.say("random", "grace", "yes, 12:30");
+  return c;
+}
+
+test("screenshots of the main states", async () => {
+  const c = await seed();
+  for (const scheme of ["light", "dark"]) {
+    const page = await openChat(browser, gate, { name: "Ada Lovelace", room: "design", colorScheme: scheme });
+    await page.getByLabel("Join a room").fill("random");
+    await page.getByLabel("Join a room").press("Enter");
+    await page.locator('#room-list a[href="#design"]').click();
+    await sendText(page, `Looks great from here (${scheme})`);
+    await waitMessage(page, `Looks great from here (${scheme})`);
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll("#messages .who")].some((e) => e.textContent === "Grace Hopper"),
+    );
+    await c.say("random", "grace", `unread in random (${scheme})`);
+    await page.locator('#room-list a[href="#random"] .badge').waitFor();
+
+    await shot(page, `desktop-${scheme}`);
+
+    // A send the server refuses (content too long) shows its error by the message.
+    await sendText(page, "x".repeat(5000));
+    const failed = page.locator("#messages li.msg.failed");
+    await failed.waitFor();
+    assert.match(await failed.locator(".send-error").textContent(), /Not sent: .+/);
+    await shot(page, `desktop-failed-${scheme}`);
+    await failed.getByRole("button", { name: "Discard" }).click();
+    await failed.waitFor({ state: "detached" });
+
+    // Mobile: the room list collapses into a drawer.
+    await page.setViewportSize({ width: 375, height: 740 });
+    await page.locator("#toggle-rooms").waitFor();
+    assert.equal(await page.locator("#sidebar").isVisible(), false);
+    await shot(page, `mobile-${scheme}`);
+    await page.locator("#toggle-rooms").click();
+    await page.locator("#sidebar").waitFor({ state: "visible" });
+    await page.waitForFunction(() => getComputedStyle(document.getElementById("sidebar")).transform === "none");
+    await shot(page, `mobile-drawer-${scheme}`);
+    await page.keyboard.press("Escape");
+    await page.locator("#sidebar").waitFor({ state: "hidden" });
+    await page.context().close();
+  }
+
+  // Disconnected, with a pending message.
+  const page = await openChat(browser, gate, { name: "Ada Lovelace", room: "design" });
+  await gate.kill();
+  await page.locator('#status[data-state="reconnecting"]').waitFor();
+  await sendText(page, "this waits in the outbox");
+  await page.locator("#messages li.msg.pending").waitFor();
+  await shot(page, "desktop-reconnecting");
+  await page.setViewportSize({ width: 375, height: 740 });
+  await page.emulateMedia({ colorScheme: "dark" });
+  await shot(page, "mobile-reconnecting-dark");
+  await gate.restart();
+  await waitMessage(page, "this waits in the outbox", 20000);
+  c.close();
+});
