@@ -28,7 +28,7 @@ use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +119,7 @@ async fn root(
         Err(rejection) if headers.contains_key(header::UPGRADE) => {
             return rejection.into_response();
         }
-        Err(_) => return page(),
+        Err(_) => return asset("text/html; charset=utf-8", INDEX_HTML),
     };
     let max = ctx.config.max_frame_bytes;
     upgrade
@@ -129,15 +129,6 @@ async fn root(
             let sessions = ctx.sessions.clone();
             sessions.track_future(session::serve(socket, ctx, peer))
         })
-}
-
-fn page() -> Response {
-    (
-        StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-cache")],
-        Html(INDEX_HTML),
-    )
-        .into_response()
 }
 
 /// A static file of the web client.
