@@ -73,9 +73,12 @@ async fn the_server_ends_a_stream_that_stops_reading_with_resource_exhausted() {
         .unwrap()
         .into_inner();
     // The join is handled before any later message of the room: prove it by
-    // waiting for the resume state it produces.
+    // waiting for the presence snapshot that answers it.
     let first = sleepy.message().await.unwrap().unwrap();
-    assert!(matches!(first.event, Some(Event::Resume(_))), "{first:?}");
+    assert!(
+        matches!(first.event, Some(Event::Presence(ref p)) if p.snapshot),
+        "{first:?}"
+    );
 
     // 2000 x 1 KiB: far more than HTTP/2 windows and the 8-frame queue hold.
     // The publisher is not held up by the sleeper.

@@ -675,7 +675,14 @@ mod tests {
         // (the server rejects it); only `resume` is withheld.
         assert_eq!(
             stream.actions,
-            ["chat_message", "join_room", "leave_room", "error"]
+            [
+                "chat_message",
+                "join_room",
+                "leave_room",
+                "error",
+                "presence",
+                "typing"
+            ]
         );
         assert!(stream.resumes());
         assert_eq!(
@@ -689,6 +696,8 @@ mod tests {
                 "join_room",
                 "leave_room",
                 "error",
+                "presence",
+                "typing",
                 "get_user",
                 "set_user_name",
                 "get_chat_history"

@@ -629,19 +629,19 @@ mod tests {
             (
                 r#"{"foo": {}, "request_id": "r1"}"#,
                 "unknown action \"foo\"; expected one of: chat_message, join_room, leave_room, \
-                 error, get_user, set_user_name, get_chat_history",
+                 error, presence, typing, get_user, set_user_name, get_chat_history",
                 Some("r1"),
             ),
             (
                 r#"{"resume": {"joins": []}}"#,
                 "unknown action \"resume\"; expected one of: chat_message, join_room, \
-                 leave_room, error, get_user, set_user_name, get_chat_history",
+                 leave_room, error, presence, typing, get_user, set_user_name, get_chat_history",
                 None,
             ),
             (
                 r#"{"ChatMessage": {}}"#,
                 "unknown action \"ChatMessage\"; expected one of: chat_message, join_room, \
-                 leave_room, error, get_user, set_user_name, get_chat_history",
+                 leave_room, error, presence, typing, get_user, set_user_name, get_chat_history",
                 None,
             ),
             (

@@ -4,7 +4,7 @@
 //! I/O while holding its locks: fan-out is a `try_send` per member into that
 //! member's bounded outbox, so one slow member can never stall a room.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -98,6 +98,8 @@ pub enum Tag {
 
 struct Member {
     outbox: Outbox,
+    /// The user this stream joined the room as.
+    user_id: String,
 }
 
 #[derive(Default)]
@@ -121,26 +123,74 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds the stream to the room (no-op if it is already a member).
-    pub fn join(&self, room_id: &str, outbox: &Outbox) {
+    /// Adds the stream to the room as `user_id` (no-op if it is already a
+    /// member) and tells the others if that user was not there yet. With
+    /// `snapshot`, the stream also gets everyone who is there.
+    pub fn join(&self, room_id: &str, outbox: &Outbox, user_id: &str, snapshot: bool) {
         let mut state = self.state();
         let members = state.rooms.entry(room_id.to_owned()).or_default();
-        if !members.iter().any(|m| m.outbox.stream == outbox.stream) {
-            members.push(Member {
-                outbox: outbox.clone(),
-            });
+        if members.iter().any(|m| m.outbox.stream == outbox.stream) {
+            return;
+        }
+        if !members.iter().any(|m| m.user_id == user_id) {
+            let arrived = presence(room_id, vec![user_id.to_owned()], Vec::new(), false);
+            for member in members.iter() {
+                member.outbox.push(arrived.clone());
+            }
+        }
+        members.push(Member {
+            outbox: outbox.clone(),
+            user_id: user_id.to_owned(),
+        });
+        if snapshot {
+            let online: BTreeSet<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
+            let online = online.into_iter().map(str::to_owned).collect();
+            outbox.push(presence(room_id, online, Vec::new(), true));
         }
     }
 
-    /// Removes the stream from the room (no-op if it is not a member).
+    /// Removes the stream from the room (no-op if it is not a member) and
+    /// tells the others if its user has no other stream there.
     pub fn leave(&self, room_id: &str, stream: StreamId) {
         let mut state = self.state();
-        if let Some(members) = state.rooms.get_mut(room_id) {
-            members.retain(|m| m.outbox.stream != stream);
-            if members.is_empty() {
-                state.rooms.remove(room_id);
+        let Some(members) = state.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some(index) = members.iter().position(|m| m.outbox.stream == stream) else {
+            return;
+        };
+        let left = members.swap_remove(index);
+        if members.is_empty() {
+            state.rooms.remove(room_id);
+        } else if !members.iter().any(|m| m.user_id == left.user_id) {
+            let gone = presence(room_id, Vec::new(), vec![left.user_id], false);
+            for member in members.iter() {
+                member.outbox.push(gone.clone());
             }
         }
+    }
+
+    /// Relays "typing" to the room's members other than `from`; false if
+    /// `from` is not a member.
+    pub fn typing(&self, room_id: &str, from: StreamId, user_id: &str) -> bool {
+        let state = self.state();
+        let Some(members) = state.rooms.get(room_id) else {
+            return false;
+        };
+        if !members.iter().any(|m| m.outbox.stream == from) {
+            return false;
+        }
+        let frame = ChatStream {
+            event: Some(Event::Typing(chat::Typing {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })),
+            request_id: None,
+        };
+        for member in members.iter().filter(|m| m.outbox.stream != from) {
+            member.outbox.push(frame.clone());
+        }
+        true
     }
 
     /// One more open stream acts as this user.
@@ -224,6 +274,23 @@ impl Hub {
             own.request_id = request_id;
             origin.push(own);
         }
+    }
+}
+
+fn presence(
+    room_id: &str,
+    online: Vec<String>,
+    offline: Vec<String>,
+    snapshot: bool,
+) -> ChatStream {
+    ChatStream {
+        event: Some(Event::Presence(chat::Presence {
+            room_id: room_id.to_owned(),
+            online,
+            offline,
+            snapshot,
+        })),
+        request_id: None,
     }
 }
 

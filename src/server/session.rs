@@ -105,14 +105,33 @@ impl Session {
                     self.push_resume();
                 }
             }
-            Some(Event::Error(_)) => self.outbox.push_error(
+            Some(Event::Typing(typing)) => {
+                if let Err(e) =
+                    validate::room_id(&typing.room_id).and(validate::user_id(&typing.user_id))
+                {
+                    return self
+                        .outbox
+                        .push_error(Code::InvalidArgument, e.0, request_id);
+                }
+                if !self
+                    .hub
+                    .typing(&typing.room_id, self.outbox.stream(), &typing.user_id)
+                {
+                    self.outbox.push_error(
+                        Code::FailedPrecondition,
+                        format!("join room {:?} before typing in it", typing.room_id),
+                        request_id,
+                    );
+                }
+            }
+            Some(Event::Error(_) | Event::Presence(_)) => self.outbox.push_error(
                 Code::InvalidArgument,
-                "error frames are sent by the server, not to it",
+                "error and presence frames are sent by the server, not to it",
                 request_id,
             ),
             None => self.outbox.push_error(
                 Code::InvalidArgument,
-                "empty frame: set one of chat_message, join_room, leave_room",
+                "empty frame: set one of chat_message, join_room, leave_room, typing",
                 request_id,
             ),
         }
@@ -128,7 +147,7 @@ impl Session {
         // Sending to a room joins it, so the sender gets the echo that
         // confirms its message, and every message after it. The store
         // registers the sender with the message itself.
-        if self.enter(message.room_id.clone(), &message.sender_id) {
+        if self.enter(message.room_id.clone(), &message.sender_id, false) {
             self.push_resume();
         }
         self.act_as(&message.sender_id);
@@ -159,7 +178,7 @@ impl Session {
     /// acted as it yet; false if already a member.
     async fn join(&mut self, join: chat::JoinRoom) -> bool {
         let new_user = !self.users.contains(&join.user_id);
-        if !self.enter(join.room_id, &join.user_id) {
+        if !self.enter(join.room_id, &join.user_id, true) {
             return false;
         }
         if new_user {
@@ -176,12 +195,15 @@ impl Session {
     }
 
     /// Adds this stream to a room as a user; false if already a member.
-    fn enter(&mut self, room_id: String, user_id: &str) -> bool {
+    /// With `snapshot`, the stream is told who is in the room (an explicit
+    /// join asks for it; the implicit join of a send does not, so a sender
+    /// gets exactly its echo back).
+    fn enter(&mut self, room_id: String, user_id: &str, snapshot: bool) -> bool {
         if self.joins.contains_key(&room_id) {
             return false;
         }
         self.act_as(user_id);
-        self.hub.join(&room_id, &self.outbox);
+        self.hub.join(&room_id, &self.outbox, user_id, snapshot);
         self.joins.insert(room_id, user_id.to_owned());
         true
     }
