@@ -55,6 +55,8 @@ function roomState(name) {
       retryAttempt: 0,
       unread: 0,
       scrollTop: null,
+      online: null, // Set of user ids from the last presence snapshot; null = not known yet
+      typing: new Map(), // user id -> expiry timer
     };
     rooms.set(name, r);
   }
@@ -161,7 +163,11 @@ function connect() {
       p.reject({ code: "UNAVAILABLE", message: "connection closed" });
     }
     pending.clear();
-    for (const r of rooms.values()) r.catching = false;
+    for (const r of rooms.values()) {
+      r.catching = false;
+      r.online = null; // a snapshot comes again after the re-join
+      clearTyping(r);
+    }
     scheduleReconnect();
     scheduleRender();
   };
@@ -247,6 +253,116 @@ function onFrame(frame) {
     return;
   }
   if (frame.chat_message) onChatMessage(frame.chat_message);
+  else if (frame.presence) onPresence(frame.presence);
+  else if (frame.typing) onTyping(frame.typing);
+}
+
+// ---------- presence & typing ----------
+
+const TYPING_SHOW_MS = 5000;
+const TYPING_SEND_EVERY_MS = 3000;
+
+function onPresence(p) {
+  const r = rooms.get(p.room_id);
+  if (!r) return;
+  const online = Array.isArray(p.online) ? p.online : [];
+  const offline = Array.isArray(p.offline) ? p.offline : [];
+  if (p.snapshot || !r.online) r.online = new Set(online);
+  else for (const id of online) r.online.add(id);
+  for (const id of offline) {
+    r.online.delete(id);
+    stopTyping(r, id);
+  }
+  if (r.name === current) renderPresence();
+}
+
+function onTyping(t) {
+  const r = rooms.get(t.room_id);
+  if (!r || !t.user_id || t.user_id === userId) return;
+  clearTimeout(r.typing.get(t.user_id));
+  r.typing.set(
+    t.user_id,
+    setTimeout(() => stopTyping(r, t.user_id), TYPING_SHOW_MS),
+  );
+  if (r.name === current) renderTyping();
+}
+
+function stopTyping(r, id) {
+  if (!r.typing.has(id)) return;
+  clearTimeout(r.typing.get(id));
+  r.typing.delete(id);
+  if (r.name === current) renderTyping();
+}
+
+function clearTyping(r) {
+  for (const timer of r.typing.values()) clearTimeout(timer);
+  r.typing.clear();
+}
+
+let lastTypingSent = { room: null, at: 0 };
+/** Tells the room its user is typing: at most once every 3 s, never for an empty box. */
+function noteTyping(text) {
+  if (!current || !text.trim() || !isOpen()) return;
+  const now = Date.now();
+  if (lastTypingSent.room === current && now - lastTypingSent.at < TYPING_SEND_EVERY_MS) return;
+  lastTypingSent = { room: current, at: now };
+  sendFrame({ typing: { room_id: current, user_id: userId } });
+}
+
+/** Display names of a set of ids, the own user first, then alphabetical. */
+function sortedNames(ids) {
+  return [...ids]
+    .map((id) => ({ id, name: nameOf(id) }))
+    .sort((a, b) => (b.id === userId) - (a.id === userId) || a.name.localeCompare(b.name));
+}
+
+function renderPresence() {
+  const r = current ? rooms.get(current) : null;
+  const box = $("presence");
+  if (!r || !r.online) {
+    box.hidden = true;
+    box.open = false;
+    return;
+  }
+  box.hidden = false;
+  const people = sortedNames(r.online);
+  $("presence-count").textContent = `${people.length} online`;
+  const summary = box.querySelector("summary");
+  const all = people.map((p) => (p.id === userId ? `${p.name} (you)` : p.name));
+  summary.title = all.join(", ");
+  summary.setAttribute("aria-label", `${people.length} online: ${all.join(", ")}`);
+  const frag = document.createDocumentFragment();
+  for (const p of people) {
+    const li = document.createElement("li");
+    li.dataset.userId = p.id;
+    const dot = document.createElement("span");
+    dot.className = "dot";
+    dot.setAttribute("aria-hidden", "true");
+    const label = document.createElement("span");
+    label.className = "presence-name";
+    label.textContent = p.name;
+    li.append(dot, label);
+    if (p.id === userId) {
+      const you = document.createElement("span");
+      you.className = "you";
+      you.textContent = "you";
+      li.append(you);
+    }
+    frag.append(li);
+  }
+  $("presence-list").replaceChildren(frag);
+}
+
+function renderTyping() {
+  const r = current ? rooms.get(current) : null;
+  const ids = r ? [...r.typing.keys()] : [];
+  const who = ids.map(nameOf).sort((a, b) => a.localeCompare(b));
+  let text = "";
+  if (who.length === 1) text = `${who[0]} is typing…`;
+  else if (who.length === 2) text = `${who[0]} and ${who[1]} are typing…`;
+  else if (who.length > 2) text = "Several people are typing…";
+  const el = $("typing");
+  if (el.textContent !== text) el.textContent = text; // unchanged text is not announced again
 }
 
 function onError(error, rid) {
@@ -325,6 +441,7 @@ function confirmOutbox(m) {
 function onChatMessage(m) {
   confirmOutbox(m);
   const r = rooms.get(m.room_id);
+  if (r) stopTyping(r, m.sender_id);
   if (!r) {
     scheduleRender();
     return;
@@ -503,6 +620,7 @@ function leaveRoom(name) {
   if (!r) return;
   sendFrame({ leave_room: { room_id: name } });
   clearTimeout(r.retryTimer);
+  clearTyping(r);
   rooms.delete(name);
   saveRooms();
   outbox = outbox.filter((m) => m.room_id !== name);
@@ -763,6 +881,8 @@ function render(mode = "none") {
 
   if (mode === "append" && !wasAtBottom) $("jump").hidden = false;
   if (atBottom()) $("jump").hidden = true;
+  renderPresence();
+  renderTyping();
   if (r) maybeFillUp();
 }
 
@@ -881,6 +1001,16 @@ function init() {
     document.body.classList.contains("drawer-open") ? closeDrawer() : openDrawer(),
   );
   $("scrim").addEventListener("click", closeDrawer);
+  // The online list is a <details> popover: a click elsewhere or Escape closes it.
+  document.addEventListener("click", (ev) => {
+    if ($("presence").open && !$("presence").contains(ev.target)) $("presence").open = false;
+  });
+  $("presence").addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && $("presence").open) {
+      $("presence").open = false;
+      $("presence").querySelector("summary").focus();
+    }
+  });
   document.addEventListener("keydown", (ev) => {
     if (ev.key === "Escape" && document.body.classList.contains("drawer-open")) {
       closeDrawer();
@@ -902,6 +1032,7 @@ function init() {
     content.style.height = `${Math.min(content.scrollHeight, 200)}px`;
   };
   content.addEventListener("input", grow);
+  content.addEventListener("input", () => noteTyping(content.value));
   content.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
