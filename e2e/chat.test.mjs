@@ -1,22 +1,13 @@
 // Two people chat both ways in real time; an XSS payload stays text.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { Gate, launch, openChat, sendText, waitMessage } from "./lib.mjs";
+import { test } from "node:test";
+import { openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
 
-let gate;
-let browser;
-before(async () => {
-  gate = await Gate.start();
-  browser = await launch();
-});
-after(async () => {
-  await browser?.close();
-  await gate?.stop();
-});
+const fx = useGateAndBrowser();
 
 test("two pages chat both ways in real time", async () => {
-  const ada = await openChat(browser, gate, { name: "Ada", room: "lobby" });
-  const bob = await openChat(browser, gate, { name: "Bob", room: "lobby" });
+  const ada = await openChat(fx.browser, fx.gate, { name: "Ada", room: "lobby" });
+  const bob = await openChat(fx.browser, fx.gate, { name: "Bob", room: "lobby" });
 
   await sendText(ada, "hello from Ada");
   await waitMessage(bob, "hello from Ada");
@@ -38,7 +29,7 @@ test("two pages chat both ways in real time", async () => {
   await ada.getByLabel("Join a room").press("Enter");
   await ada.waitForFunction(() => location.hash === "#random");
   await ada.locator('#room-list a[href="#lobby"]').click();
-  await bob.goto(`${gate.url}/#random`);
+  await bob.goto(`${fx.gate.url}/#random`);
   await bob.locator('#status[data-state="connected"]').waitFor();
   await sendText(bob, "over in random");
   await ada.locator('#room-list a[href="#random"] .badge').filter({ hasText: "1" }).waitFor();
@@ -59,7 +50,7 @@ test("two pages chat both ways in real time", async () => {
   await ada.waitForFunction(() =>
     [...document.querySelectorAll("#messages li.msg.mine .who")].every((e) => e.textContent === "Ada L."),
   );
-  await bob.goto(`${gate.url}/#lobby`);
+  await bob.goto(`${fx.gate.url}/#lobby`);
   await bob.reload();
   await bob.waitForFunction(() =>
     [...document.querySelectorAll("#messages li.msg .who")].some((e) => e.textContent === "Ada L."),
@@ -72,7 +63,7 @@ test("two pages chat both ways in real time", async () => {
 });
 
 test("keyboard only: skip link, Enter sends, Shift+Enter makes a new line; controls are labelled", async () => {
-  const kim = await openChat(browser, gate, { name: "Kim", room: "keys" });
+  const kim = await openChat(fx.browser, fx.gate, { name: "Kim", room: "keys" });
   await kim.keyboard.press("Tab");
   assert.equal(await kim.evaluate(() => document.activeElement.className), "skip");
   await kim.keyboard.press("Enter");
@@ -98,8 +89,8 @@ test("keyboard only: skip link, Enter sends, Shift+Enter makes a new line; contr
 
 test("an XSS payload is shown as literal text and runs nothing", async () => {
   const payload = "<img src=x onerror=alert(1)> <script>alert(2)</script> see https://example.com/path?x=1.";
-  const eve = await openChat(browser, gate, { name: "<b>Eve</b>", room: "xss" });
-  const vic = await openChat(browser, gate, { name: "Victim", room: "xss" });
+  const eve = await openChat(fx.browser, fx.gate, { name: "<b>Eve</b>", room: "xss" });
+  const vic = await openChat(fx.browser, fx.gate, { name: "Victim", room: "xss" });
   let dialogs = 0;
   for (const p of [eve, vic]) p.on("dialog", (d) => (dialogs++, d.dismiss()));
   await vic.evaluate(() => {

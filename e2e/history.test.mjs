@@ -1,27 +1,18 @@
 // History on join, and older pages when scrolling up without the view jumping.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { Client, Gate, launch, openChat, sendText, waitMessage } from "./lib.mjs";
+import { test } from "node:test";
+import { Client, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
 
-let gate;
-let browser;
-before(async () => {
-  gate = await Gate.start();
-  browser = await launch();
-});
-after(async () => {
-  await browser?.close();
-  await gate?.stop();
-});
+const fx = useGateAndBrowser();
 
 const TOTAL = 130;
 
 test("history appears on join and older pages load on scroll up", async () => {
-  const seeder = await Client.open(gate.url);
+  const seeder = await Client.open(fx.gate.url);
   await seeder.setName("seeder", "Seeder");
   for (let i = 1; i <= TOTAL; i++) await seeder.say("big", "seeder", `seed message ${i}`);
 
-  const page = await openChat(browser, gate, { name: "Reader", room: "big" });
+  const page = await openChat(fx.browser, fx.gate, { name: "Reader", room: "big" });
   // The last page is shown, scrolled to the bottom.
   await waitMessage(page, `seed message ${TOTAL}`);
   const shown = () => page.locator("#messages li.msg").count();

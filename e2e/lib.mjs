@@ -2,6 +2,7 @@
 // ports with a fresh database, talk to it over WebSocket from node, and
 // launch Chromium through playwright-core.
 import { spawn } from "node:child_process";
+import { after, before } from "node:test";
 import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import os from "node:os";
@@ -252,6 +253,24 @@ export class Client {
   close() {
     this.ws.close();
   }
+}
+
+/**
+ * Starts a fresh wsgate (own ports, own database) and a browser before the
+ * calling file's tests, and stops both after them.
+ * @returns {{gate: Gate, browser: import("playwright-core").Browser}}
+ */
+export function useGateAndBrowser() {
+  const fixture = {};
+  before(async () => {
+    fixture.gate = await Gate.start();
+    fixture.browser = await launch();
+  });
+  after(async () => {
+    await fixture.browser?.close();
+    await fixture.gate?.stop();
+  });
+  return fixture;
 }
 
 export function launch() {

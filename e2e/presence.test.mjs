@@ -2,20 +2,11 @@
 import assert from "node:assert/strict";
 import path from "node:path";
 import { mkdirSync } from "node:fs";
-import { after, before, test } from "node:test";
-import { Gate, SCREENSHOTS, launch, openChat, sendText, waitMessage } from "./lib.mjs";
+import { before, test } from "node:test";
+import { SCREENSHOTS, openChat, useGateAndBrowser, waitMessage } from "./lib.mjs";
 
-let gate;
-let browser;
-before(async () => {
-  gate = await Gate.start();
-  browser = await launch();
-  mkdirSync(SCREENSHOTS, { recursive: true });
-});
-after(async () => {
-  await browser?.close();
-  await gate?.stop();
-});
+const fx = useGateAndBrowser();
+before(() => mkdirSync(SCREENSHOTS, { recursive: true }));
 
 /** Waits until the page's online list holds exactly these names (any order). */
 function waitOnline(page, names, timeout = 15000) {
@@ -37,8 +28,8 @@ function waitOnline(page, names, timeout = 15000) {
 const typingText = (page) => page.locator("#typing").textContent();
 
 test("presence lists who is online; typing shows and clears", async () => {
-  const ada = await openChat(browser, gate, { name: "Ada", room: "lobby" });
-  const bob = await openChat(browser, gate, { name: "Bob", room: "lobby" });
+  const ada = await openChat(fx.browser, fx.gate, { name: "Ada", room: "lobby" });
+  const bob = await openChat(fx.browser, fx.gate, { name: "Bob", room: "lobby" });
 
   // Both pages list both names as online.
   await waitOnline(ada, ["Ada", "Bob"]);

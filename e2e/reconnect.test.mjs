@@ -2,27 +2,18 @@
 // back on the same port and database; the message is delivered exactly once,
 // with the id it was given when typed, and nothing said meanwhile is missed.
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { Client, Gate, SplitGate, launch, openChat, sendText, waitConnected, waitMessage } from "./lib.mjs";
+import { test } from "node:test";
+import { Client, SplitGate, openChat, sendText, useGateAndBrowser, waitConnected, waitMessage } from "./lib.mjs";
 
-let gate;
-let browser;
-before(async () => {
-  gate = await Gate.start();
-  browser = await launch();
-});
-after(async () => {
-  await browser?.close();
-  await gate?.stop();
-});
+const fx = useGateAndBrowser();
 
 test("a message typed while the server is down is delivered once after it restarts", async () => {
-  const ada = await openChat(browser, gate, { name: "Ada", room: "resil" });
-  const bob = await openChat(browser, gate, { name: "Bob", room: "resil" });
+  const ada = await openChat(fx.browser, fx.gate, { name: "Ada", room: "resil" });
+  const bob = await openChat(fx.browser, fx.gate, { name: "Bob", room: "resil" });
   await sendText(ada, "before the crash");
   await waitMessage(bob, "before the crash");
 
-  await gate.kill("SIGKILL");
+  await fx.gate.kill("SIGKILL");
   await ada.locator('#status:is([data-state="reconnecting"], [data-state="offline"])').waitFor();
   await bob.locator('#status:is([data-state="reconnecting"], [data-state="offline"])').waitFor();
 
@@ -34,7 +25,7 @@ test("a message typed while the server is down is delivered once after it restar
   assert.equal(saved.length, 1);
   assert.equal(saved[0].content, typed);
 
-  await gate.restart();
+  await fx.gate.restart();
   const meanwhile = "said right after the restart";
   await sendText(bob, meanwhile);
 
@@ -46,7 +37,7 @@ test("a message typed while the server is down is delivered once after it restar
   await ada.waitForFunction(() => JSON.parse(localStorage.getItem("wsgate.outbox")).length === 0);
 
   // Exactly once in the stored history, with the id given when it was typed.
-  const probe = await Client.open(gate.url);
+  const probe = await Client.open(fx.gate.url);
   const history = await probe.history("resil");
   probe.close();
   const copies = history.filter((m) => m.content === typed);
@@ -85,16 +76,16 @@ function lossy(context) {
 }
 
 test("a message whose confirmation was lost is resent with its id and stored once", async () => {
-  const context = await browser.newContext();
+  const context = await fx.browser.newContext();
   await lossy(context);
   const page = await context.newPage();
-  await page.goto(`${gate.url}/#lost`);
+  await page.goto(`${fx.gate.url}/#lost`);
   await waitConnected(page);
   await page.evaluate(() => (window.__drop = true));
   await sendText(page, "confirmation lost");
   await page.locator("#messages li.msg.pending").waitFor();
   // Stored (the server has it) but the page never saw the echo.
-  const probe = await Client.open(gate.url);
+  const probe = await Client.open(fx.gate.url);
   const deadline = Date.now() + 10000;
   while ((await probe.history("lost")).length === 0) {
     assert.ok(Date.now() < deadline, "message never stored");
@@ -115,12 +106,12 @@ test("a message whose confirmation was lost is resent with its id and stored onc
 });
 
 test("a gap in seq and a dropped connection are both caught up, without doubles", async () => {
-  const context = await browser.newContext();
+  const context = await fx.browser.newContext();
   await lossy(context);
   const cat = await context.newPage();
-  await cat.goto(`${gate.url}/#catchup`);
+  await cat.goto(`${fx.gate.url}/#catchup`);
   await waitConnected(cat);
-  const writer = await Client.open(gate.url);
+  const writer = await Client.open(fx.gate.url);
   await writer.say("catchup", "writer", "m1");
   await waitMessage(cat, "m1");
 
@@ -157,7 +148,7 @@ test("a gap in seq and a dropped connection are both caught up, without doubles"
 test("the gateway's upstream dies while the page stays connected: outbox and catch-up", async () => {
   const split = await SplitGate.start();
   try {
-    const page = await openChat(browser, split, { name: "Uma", room: "upstream" });
+    const page = await openChat(fx.browser, split, { name: "Uma", room: "upstream" });
     const writer = await Client.open(split.url);
     await writer.say("upstream", "writer", "before");
     await waitMessage(page, "before");

@@ -3,25 +3,16 @@
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
-import { after, before, test } from "node:test";
-import { Client, Gate, SCREENSHOTS, launch, openChat, sendText, waitMessage } from "./lib.mjs";
+import { before, test } from "node:test";
+import { Client, SCREENSHOTS, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
 
-let gate;
-let browser;
-before(async () => {
-  gate = await Gate.start();
-  browser = await launch();
-  mkdirSync(SCREENSHOTS, { recursive: true });
-});
-after(async () => {
-  await browser?.close();
-  await gate?.stop();
-});
+const fx = useGateAndBrowser();
+before(() => mkdirSync(SCREENSHOTS, { recursive: true }));
 
 const shot = (page, name) => page.screenshot({ path: path.join(SCREENSHOTS, `${name}.png`) });
 
 async function seed() {
-  const c = await Client.open(gate.url);
+  const c = await Client.open(fx.gate.url);
   await c.setName("grace", "Grace Hopper");
   await c.setName("linus", "Linus");
   await c.say("design", "grace", "Morning! Did anyone look at the new gateway metrics?");
@@ -36,7 +27,7 @@ async function seed() {
 test("screenshots of the main states", async () => {
   const c = await seed();
   for (const scheme of ["light", "dark"]) {
-    const page = await openChat(browser, gate, { name: "Ada Lovelace", room: "design", colorScheme: scheme });
+    const page = await openChat(fx.browser, fx.gate, { name: "Ada Lovelace", room: "design", colorScheme: scheme });
     await page.getByLabel("Join a room").fill("random");
     await page.getByLabel("Join a room").press("Enter");
     await page.locator('#room-list a[href="#design"]').click();
@@ -74,8 +65,8 @@ test("screenshots of the main states", async () => {
   }
 
   // Disconnected, with a pending message.
-  const page = await openChat(browser, gate, { name: "Ada Lovelace", room: "design" });
-  await gate.kill();
+  const page = await openChat(fx.browser, fx.gate, { name: "Ada Lovelace", room: "design" });
+  await fx.gate.kill();
   await page.locator('#status[data-state="reconnecting"]').waitFor();
   await sendText(page, "this waits in the outbox");
   await page.locator("#messages li.msg.pending").waitFor();
@@ -83,7 +74,7 @@ test("screenshots of the main states", async () => {
   await page.setViewportSize({ width: 375, height: 740 });
   await page.emulateMedia({ colorScheme: "dark" });
   await shot(page, "mobile-reconnecting-dark");
-  await gate.restart();
+  await fx.gate.restart();
   await waitMessage(page, "this waits in the outbox", 20000);
   c.close();
 });
