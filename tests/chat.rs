@@ -80,19 +80,6 @@ async fn every_member_gets_every_message_in_one_order() {
     assert_eq!(orders[1], orders[2]);
 }
 
-/// Every frame up to and including the echo of the message `id`.
-async fn frames_until_echo(ws: &mut support::Ws, id: &str) -> Vec<serde_json::Value> {
-    let mut frames = Vec::new();
-    loop {
-        let frame = ws.recv().await;
-        let done = frame["chat_message"]["id"] == id;
-        frames.push(frame);
-        if done {
-            return frames;
-        }
-    }
-}
-
 #[tokio::test]
 async fn rooms_are_isolated() {
     let system = System::start().await;
@@ -106,7 +93,7 @@ async fn rooms_are_isolated() {
     // ahead of his next echo.
     alice.say("a", "alice", "to-a", "only for a").await;
     bob.send(json!({"chat_message": {"id": "check", "room_id": "b", "sender_id": "bob", "content": "x"}})).await;
-    let seen = frames_until_echo(&mut bob, "check").await;
+    let seen = bob.frames_until_echo("check").await;
     assert!(
         seen.iter().all(|f| f["chat_message"]["room_id"] == "b"),
         "bob saw another room: {seen:?}"
@@ -134,7 +121,7 @@ async fn leaving_a_room_stops_its_messages() {
     alice.say("a", "alice", "sync", "left b").await;
     bob.say("b", "bob", "after", "alice is gone").await;
     alice.send(json!({"chat_message": {"id": "last", "room_id": "a", "sender_id": "alice", "content": "x"}})).await;
-    let seen = frames_until_echo(&mut alice, "last").await;
+    let seen = alice.frames_until_echo("last").await;
     assert!(
         seen.iter().all(|f| f["chat_message"]["id"] != "after"),
         "alice got room b after leaving: {seen:?}"

@@ -77,13 +77,8 @@ async fn typing_reaches_the_others_and_is_never_stored() {
     )
     .await;
     // Nothing of it arrives before the echo of a message sent after it.
-    loop {
-        let frame = ada.recv().await;
-        assert!(frame.get("typing").is_none(), "{frame}");
-        if frame["chat_message"]["id"] == "m" {
-            break;
-        }
-    }
+    let seen = ada.frames_until_echo("m").await;
+    assert!(seen.iter().all(|f| f.get("typing").is_none()), "{seen:?}");
     let history = ada.call("get_chat_history", json!({"room_id": "r"})).await;
     let contents: Vec<_> = history["chat_history"]["messages"]
         .as_array()

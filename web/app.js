@@ -2,6 +2,15 @@
 // Protocol: docs/protocol.md (JSON frames over one WebSocket at "/").
 
 const $ = (id) => document.getElementById(id);
+
+/** The "you" badge beside the user's own name. */
+function youBadge() {
+  const you = document.createElement("span");
+  you.className = "you";
+  you.textContent = "you";
+  return you;
+}
+
 const PAGE = 50; // history page size
 const CATCH_UP_PAGE = 200;
 const GROUP_GAP_MS = 5 * 60 * 1000;
@@ -342,12 +351,7 @@ function renderPresence() {
     label.className = "presence-name";
     label.textContent = p.name;
     li.append(dot, label);
-    if (p.id === userId) {
-      const you = document.createElement("span");
-      you.className = "you";
-      you.textContent = "you";
-      li.append(you);
-    }
+    if (p.id === userId) li.append(youBadge());
     frag.append(li);
   }
   $("presence-list").replaceChildren(frag);
@@ -750,12 +754,7 @@ function messageEl(m, grouped, opts = {}) {
     who.className = "who";
     who.textContent = nameOf(m.sender_id);
     meta.append(who);
-    if (m.sender_id === userId) {
-      const you = document.createElement("span");
-      you.className = "you";
-      you.textContent = "you";
-      meta.append(you);
-    }
+    if (m.sender_id === userId) meta.append(youBadge());
     meta.append(time);
     body.append(meta);
   }

@@ -209,6 +209,19 @@ impl Ws {
         }
     }
 
+    /// Every frame up to and including the echo of the message `id`.
+    pub async fn frames_until_echo(&mut self, id: &str) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            let done = frame["chat_message"]["id"] == id;
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    }
+
     /// Sends a unary action with a request id and returns the reply to it.
     pub async fn call(&mut self, action: &str, body: Value) -> Value {
         let request_id = format!("call-{}", fastrand::u64(..));
