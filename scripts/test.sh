@@ -7,5 +7,5 @@
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --locked --all-targets "$@"
+cargo test --locked --workspace --all-targets "$@"
 scripts/e2e.sh
