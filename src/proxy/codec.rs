@@ -9,7 +9,9 @@ use bytes::{Buf, BufMut};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+use crate::proto::lean_buffers;
 
 /// Encodes any [`DynamicMessage`]; decodes messages of one type.
 #[derive(Debug, Clone)]
@@ -52,6 +54,10 @@ impl Encoder for DynamicEncoder {
     fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         encode_message(&item, dst)
     }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        lean_buffers()
+    }
 }
 
 /// Decodes the protobuf binary format as one message type.
@@ -66,6 +72,10 @@ impl Decoder for DynamicDecoder {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<DynamicMessage>, Status> {
         decode_message(&self.descriptor, src).map(Some)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        lean_buffers()
     }
 }
 

@@ -47,6 +47,14 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 pub const DEFAULT_MAX_UNARY_IN_FLIGHT: usize = 32;
 /// Default deadline of a unary call.
 pub const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes a WebSocket reads from its socket at a time. tungstenite's default
+/// (128 KiB, zero-filled before each read) would be most of an idle
+/// connection's memory; chat frames are ~200 bytes, and a larger frame is
+/// still read whole (the buffer grows to the frame's length).
+const WS_READ_BUFFER: usize = 2 * 1024;
+/// Bytes of outgoing frames a WebSocket gathers before writing to its socket
+/// (the writer task also flushes after each batch).
+const WS_WRITE_BUFFER: usize = 8 * 1024;
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -125,6 +133,8 @@ async fn root(
     upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let sessions = ctx.sessions.clone();
             sessions.track_future(session::serve(socket, ctx, peer))
