@@ -2,15 +2,17 @@
 //!
 //! The hub is in-memory state shared by every `Chat` stream. It never does
 //! I/O while holding its locks: fan-out is a `try_send` per member into that
-//! member's bounded outbox, so one slow member can never stall a room.
+//! member's bounded outbox, so one slow member can never stall a room. A
+//! frame for many members is built once and shared (`Arc`): the fan-out on
+//! the writer thread costs a reference count per member, and each stream's
+//! own task makes the copy tonic encodes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::proto::chat::{self, ChatStream, chat_stream::Event};
 use crate::storage::{StoreError, StoredMessage, UserRecord, Written};
@@ -35,16 +37,15 @@ impl StreamId {
 #[derive(Clone)]
 pub struct Outbox {
     stream: StreamId,
-    tx: mpsc::Sender<Result<ChatStream, Status>>,
+    tx: mpsc::Sender<Frame>,
     overflow: CancellationToken,
 }
 
+/// A frame queued towards a stream, possibly shared with other members.
+pub type Frame = Arc<ChatStream>;
+
 impl Outbox {
-    pub fn new(
-        stream: StreamId,
-        tx: mpsc::Sender<Result<ChatStream, Status>>,
-        overflow: CancellationToken,
-    ) -> Self {
+    pub fn new(stream: StreamId, tx: mpsc::Sender<Frame>, overflow: CancellationToken) -> Self {
         Outbox {
             stream,
             tx,
@@ -58,7 +59,12 @@ impl Outbox {
 
     /// Queues a frame without waiting; ends the stream if its queue is full.
     pub fn push(&self, frame: ChatStream) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(Ok(frame))
+        self.push_shared(Arc::new(frame));
+    }
+
+    /// Queues a frame shared with other streams.
+    pub fn push_shared(&self, frame: Frame) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame)
             && !self.overflow.is_cancelled()
         {
             tracing::warn!(
@@ -133,9 +139,14 @@ impl Hub {
             return;
         }
         if !members.iter().any(|m| m.user_id == user_id) {
-            let arrived = presence(room_id, vec![user_id.to_owned()], Vec::new(), false);
+            let arrived = Arc::new(presence(
+                room_id,
+                vec![user_id.to_owned()],
+                Vec::new(),
+                false,
+            ));
             for member in members.iter() {
-                member.outbox.push(arrived.clone());
+                member.outbox.push_shared(arrived.clone());
             }
         }
         members.push(Member {
@@ -163,9 +174,9 @@ impl Hub {
         if members.is_empty() {
             state.rooms.remove(room_id);
         } else if !members.iter().any(|m| m.user_id == left.user_id) {
-            let gone = presence(room_id, Vec::new(), vec![left.user_id], false);
+            let gone = Arc::new(presence(room_id, Vec::new(), vec![left.user_id], false));
             for member in members.iter() {
-                member.outbox.push(gone.clone());
+                member.outbox.push_shared(gone.clone());
             }
         }
     }
@@ -180,15 +191,15 @@ impl Hub {
         if !members.iter().any(|m| m.outbox.stream == from) {
             return false;
         }
-        let frame = ChatStream {
+        let frame = Arc::new(ChatStream {
             event: Some(Event::Typing(chat::Typing {
                 room_id: room_id.to_owned(),
                 user_id: user_id.to_owned(),
             })),
             request_id: None,
-        };
+        });
         for member in members.iter().filter(|m| m.outbox.stream != from) {
-            member.outbox.push(frame.clone());
+            member.outbox.push_shared(frame.clone());
         }
         true
     }
@@ -252,27 +263,31 @@ impl Hub {
     /// Sends a newly stored message to every member of its room; the sender's
     /// own copy carries its `request_id` and is its confirmation.
     fn fan_out(&self, msg: StoredMessage, origin: &Outbox, request_id: Option<String>) {
-        let state = self.state();
-        let members = state.rooms.get(&msg.room_id);
+        let room_id = msg.room_id.clone();
         let frame = message_frame(msg, None);
+        // The sender's copy differs only by its request_id (if it gave one).
+        let own = request_id.map(|id| {
+            let mut own = frame.clone();
+            own.request_id = Some(id);
+            Arc::new(own)
+        });
+        let frame = Arc::new(frame);
+        let own = own.unwrap_or_else(|| frame.clone());
+        let state = self.state();
         let mut origin_served = false;
-        for member in members.into_iter().flatten() {
+        for member in state.rooms.get(&room_id).into_iter().flatten() {
             if member.outbox.stream == origin.stream {
-                let mut own = frame.clone();
-                own.request_id = request_id.clone();
-                member.outbox.push(own);
+                member.outbox.push_shared(own.clone());
                 origin_served = true;
             } else {
-                member.outbox.push(frame.clone());
+                member.outbox.push_shared(frame.clone());
             }
         }
         drop(state);
         if !origin_served {
             // The sender left the room before its message was committed: it
             // still gets its confirmation.
-            let mut own = frame;
-            own.request_id = request_id;
-            origin.push(own);
+            origin.push_shared(own);
         }
     }
 }

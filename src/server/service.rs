@@ -129,6 +129,7 @@ impl ChatService for ChatServiceImpl {
         // the frames it could not take.
         let fell_behind = overflow.clone();
         let outbound = ReceiverStream::new(rx)
+            .map(|frame| Ok(Arc::unwrap_or_clone(frame)))
             .take_until(overflow.cancelled_owned())
             .chain(
                 stream::once(async move { fell_behind.is_cancelled() }).filter_map(
