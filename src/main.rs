@@ -1,6 +1,7 @@
 //! `wsgate`: the command line. It parses flags, opens storage, binds the
 //! listeners and calls the library's `run` functions; nothing else.
 
+use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -147,6 +148,8 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours for a terminal, plain text for a log file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
