@@ -210,7 +210,9 @@ fn ws_config() -> WebSocketConfig {
 async fn serve(tcp: TcpStream, shared: Arc<Shared>) {
     // Frames are small and latency matters.
     let _ = tcp.set_nodelay(true);
-    let handshake = accept_async_with_config(tcp, Some(ws_config()));
+    // Boxed: the handshake's state is large and only needed for a moment,
+    // the task's own state lives as long as the connection.
+    let handshake = Box::pin(accept_async_with_config(tcp, Some(ws_config())));
     let Ok(Ok(ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await else {
         return;
     };
