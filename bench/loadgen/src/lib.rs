@@ -7,6 +7,7 @@
 //! report, never silent.
 //!
 //! # Layout
+//! - [`cli`]: the command line (the binary is a thin wrapper);
 //! - scenarios: [`fanout`], [`pingpong`], [`connections`] (WebSocket, the
 //!   contract of bench/README.md), [`ingest`], [`history`] (gRPC, wsgate's
 //!   chat server only);
@@ -19,6 +20,7 @@
 //! - [`stats`]: sharded counters, batched HDR histograms, report figures;
 //! - [`sys`]: open-file limit, resident memory, CPU time.
 
+pub mod cli;
 pub mod connections;
 pub mod fanout;
 pub mod history;

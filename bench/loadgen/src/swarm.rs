@@ -978,8 +978,9 @@ impl Client {
                             now.saturating_sub(p.next_due),
                         );
                     }
-                    // Early (within the slack): timed from now; late: from the schedule.
-                    let ts = p.next_due.max(now);
+                    // Early (within the slack): timed from the real send;
+                    // late: from the schedule (no coordinated omission).
+                    let ts = p.next_due.min(now);
                     send_one(&self.shared, p, &mut self.stats, ws, ts, times, index).await?;
                     p.next_due += interval_ns;
                     fed = true;
