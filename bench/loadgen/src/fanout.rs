@@ -61,8 +61,9 @@ pub struct FanoutArgs {
     /// Seconds allowed for every member of every room to be confirmed.
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub setup_timeout: f64,
-    /// WebSocket read/write buffer per connection, bytes.
-    #[arg(long, default_value_t = 8192)]
+    /// WebSocket read/write buffer per connection, bytes (tungstenite
+    /// zero-fills the whole read buffer before every read: keep it small).
+    #[arg(long, default_value_t = 4096)]
     pub ws_buffer: usize,
     /// Stop each publisher after this many measured messages (the run also
     /// ends at the end of --duration).

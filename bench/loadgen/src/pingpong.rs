@@ -64,7 +64,7 @@ pub async fn run(args: &PingpongArgs) -> anyhow::Result<PingpongReport> {
         concurrency: 1,
         source_ips: 0,
         setup_timeout: 30.0,
-        ws_buffer: 8192,
+        ws_buffer: 4096,
         max_messages: args.count,
     };
     let f = fanout::run_labelled(&fanout, "pingpong").await?;
