@@ -238,6 +238,12 @@ impl ConnectionsReport {
                 m.name, m.before_kib, m.after_kib, m.delta_kib, m.per_connection_kib
             );
         }
+        if !self.setup.setup_error_frames.is_empty() {
+            s += &format!(
+                "\n  error frames while joining: {}",
+                self.setup.setup_error_frames.line()
+            );
+        }
         if !self.ended_while_open.is_empty() {
             s += &format!("\n  ended while open: {}", self.ended_while_open.line());
         }

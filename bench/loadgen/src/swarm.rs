@@ -132,6 +132,8 @@ struct Shared {
     connected: AtomicU32,
     confirmed: AtomicU32,
     lost_in_setup: AtomicU32,
+    /// Error frames seen before the run (reported with a setup failure).
+    setup_errors: Mutex<Reasons>,
     connect_failures: Mutex<Reasons>,
     publishers_stopped: AtomicU32,
     last_stop_ns: AtomicU64,
@@ -205,6 +207,8 @@ pub struct SetupReport {
     pub joined_secs: f64,
     pub members_confirmed: u32,
     pub rooms: u32,
+    /// `error` frames received before the run, by code and message.
+    pub setup_error_frames: Reasons,
 }
 
 /// A running swarm; [`Swarm::start`] returns it with every member confirmed.
@@ -256,6 +260,7 @@ impl Swarm {
             connected: AtomicU32::new(0),
             confirmed: AtomicU32::new(0),
             lost_in_setup: AtomicU32::new(0),
+            setup_errors: Mutex::new(Reasons::default()),
             connect_failures: Mutex::new(Reasons::default()),
             publishers_stopped: AtomicU32::new(0),
             last_stop_ns: AtomicU64::new(0),
@@ -345,17 +350,19 @@ impl Swarm {
         let lost = shared.lost_in_setup.load(Ordering::Acquire);
         swarm.setup.members_confirmed = members;
         swarm.setup.joined_secs = round3(started.elapsed().as_secs_f64());
+        swarm.setup.setup_error_frames = lock(&shared.setup_errors).clone();
         if !confirmed || members < connected {
             let rooms_done = shared
                 .rooms
                 .iter()
                 .filter(|r| r.confirmed.load(Ordering::Relaxed) >= r.joined.load(Ordering::Relaxed))
                 .count();
+            let errors = swarm.setup.setup_error_frames.line();
             swarm.abort().await;
             bail!(
                 "membership not confirmed: {members} of {connected} members received a probe \
                  ({rooms_done} of {} rooms complete, {lost} connections lost during setup, \
-                 setup timeout {:?})",
+                 setup timeout {:?}); error frames received: {errors}",
                 shared.spec.rooms,
                 shared.spec.setup_timeout
             );
@@ -806,7 +813,14 @@ impl Client {
             Parsed::Chat(id) => self.on_chat(&id),
             Parsed::Error => {
                 self.stats.error_frames += 1;
-                self.stats.error_samples.add(ws::describe_error(text));
+                let error = ws::describe_error(text);
+                if self.shared.times.get().is_none() {
+                    // Before the run: the coordinator reports these if the setup fails.
+                    let mut key = error.clone();
+                    key.truncate(80);
+                    lock(&self.shared.setup_errors).add(key, 1);
+                }
+                self.stats.error_samples.add(error);
             }
             Parsed::Other => {}
             Parsed::Unparsable => {

@@ -270,3 +270,49 @@ async fn setup_failures_are_errors() {
     };
     assert!(ingest::run(&args).await.is_err());
 }
+
+/// A WebSocket server that answers every frame with an error and never
+/// echoes: membership can never be confirmed.
+async fn refusing_server() -> SocketAddr {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let error = r#"{"error":{"code":"UNAVAILABLE","message":"no rooms here"}}"#;
+                        if ws.send(error.into()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_never_confirmed_is_a_setup_failure() {
+    let addr = refusing_server().await;
+    let Command::Connections(args) = command(&format!(
+        "connections --url ws://{addr}/ -n 3 --source-ips 0 --setup-timeout 0.5"
+    )) else {
+        unreachable!()
+    };
+    let e = connections::run(&args).await.expect_err("never confirmed");
+    let e = e.to_string();
+    assert!(e.contains("0 of 3 members received a probe"), "{e}");
+    assert!(e.contains("UNAVAILABLE: no rooms here"), "{e}");
+    let Command::Fanout(args) = command(&format!(
+        "fanout --url ws://{addr}/ --rooms 1 --clients 2 --window 1 --setup-timeout 0.5"
+    )) else {
+        unreachable!()
+    };
+    assert!(fanout::run(&args).await.is_err());
+}
