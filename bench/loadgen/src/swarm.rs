@@ -658,6 +658,9 @@ impl Client {
         let (mut probe_armed, mut send_armed) = (false, false);
         let mut phase = *phase_rx.borrow_and_update();
         let mut entered = Phase::Setup;
+        // One future per phase change (a handful per run), not one per
+        // loop iteration: it owns the receiver and gives it back.
+        let mut next_phase = Box::pin(next_phase(phase_rx));
 
         let ended = loop {
             // React to a phase once, however it was noticed.
@@ -698,10 +701,13 @@ impl Client {
             }
             tokio::select! {
                 biased;
-                changed = phase_rx.changed() => {
+                changed = &mut next_phase => {
                     match changed {
-                        Ok(()) => phase = *phase_rx.borrow_and_update(),
-                        Err(_) => break None,
+                        Some((new, rx)) => {
+                            phase = new;
+                            next_phase = Box::pin(self::next_phase(rx));
+                        }
+                        None => break None,
                     }
                 }
                 msg = ws.next() => {
@@ -1020,6 +1026,13 @@ impl Client {
             p.lag.flush(&self.shared.lag, shard);
         }
     }
+}
+
+/// The next phase, and the receiver back; `None` if the coordinator is gone.
+async fn next_phase(mut rx: watch::Receiver<Phase>) -> Option<(Phase, watch::Receiver<Phase>)> {
+    rx.changed().await.ok()?;
+    let phase = *rx.borrow_and_update();
+    Some((phase, rx))
 }
 
 /// Queues one message (the caller flushes).
