@@ -10,8 +10,8 @@ use crate::{connections, fanout, history, ingest, pingpong};
 /// object (one line) with every figure on stdout. Exit status: 0 when the
 /// scenario ran (losses and errors during the measurement are figures:
 /// see "clean" in the JSON), 1 on a setup failure (cannot connect,
-/// membership never confirmed, not every connection joined), 2 on bad
-/// arguments. Latencies are in microseconds, rates per second over the
+/// membership never confirmed, not every connection joined, or arguments
+/// that parse but make no sense), 2 when the arguments do not parse. Latencies are in microseconds, rates per second over the
 /// measured window (after the warm-up). See bench/README.md.
 #[derive(Parser, Debug)]
 #[command(name = "wsgate-bench", version)]
