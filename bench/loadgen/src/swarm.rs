@@ -822,20 +822,16 @@ impl Client {
                 let error = ws::describe_error(text);
                 if self.shared.times.get().is_none() {
                     // Before the run: the coordinator reports these if the setup fails.
-                    let mut key = error.clone();
-                    key.truncate(80);
-                    lock(&self.shared.setup_errors).add(key, 1);
+                    lock(&self.shared.setup_errors).add(ws::clip(&error, 80), 1);
                 }
                 self.stats.error_samples.add(error);
             }
             Parsed::Other => {}
             Parsed::Unparsable => {
                 self.stats.unparsable_frames += 1;
-                let mut sample = text.to_owned();
-                sample.truncate(120);
                 self.stats
                     .error_samples
-                    .add(format!("unparsable: {sample}"));
+                    .add(format!("unparsable: {}", ws::clip(text, 120)));
             }
         }
     }

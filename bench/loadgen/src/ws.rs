@@ -218,9 +218,20 @@ pub fn describe_error(text: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
     let code = v["error"]["code"].as_str().unwrap_or("?");
     let message = v["error"]["message"].as_str().unwrap_or("");
-    let mut s = format!("{code}: {message}");
-    s.truncate(200);
-    s
+    clip(&format!("{code}: {message}"), 200).to_owned()
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary (peer text
+/// may hold multi-byte characters anywhere).
+pub fn clip(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
@@ -273,6 +284,19 @@ mod tests {
             parse(r#"{"chat_message":{"seq":1}}"#),
             Parsed::Unparsable
         ));
+    }
+
+    #[test]
+    fn clipping_respects_characters() {
+        assert_eq!(clip("abc", 10), "abc");
+        assert_eq!(clip("abcdef", 3), "abc");
+        // 'é' is two bytes: cutting inside it keeps the character out.
+        assert_eq!(clip("aé", 2), "a");
+        let long = format!(
+            "{{\"error\":{{\"code\":\"X\",\"message\":\"{}\"}}}}",
+            "é".repeat(300)
+        );
+        assert!(describe_error(&long).len() <= 200);
     }
 
     #[tokio::test]
