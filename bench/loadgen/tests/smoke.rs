@@ -1,0 +1,318 @@
+//! Every scenario, tiny, against a real wsgate (chat server and gateway in
+//! this process, on ephemeral loopback ports, with a temporary SQLite
+//! database), asserting what it measured: nothing lost, everything joined,
+//! pages returned.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use wsgate::storage::{SqliteOptions, SqliteStore};
+use wsgate::{proxy, server};
+use wsgate_bench::cli::{Cli, Command};
+use wsgate_bench::{connections, fanout, history, ingest, pingpong};
+
+/// wsgate (server + gateway) running in this process.
+struct Wsgate {
+    grpc: SocketAddr,
+    ws: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Wsgate {
+    async fn start() -> Wsgate {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SqliteStore::open(&dir.path().join("chat.db"), SqliteOptions::default())
+            .expect("open store");
+        let shutdown = CancellationToken::new();
+        let grpc_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let grpc = grpc_listener.local_addr().expect("addr");
+        let server = tokio::spawn(server::run(
+            grpc_listener,
+            Arc::new(store),
+            server::Config::default(),
+            shutdown.clone(),
+        ));
+        let pool = wsgate::proto::descriptor_pool();
+        let service = pool
+            .get_service_by_name(wsgate::proto::CHAT_SERVICE)
+            .expect("service");
+        let gateway = Arc::new(proxy::Gateway::from_service(&service, None).expect("gateway"));
+        let ws_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ws = ws_listener.local_addr().expect("addr");
+        let proxy = tokio::spawn(proxy::run(
+            ws_listener,
+            gateway,
+            proxy::Config::new(format!("http://{grpc}")),
+            shutdown.clone(),
+        ));
+        Wsgate {
+            grpc,
+            ws,
+            shutdown,
+            tasks: vec![server, proxy],
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/", self.ws)
+    }
+
+    fn grpc(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("stops in time")
+                .expect("task")
+                .expect("run");
+        }
+    }
+}
+
+/// Parses a command line exactly as the binary does.
+fn command(line: &str) -> Command {
+    Cli::try_parse_from(std::iter::once("wsgate-bench").chain(line.split_whitespace()))
+        .unwrap_or_else(|e| panic!("{line}: {e}"))
+        .command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_closed_loop_delivers_every_message_to_every_member() {
+    let w = Wsgate::start().await;
+    let Command::Fanout(args) = command(&format!(
+        "fanout --url {} --rooms 2 --clients 3 --publishers 1 --window 4 --size 64 \
+         --warmup 0.2 --duration 1",
+        w.url()
+    )) else {
+        unreachable!()
+    };
+    let r = fanout::run(&args).await.expect("fanout runs");
+    eprintln!("{}", r.summary());
+    assert!(r.ok && r.clean, "{r:#?}");
+    assert_eq!(r.setup.connected, 6);
+    assert_eq!(r.setup.members_confirmed, 6);
+    assert!(r.sent > 0 && r.sent_measured > 0);
+    assert_eq!(r.expected, r.sent * 3, "every message to all 3 members");
+    assert_eq!(r.received, r.expected);
+    assert_eq!(
+        (r.lost, r.duplicates, r.out_of_order, r.foreign),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(r.error_frames, 0);
+    assert!(r.drained);
+    assert!(r.confirmed_per_sec > 0.0 && r.delivered_per_sec > r.confirmed_per_sec);
+    // Two other members per message; the sender's echo is the confirmation.
+    assert_eq!(r.confirm_latency.count, r.sent_measured);
+    assert_eq!(r.delivery_latency.count, 2 * r.sent_measured);
+    assert!(r.confirm_latency.p50_us > 0.0);
+    assert_eq!(r.send_lag.count, 0, "closed loop has no schedule");
+    // The JSON line holds the figures.
+    let json: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
+    assert_eq!(json["lost"], 0);
+    assert_eq!(json["scenario"], "fanout");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_open_loop_keeps_its_schedule() {
+    let w = Wsgate::start().await;
+    let Command::Fanout(args) = command(&format!(
+        "fanout --url {} --rooms 2 --clients 2 --publishers 2 --rate 400 --warmup 0.2 --duration 1",
+        w.url()
+    )) else {
+        unreachable!()
+    };
+    let r = fanout::run(&args).await.expect("fanout runs");
+    eprintln!("{}", r.summary());
+    assert!(r.ok && r.clean, "{r:#?}");
+    assert_eq!(r.received, r.expected);
+    assert_eq!(r.expected, r.sent * 2);
+    // 400/s offered over 1 s (schedule with random phases: +-1 per publisher).
+    assert!(
+        (396..=404).contains(&r.sent_measured),
+        "{}",
+        r.sent_measured
+    );
+    assert!(r.send_lag.count > 0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pingpong_measures_round_trips() {
+    let w = Wsgate::start().await;
+    let Command::Pingpong(args) = command(&format!(
+        "pingpong --url {} -n 50 --warmup 0.1 --duration 30",
+        w.url()
+    )) else {
+        unreachable!()
+    };
+    let r = pingpong::run(&args).await.expect("pingpong runs");
+    eprintln!("{}", r.summary());
+    assert!(r.ok && r.clean, "{r:#?}");
+    assert_eq!(r.rtt.count, 50, "exactly the measured round trips");
+    assert_eq!(r.received, r.sent);
+    assert_eq!(r.lost, 0);
+    assert!(r.rtt.p50_us > 0.0 && r.rtt.max_us >= r.rtt.p50_us);
+    assert!(
+        r.measured_secs < 30.0,
+        "stopped at the count, not the duration"
+    );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_all_join_from_several_source_addresses() {
+    let w = Wsgate::start().await;
+    let Command::Connections(args) = command(&format!(
+        "connections --url {} -n 50 --source-ips 2 --rooms 5 --pid self={}",
+        w.url(),
+        std::process::id()
+    )) else {
+        unreachable!()
+    };
+    let r = connections::run(&args).await.expect("connections run");
+    eprintln!("{}", r.summary());
+    assert!(r.ok, "{r:#?}");
+    assert_eq!((r.connections, r.joined, r.failures), (50, 50, 0));
+    assert_eq!(r.rooms, 5);
+    assert!(r.handshakes_per_sec > 0.0);
+    assert!(r.all_joined_secs >= r.connect_secs);
+    assert_eq!(r.memory.len(), 1);
+    assert_eq!(r.memory[0].name, "self");
+    assert!(r.memory[0].after_kib > 0);
+    assert!(r.memory_total.is_some());
+    assert!(r.ended_while_open.is_empty(), "{:?}", r.ended_while_open);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_confirms_every_message() {
+    let w = Wsgate::start().await;
+    let Command::Ingest(args) = command(&format!(
+        "ingest --grpc {} --senders 4 --window 8 --rooms 2 --warmup 0.2 --duration 1",
+        w.grpc()
+    )) else {
+        unreachable!()
+    };
+    let r = ingest::run(&args).await.expect("ingest runs");
+    eprintln!("{}", r.summary());
+    assert!(r.ok && r.clean, "{r:#?}");
+    assert!(r.sent > 0);
+    assert_eq!(r.confirmed, r.sent);
+    assert_eq!(r.unconfirmed, 0);
+    assert!(r.confirmed_per_sec > 0.0);
+    assert!(r.confirm_latency.count > 0);
+    // Two senders per room: each also receives the other's messages.
+    assert!(r.deliveries_per_sec > 0.0);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_fills_the_room_and_reads_pages() {
+    let w = Wsgate::start().await;
+    let Command::History(args) = command(&format!(
+        "history --grpc {} --room smoke --fill 200 --requests 40 --newest-requests 10 \
+         --concurrency 2",
+        w.grpc()
+    )) else {
+        unreachable!()
+    };
+    let r = history::run(&args).await.expect("history runs");
+    eprintln!("{}", r.summary());
+    assert!(r.ok && r.clean, "{r:#?}");
+    assert_eq!(r.newest_seq, 200);
+    let fill = r.fill.as_ref().expect("filled");
+    assert_eq!(
+        (fill.newest_before, fill.added, fill.unconfirmed),
+        (0, 200, 0)
+    );
+    assert_eq!((r.random.requests, r.random.latency.count), (40, 40));
+    assert_eq!((r.newest.requests, r.newest.latency.count), (10, 10));
+    assert_eq!(r.random.bad_pages + r.newest.bad_pages, 0);
+
+    // A second run finds the room full and does not fill it again.
+    let again = history::run(&args).await.expect("history runs");
+    assert!(again.fill.is_none());
+    assert_eq!(again.newest_seq, 200);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_failures_are_errors() {
+    // A port nobody listens on.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let Command::Fanout(args) = command(&format!(
+        "fanout --url ws://{addr}/ --rooms 1 --clients 2 --window 1 --duration 1"
+    )) else {
+        unreachable!()
+    };
+    let e = fanout::run(&args).await.expect_err("cannot connect");
+    assert!(e.to_string().contains("0 of 2 clients"), "{e}");
+    assert!(e.to_string().contains("ConnectionRefused"), "{e}");
+    let Command::Ingest(args) = command(&format!("ingest --grpc http://{addr} --duration 1"))
+    else {
+        unreachable!()
+    };
+    assert!(ingest::run(&args).await.is_err());
+}
+
+/// A WebSocket server that answers every frame with an error and never
+/// echoes: membership can never be confirmed.
+async fn refusing_server() -> SocketAddr {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let error = r#"{"error":{"code":"UNAVAILABLE","message":"no rooms here"}}"#;
+                        if ws.send(error.into()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_never_confirmed_is_a_setup_failure() {
+    let addr = refusing_server().await;
+    let Command::Connections(args) = command(&format!(
+        "connections --url ws://{addr}/ -n 3 --source-ips 0 --setup-timeout 0.5"
+    )) else {
+        unreachable!()
+    };
+    let e = connections::run(&args).await.expect_err("never confirmed");
+    let e = e.to_string();
+    assert!(e.contains("0 of 3 members received a probe"), "{e}");
+    assert!(e.contains("UNAVAILABLE: no rooms here"), "{e}");
+    let Command::Fanout(args) = command(&format!(
+        "fanout --url ws://{addr}/ --rooms 1 --clients 2 --window 1 --setup-timeout 0.5"
+    )) else {
+        unreachable!()
+    };
+    assert!(fanout::run(&args).await.is_err());
+}
