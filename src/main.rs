@@ -100,6 +100,11 @@ struct GatewayArgs {
     /// closed with code 1008.
     #[arg(long, env = "WSGATE_OUTBOUND_QUEUE", default_value_t = proxy::DEFAULT_OUTBOUND_QUEUE)]
     outbound_queue: usize,
+    /// HTTP/2 connections to the upstream service; sessions' streams are
+    /// spread over them in turn.
+    #[arg(long, env = "WSGATE_UPSTREAM_CONNECTIONS",
+          default_value_t = proxy::DEFAULT_UPSTREAM_CONNECTIONS)]
+    upstream_connections: usize,
 }
 
 #[derive(Args)]
@@ -262,6 +267,7 @@ fn proxy_config(args: &GatewayArgs, upstream: String) -> proxy::Config {
         max_frame_bytes: args.max_frame_bytes,
         ping_interval: Duration::from_secs(args.ping_interval.max(1)),
         outbound_queue: args.outbound_queue.max(1),
+        upstream_connections: args.upstream_connections.max(1),
         ..proxy::Config::new(upstream)
     }
 }

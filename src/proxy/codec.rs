@@ -4,8 +4,12 @@
 //!
 //! Encoding needs no descriptor (a `DynamicMessage` carries its own);
 //! decoding needs the output message's, which the codec holds.
+//!
+//! [`StreamCodec`] leaves what the service streams back undecoded (`Bytes`):
+//! the gateway turns each distinct frame into JSON once, however many
+//! sessions receive it (see `events`).
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::Status;
@@ -40,6 +44,42 @@ impl Codec for DynamicCodec {
         DynamicDecoder {
             descriptor: self.output.clone(),
         }
+    }
+}
+
+/// Encodes [`DynamicMessage`]s; hands back what it receives as raw bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamCodec;
+
+impl Codec for StreamCodec {
+    type Encode = DynamicMessage;
+    type Decode = Bytes;
+    type Encoder = DynamicEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> DynamicEncoder {
+        DynamicEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+/// Yields each received message's protobuf bytes as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        lean_buffers()
     }
 }
 

@@ -6,14 +6,17 @@
 //!   reply keys, the stream's oneof and resume convention.
 //! - `transcode`: JSON frame <-> protobuf message, error frames, status names
 //!   (pure functions).
-//! - `codec`: the tonic codec for dynamic (descriptor-driven) messages.
-//! - `upstream`: the shared gRPC channel, unary calls, and each session's
+//! - `codec`: the tonic codecs for dynamic (descriptor-driven) messages.
+//! - `events`: the service's stream frames as JSON, transcoded once per
+//!   distinct frame and shared by the sessions that receive it.
+//! - `upstream`: the shared gRPC connections, unary calls, and each session's
 //!   reconnecting bidirectional stream.
 //! - `session`: one WebSocket connection's read loop and dispatch.
 //! - `outbound`: the browser-bound queue and writer task of a session.
 //! - this file: settings, the HTTP routes (page, WebSocket, health), `run`.
 
 pub mod codec;
+mod events;
 pub mod gateway;
 mod outbound;
 mod session;
@@ -56,6 +59,8 @@ const WS_READ_BUFFER: usize = 2 * 1024;
 /// Bytes of outgoing frames a WebSocket gathers before writing to its socket
 /// (the writer task also flushes after each batch).
 const WS_WRITE_BUFFER: usize = 8 * 1024;
+/// Default HTTP/2 connections to the upstream service.
+pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 4;
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -70,6 +75,8 @@ const STYLE_CSS: &str = include_str!("../../web/style.css");
 pub struct Config {
     /// URI of the gRPC service, e.g. `http://127.0.0.1:50051`.
     pub upstream: String,
+    /// HTTP/2 connections to the upstream, shared by all sessions in turn.
+    pub upstream_connections: usize,
     pub max_frame_bytes: usize,
     pub ping_interval: Duration,
     pub outbound_queue: usize,
@@ -81,6 +88,7 @@ impl Config {
     pub fn new(upstream: impl Into<String>) -> Self {
         Config {
             upstream: upstream.into(),
+            upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             ping_interval: DEFAULT_PING_INTERVAL,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
@@ -164,7 +172,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
-    let upstream = Upstream::new(&config.upstream, gateway, config.unary_timeout)?;
+    let upstream = Upstream::new(
+        &config.upstream,
+        config.upstream_connections,
+        gateway,
+        config.unary_timeout,
+    )?;
     tracing::info!(%local, upstream = %config.upstream, "WebSocket gateway listening");
     let sessions = TaskTracker::new();
     let ctx = Arc::new(Context {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::mpsc;
@@ -34,23 +34,23 @@ struct Ending {
 /// its unary calls and its upstream stream each hold one.
 #[derive(Clone)]
 pub struct ToClient {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Utf8Bytes>,
     ending: Arc<Ending>,
 }
 
 impl ToClient {
     /// Queues a frame, waiting while the queue is full. False once the
     /// session is over.
-    pub async fn send(&self, frame: String) -> bool {
-        self.tx.send(frame).await.is_ok()
+    pub async fn send(&self, frame: impl Into<Utf8Bytes>) -> bool {
+        self.tx.send(frame.into()).await.is_ok()
     }
 
     /// Queues a frame without waiting. Used for frames pushed by the server:
     /// a browser that cannot keep up with them is closed (1008), because
     /// waiting would hold up the upstream connection it shares with others.
     /// False once the session is over.
-    pub fn push(&self, frame: String) -> bool {
-        match self.tx.try_send(frame) {
+    pub fn push(&self, frame: impl Into<Utf8Bytes>) -> bool {
+        match self.tx.try_send(frame.into()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.close(
@@ -102,7 +102,7 @@ pub fn spawn_writer(
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
     ending: Arc<Ending>,
     ping_interval: Duration,
 ) {
@@ -134,13 +134,13 @@ async fn write_loop(
 
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<String>,
-    first: String,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    first: Utf8Bytes,
 ) -> Result<(), axum::Error> {
-    sink.feed(Message::Text(first.into())).await?;
+    sink.feed(Message::Text(first)).await?;
     for _ in 1..MAX_FRAMES_PER_FLUSH {
         match rx.try_recv() {
-            Ok(frame) => sink.feed(Message::Text(frame.into())).await?,
+            Ok(frame) => sink.feed(Message::Text(frame)).await?,
             Err(_) => break,
         }
     }

@@ -1,10 +1,12 @@
-//! The gRPC side of the gateway: one shared HTTP/2 channel to the upstream
-//! service, unary calls, and the reconnecting bidirectional stream that each
-//! WebSocket session opens at its first stream frame.
+//! The gRPC side of the gateway: a few shared HTTP/2 connections to the
+//! upstream service, unary calls, and the reconnecting bidirectional stream
+//! that each WebSocket session opens at its first stream frame.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use prost_reflect::DynamicMessage;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -12,10 +14,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use super::codec::DynamicCodec;
+use super::codec::{DynamicCodec, StreamCodec};
+use super::events::{Event, Events};
 use super::gateway::{Gateway, StreamMethod, UnaryMethod};
 use super::outbound::ToClient;
-use super::transcode::{code_name, error_json, event_json};
+use super::transcode::{code_name, error_json};
 
 /// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -26,32 +29,59 @@ const LINK_QUEUE: usize = 256;
 /// A cheap-to-clone handle on the upstream service.
 #[derive(Clone)]
 pub struct Upstream {
-    channel: Channel,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// HTTP/2 connections, used in turn. One connection is driven by one
+    /// task, so under load a single one would keep the gateway on one core;
+    /// several also keep the streams per connection well below the limits
+    /// an HTTP/2 peer may set.
+    channels: Vec<Channel>,
+    next: AtomicUsize,
     gateway: Arc<Gateway>,
+    events: Events,
     unary_timeout: Duration,
 }
 
 impl Upstream {
-    /// Prepares the channel without connecting: the gateway starts, and
-    /// keeps serving its page, while the upstream is down.
-    pub fn new(uri: &str, gateway: Arc<Gateway>, unary_timeout: Duration) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(uri.to_owned())?
+    /// Prepares `connections` channels without connecting: the gateway
+    /// starts, and keeps serving its page, while the upstream is down.
+    pub fn new(
+        uri: &str,
+        connections: usize,
+        gateway: Arc<Gateway>,
+        unary_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(uri.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             // Notices a dead upstream even when no call is active.
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channels = (0..connections.max(1))
+            .map(|_| endpoint.connect_lazy())
+            .collect();
         Ok(Upstream {
-            channel,
-            gateway,
-            unary_timeout,
+            shared: Arc::new(Shared {
+                channels,
+                next: AtomicUsize::new(0),
+                gateway,
+                events: Events::default(),
+                unary_timeout,
+            }),
         })
     }
 
     pub fn gateway(&self) -> &Gateway {
-        &self.gateway
+        &self.shared.gateway
+    }
+
+    /// The next connection in turn.
+    fn channel(&self) -> Channel {
+        let channels = &self.shared.channels;
+        channels[self.shared.next.fetch_add(1, Ordering::Relaxed) % channels.len()].clone()
     }
 
     /// Calls a unary method.
@@ -60,12 +90,12 @@ impl Upstream {
         method: &UnaryMethod,
         request: DynamicMessage,
     ) -> Result<DynamicMessage, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        let mut grpc = tonic::client::Grpc::new(self.channel());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
         let mut request = Request::new(request);
-        request.set_timeout(self.unary_timeout);
+        request.set_timeout(self.shared.unary_timeout);
         let codec = DynamicCodec::new(method.output.clone());
         let response = grpc.unary(request, method.path.clone(), codec).await?;
         Ok(response.into_inner())
@@ -75,15 +105,14 @@ impl Upstream {
         &self,
         method: &StreamMethod,
         requests: mpsc::Receiver<DynamicMessage>,
-    ) -> Result<tonic::Streaming<DynamicMessage>, Status> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+    ) -> Result<tonic::Streaming<Bytes>, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
-        let codec = DynamicCodec::new(method.output.clone());
         let requests = Request::new(ReceiverStream::new(requests));
         Ok(grpc
-            .streaming(requests, method.path.clone(), codec)
+            .streaming(requests, method.path.clone(), StreamCodec)
             .await?
             .into_inner())
     }
@@ -157,9 +186,9 @@ async fn run_link(
                             None => return,
                         },
                         frame = inbound.message() => match frame {
-                            Ok(Some(frame)) => match method.take_resume(&frame) {
-                                Some(state) => resume = Some(state),
-                                None => if !client.push(event_json(&frame)) {
+                            Ok(Some(frame)) => match upstream.shared.events.event(method, &frame) {
+                                Event::Resume(state) => resume = Some(state),
+                                Event::Json(json) => if !client.push(json) {
                                     return;
                                 },
                             },
