@@ -236,16 +236,14 @@ async fn sender(shared: Arc<Shared>, i: u32) -> SenderStats {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<ChatStream>();
     let outbound =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let opened = ChatServiceClient::new(channel).chat(outbound).await;
+    // Opening resolves on the response headers, and some servers (grpc-js)
+    // send those only with their first message, i.e. after ours: so the
+    // call is opened on its own task and awaited once the window is sent.
+    let mut opening = Some(tokio::spawn(async move {
+        ChatServiceClient::new(channel).chat(outbound).await
+    }));
+    let mut inbound = None;
     shared.ready.wait().await;
-    let mut inbound = match opened {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            stats.stream_error = Some(format!("open: {:?}", status.code()));
-            stats.error_samples.add(status.message().to_owned());
-            return stats;
-        }
-    };
     let mut times_rx = shared.times.clone();
     let times = match times_rx.wait_for(Option::is_some).await {
         Ok(t) => match *t {
@@ -314,6 +312,23 @@ async fn sender(shared: Arc<Shared>, i: u32) -> SenderStats {
         if stopped && in_flight == 0 {
             break;
         }
+        if let Some(opening) = opening.take() {
+            match opening.await {
+                Ok(Ok(response)) => inbound = Some(response.into_inner()),
+                Ok(Err(status)) => {
+                    stats.stream_error = Some(format!("open: {:?}", status.code()));
+                    stats.error_samples.add(status.message().to_owned());
+                    return stats;
+                }
+                Err(e) => {
+                    stats.stream_error = Some(format!("open: {e}"));
+                    return stats;
+                }
+            }
+        }
+        let Some(inbound) = inbound.as_mut() else {
+            break;
+        };
         let received = tokio::select! {
             m = inbound.message() => m,
             () = tokio::time::sleep_until(end_at), if !stopped => {
