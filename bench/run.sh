@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Runs the benchmarks: builds everything, starts each system on loopback,
+# runs the load generator's scenarios against it, stops it, and writes the
+# medians to BENCHMARKS.md (between its "results" markers) and every run to
+# bench/results.json.
+#
+# Usage: bench/run.sh [--smoke] [--runs N] [--only NAME[,NAME...]]
+#   --smoke   a few seconds per scenario, tiny sizes: checks the harness works
+#             (CI runs this); its figures mean nothing and are not written to
+#             BENCHMARKS.md, only to $BENCH_OUT (default target/bench-smoke).
+#   --runs N  runs of each scenario (default 3; medians are reported)
+#   --only    run only these benchmarks (names as in the table: pingpong,
+#             saturation, latency_1k, rooms_100x100, connections, ingest,
+#             history)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+MODE=full
+RUNS=3
+ONLY=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --smoke) MODE=smoke; RUNS=1 ;;
+    --runs) RUNS="$2"; shift ;;
+    --only) ONLY="$2"; shift ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- settings
+if [[ $MODE == full ]]; then
+  WARMUP=2; DURATION=10
+  CONNECTIONS=19000
+  HISTORY_FILL=10000000; HISTORY_REQUESTS=20000
+  INGEST_DURATION=10
+else
+  WARMUP=1; DURATION=2
+  CONNECTIONS=300
+  HISTORY_FILL=2000; HISTORY_REQUESTS=200
+  INGEST_DURATION=2
+fi
+OUT=${BENCH_OUT:-$ROOT/target/bench-$MODE}
+mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-bench.XXXXXX")
+RESULTS=$OUT/runs.jsonl
+: > "$RESULTS"
+
+PIDS=()
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+cleanup() { stop_all; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wanted() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
+
+# ------------------------------------------------------------------- build
+log "build (release)"
+cargo build --release --locked -p wsgate -p wsgate-bench -p bare-broadcast
+BIN=$ROOT/target/release
+(cd bench/baselines/node && npm ci --no-audit --no-fund --loglevel=error) >&2
+ulimit -n "$(ulimit -Hn)"
+
+# Waits until FILE has a line matching PATTERN (the process at PID must stay
+# alive) and prints the first address (host:port) found on that line.
+await_address() {
+  local file=$1 pattern=$2 pid=$3 line
+  for _ in $(seq 1 600); do
+    line=$(grep -m1 -a "$pattern" "$file" 2>/dev/null || true)
+    if [[ -n $line ]]; then
+      grep -oE '([0-9]{1,3}\.){3}[0-9]{1,3}:[0-9]+' <<<"$line" | head -1
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || { echo "process died; its log:" >&2; cat "$file" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "timed out waiting for '$pattern' in $file" >&2
+  return 1
+}
+
+# start_SYSTEM sets WS_URL, GRPC_URL (empty if none) and MEM_PIDS
+# (--pid NAME=PID arguments for the connections scenario).
+start_wsgate() {
+  local log=$WORK/wsgate.log db=${1:-$WORK/wsgate-$RANDOM.db}
+  "$BIN/wsgate" --db "$db" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 2>"$log" &
+  local pid=$!; PIDS+=("$pid")
+  WS_URL="ws://$(await_address "$log" 'WebSocket gateway listening' "$pid")/"
+  GRPC_URL="http://$(await_address "$log" 'gRPC chat server listening' "$pid")"
+  MEM_PIDS=(--pid "wsgate=$pid")
+}
+
+start_node() {
+  local slog=$WORK/node-server.log plog=$WORK/node-proxy.log
+  (cd bench/baselines/node && exec node server.js 127.0.0.1:0) >"$slog" 2>&1 &
+  local spid=$!; PIDS+=("$spid")
+  local grpc; grpc=$(await_address "$slog" 'listening' "$spid")
+  (cd bench/baselines/node && LISTEN_HOST=127.0.0.1 PORT=0 UPSTREAM=$grpc exec node proxy.js) >"$plog" 2>&1 &
+  local ppid=$!; PIDS+=("$ppid")
+  WS_URL="ws://$(await_address "$plog" 'listening' "$ppid")/"
+  GRPC_URL="http://$grpc"
+  MEM_PIDS=(--pid "node-server=$spid" --pid "node-proxy=$ppid")
+}
+
+start_bare() {
+  local log=$WORK/bare.log
+  "$BIN/bare-broadcast" --listen 127.0.0.1:0 >"$log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  WS_URL="ws://$(await_address "$log" 'listening' "$pid")/"
+  GRPC_URL=""
+  MEM_PIDS=(--pid "bare-broadcast=$pid")
+}
+
+# Runs one scenario against a freshly started system and appends
+# {"bench", "system", "run", "command", "result"} to the results.
+measure() {
+  local bench=$1 system=$2 run=$3; shift 3
+  log "$bench · $system · run $run/$RUNS"
+  "start_$system"
+  local args=("$@") a
+  for i in "${!args[@]}"; do
+    a=${args[$i]}; a=${a//@WS@/$WS_URL}; a=${a//@GRPC@/$GRPC_URL}; args[$i]=$a
+  done
+  [[ ${args[0]} == connections ]] && args+=("${MEM_PIDS[@]}")
+  local out=$WORK/result.json
+  # A scenario bounds its own time; the timeout only guards the harness.
+  if ! timeout 900 "$BIN/wsgate-bench" "${args[@]}" >"$out"; then
+    echo "wsgate-bench failed for $bench on $system (run $run)" >&2
+  fi
+  stop_all
+  local result; result=$(tail -1 "$out")
+  [[ -n $result ]] || result='{"ok":false,"error":"no output"}'
+  printf '{"bench":"%s","system":"%s","run":%d,"command":"wsgate-bench %s","result":%s}\n' \
+    "$bench" "$system" "$run" "$*" "$result" >>"$RESULTS"
+}
+
+SYSTEMS=(wsgate node bare)
+for run in $(seq 1 "$RUNS"); do
+  for system in "${SYSTEMS[@]}"; do
+    wanted pingpong && measure pingpong "$system" "$run" \
+      pingpong --url @WS@ --warmup "$WARMUP" --duration "$DURATION"
+    wanted saturation && measure saturation "$system" "$run" \
+      fanout --url @WS@ --rooms 10 --clients 10 --publishers 10 --window 8 --size 100 \
+      --warmup "$WARMUP" --duration "$DURATION"
+    wanted latency_1k && measure latency_1k "$system" "$run" \
+      fanout --url @WS@ --rooms 10 --clients 10 --publishers 1 --rate 1000 --size 100 \
+      --warmup "$WARMUP" --duration "$DURATION"
+    if [[ $MODE == full ]]; then
+      wanted rooms_100x100 && measure rooms_100x100 "$system" "$run" \
+        fanout --url @WS@ --rooms 100 --clients 100 --publishers 1 --rate 2000 --size 100 \
+        --warmup "$WARMUP" --duration "$DURATION"
+    else
+      wanted rooms_100x100 && measure rooms_100x100 "$system" "$run" \
+        fanout --url @WS@ --rooms 10 --clients 20 --publishers 1 --rate 200 --size 100 \
+        --warmup "$WARMUP" --duration "$DURATION"
+    fi
+    wanted connections && measure connections "$system" "$run" \
+      connections --url @WS@ -n "$CONNECTIONS" --source-ips 8 --concurrency 256
+  done
+  # Straight gRPC: the Node server holds messages in memory, wsgate stores
+  # them in SQLite; the bare broadcast has no gRPC side.
+  for system in wsgate node; do
+    wanted ingest && measure ingest "$system" "$run" \
+      ingest --grpc @GRPC@ --senders 64 --window 16 --size 100 \
+      --warmup "$WARMUP" --duration "$INGEST_DURATION"
+  done
+done
+
+# History reads a room that survives between runs (filling 10M messages
+# takes minutes), so its database lives in the output folder.
+start_wsgate_history() { start_wsgate "$OUT/history.db"; }
+if wanted history; then
+  for run in $(seq 1 "$RUNS"); do
+    measure history wsgate_history "$run" \
+      history --grpc @GRPC@ --room bench-history --fill "$HISTORY_FILL" \
+      --requests "$HISTORY_REQUESTS" --limit 50 --concurrency 1
+  done
+fi
+
+log "report"
+python3 bench/report.py "$RESULTS" --mode "$MODE" --out "$OUT" \
+  $([[ $MODE == full ]] && echo --markdown BENCHMARKS.md)
