@@ -5,9 +5,10 @@
 # bench/results.json.
 #
 # Usage: bench/run.sh [--smoke] [--runs N] [--only NAME[,NAME...]]
-#   --smoke   a few seconds per scenario, tiny sizes: checks the harness works
-#             (CI runs this); its figures mean nothing and are not written to
-#             BENCHMARKS.md, only to $BENCH_OUT (default target/bench-smoke).
+#   --smoke   a few seconds per scenario, tiny sizes, debug binaries: checks
+#             the harness works (CI runs this); its figures mean nothing and
+#             are not written to BENCHMARKS.md, only to $BENCH_OUT (default
+#             target/bench-smoke).
 #   --runs N  runs of each scenario (default 3; medians are reported)
 #   --only    run only these benchmarks (names as in the table: pingpong,
 #             saturation, latency_1k, rooms_100x100, connections, ingest,
@@ -24,7 +25,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) MODE=smoke; RUNS=1 ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -62,9 +63,15 @@ trap cleanup EXIT
 wanted() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
 
 # ------------------------------------------------------------------- build
-log "build (release)"
-cargo build --release --locked -p wsgate -p wsgate-bench -p bare-broadcast
-BIN=$ROOT/target/release
+if [[ $MODE == full ]]; then
+  log "build (release)"
+  cargo build --release --locked -p wsgate -p wsgate-bench -p bare-broadcast
+  BIN=$ROOT/target/release
+else
+  log "build (debug: the smoke run checks the harness, not speed)"
+  cargo build --locked -p wsgate -p wsgate-bench -p bare-broadcast
+  BIN=$ROOT/target/debug
+fi
 (cd bench/baselines/node && npm ci --no-audit --no-fund --loglevel=error) >&2
 ulimit -n "$(ulimit -Hn)"
 
@@ -184,5 +191,9 @@ if wanted history; then
 fi
 
 log "report"
-python3 bench/report.py "$RESULTS" --mode "$MODE" --out "$OUT" \
-  $([[ $MODE == full ]] && echo --markdown BENCHMARKS.md)
+if [[ $MODE == full ]]; then
+  python3 bench/report.py "$RESULTS" --mode "$MODE" --out "$OUT" --markdown BENCHMARKS.md
+  cp "$OUT/results.json" bench/results.json
+else
+  python3 bench/report.py "$RESULTS" --mode "$MODE" --out "$OUT"
+fi
