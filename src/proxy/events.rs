@@ -42,9 +42,16 @@ pub struct Events {
 /// back to the current. Cheap, and close enough to least-recently-used.
 #[derive(Default)]
 struct Generations {
-    current: HashMap<Bytes, Utf8Bytes>,
-    previous: HashMap<Bytes, Utf8Bytes>,
+    current: FrameMap,
+    previous: FrameMap,
 }
+
+/// Keyed by whole frames, looked up once per frame a session receives:
+/// foldhash rather than SipHash: several times faster on frames of a few
+/// hundred bytes, still seeded per process, and a generation holds at most
+/// [`GENERATION`] entries, so a crafted flood of colliding frames cannot
+/// grow into a slow map.
+type FrameMap = HashMap<Bytes, Utf8Bytes, foldhash::fast::RandomState>;
 
 impl Events {
     /// The browser's view of `frame`, an encoded message of the stream's
