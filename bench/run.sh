@@ -12,7 +12,8 @@
 #   --runs N  runs of each scenario (default 3; medians are reported)
 #   --only    run only these benchmarks (names as in the table: pingpong,
 #             saturation, latency_1k, rooms_100x100, connections, ingest,
-#             history)
+#             history); a partial run writes its table to $BENCH_OUT only
+#             and leaves BENCHMARKS.md alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) MODE=smoke; RUNS=1 ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -191,7 +192,7 @@ if wanted history; then
 fi
 
 log "report"
-if [[ $MODE == full ]]; then
+if [[ $MODE == full && -z $ONLY ]]; then
   python3 bench/report.py "$RESULTS" --mode "$MODE" --out "$OUT" --markdown BENCHMARKS.md
   cp "$OUT/results.json" bench/results.json
 else

@@ -5,11 +5,14 @@
 //!   they run on the writer thread or under `spawn_blocking`, never on the
 //!   async runtime's worker threads.
 //! - `sqlite`: the embedded default engine, [`SqliteStore`].
+//! - `checkpointer`: the thread that copies SQLite's WAL back into the
+//!   database file, so that no commit waits for a checkpoint.
 //! - `writer`: the group-commit loop, [`Writer`]: one thread owns every write,
 //!   applies whatever queued up while the previous commit ran as one
 //!   transaction, then hands the results, in order, to a callback. That one
 //!   thread is what gives every room a single order.
 
+mod checkpointer;
 mod sqlite;
 mod writer;
 

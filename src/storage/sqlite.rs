@@ -43,6 +43,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
+use super::checkpointer::{self, Checkpointer};
 use super::{
     HistoryPage, HistoryQuery, NewMessage, Store, StoreError, StoredMessage, UserRecord, Write,
     Written,
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS users (
 
 /// How long a connection waits for a lock held by another connection (a
 /// checkpoint, or a second process opening the file) before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `ON CONFLICT` names the idempotence index only: a clash on `(room, seq)`
 /// would be a bug in the seq cache and must fail the batch, not be skipped.
@@ -128,6 +129,10 @@ pub struct SqliteOptions {
     /// Read-only connections for history and user lookups (at least one is
     /// opened). Default 4.
     pub readers: usize,
+    /// WAL size, in pages, at which a commit asks the checkpoint thread to
+    /// copy the WAL back into the database file (default 1000, SQLite's own
+    /// threshold); at ten times that the writer copies the rest itself.
+    pub checkpoint_pages: u32,
 }
 
 impl Default for SqliteOptions {
@@ -135,6 +140,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             fsync: false,
             readers: 4,
+            checkpoint_pages: 1000,
         }
     }
 }
@@ -145,6 +151,10 @@ pub struct SqliteStore {
     readers: Vec<Mutex<Connection>>,
     /// Where the next query starts looking for a free reader (round robin).
     next_reader: AtomicUsize,
+    /// Runs the WAL checkpoints the writer's commits ask for; dropping the
+    /// store stops it.
+    #[cfg_attr(not(test), expect(dead_code, reason = "held for its Drop"))]
+    checkpointer: Checkpointer,
 }
 
 /// The writer connection and what the writer remembers of the disk.
@@ -193,6 +203,8 @@ impl SqliteStore {
         let synchronous = if options.fsync { "FULL" } else { "NORMAL" };
         conn.pragma_update(None, "synchronous", synchronous)?;
         migrate(&mut conn)?;
+        let checkpointer = Checkpointer::spawn(path)?;
+        checkpointer::hook_writer(&mut conn, &checkpointer, options.checkpoint_pages)?;
 
         let readers = (0..options.readers.max(1))
             .map(|_| open_reader(path).map(Mutex::new))
@@ -204,6 +216,7 @@ impl SqliteStore {
             }),
             readers,
             next_reader: AtomicUsize::new(0),
+            checkpointer,
         })
     }
 
@@ -906,6 +919,7 @@ mod tests {
             SqliteOptions {
                 fsync: true,
                 readers: 1,
+                ..SqliteOptions::default()
             },
         )
         .unwrap();
@@ -918,6 +932,48 @@ mod tests {
         drop(store);
         let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
         assert_eq!(synchronous(&store), 1); // NORMAL
+    }
+
+    /// Commits do not checkpoint: the checkpoint thread copies the WAL into
+    /// the database file once it reaches the threshold, and the WAL then
+    /// starts over instead of growing.
+    #[test]
+    fn the_checkpoint_thread_copies_the_wal_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        let store = SqliteStore::open(
+            &path,
+            SqliteOptions {
+                checkpoint_pages: 8,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap();
+        let db_size = || std::fs::metadata(&path).unwrap().len();
+        let before = db_size();
+        let content = "x".repeat(2000);
+        let batch = |first: usize| {
+            (first..first + 20)
+                .map(|i| message("r", "alice", &format!("m{i}"), &content))
+                .collect::<Vec<_>>()
+        };
+        store.write_batch(batch(0)).unwrap();
+        store.checkpointer.wait_for(1);
+        assert!(db_size() > before, "the pages reached the database file");
+        // Back to back, as under sustained load: without the writer's own
+        // checkpoint past the limit, the WAL would hold all ~4000 pages.
+        for round in 1..100 {
+            store.write_batch(batch(round * 20)).unwrap();
+        }
+        let wal_pages = std::fs::metadata(dir.path().join("chat.db-wal"))
+            .unwrap()
+            .len()
+            / 4096;
+        assert!(
+            wal_pages < 1000,
+            "the WAL started over ({wal_pages} pages for 2000 messages of 2 KB)"
+        );
+        assert_eq!(history(&store, 500, 0, 0).0.len(), 500);
     }
 
     /// A failed transaction leaves neither rows nor cache entries behind: the
