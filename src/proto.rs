@@ -17,6 +17,19 @@ pub mod chat {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
 
+/// HTTP/2 connection window of the server and of the gateway's upstream
+/// connections: 16 MiB instead of hyper's 1 MiB (server) and 5 MiB (client).
+///
+/// h2 closes a connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames")
+/// once the small DATA frames it holds unread cost more than half its
+/// connection window, counting 256 bytes minus the payload for each. A chat
+/// frame is a few dozen bytes and a gateway connection carries thousands of
+/// streams, so with 1 MiB a burst of ~2,500 unread frames, such as thousands
+/// of browsers joining at once, cut every stream on the connection (seen at
+/// ~15,000 browsers per gateway). The window itself bounds what a peer may
+/// send ahead of the reader, so this is also the most one connection buffers.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// Buffers of every gRPC message encoder and decoder, ours and the
 /// gateway's: 1 KiB to start with (they grow for larger messages) instead of
 /// tonic's 8 KiB. A chat message encodes to ~150 bytes, and each open `Chat`

@@ -19,12 +19,17 @@ use super::events::{Event, Events};
 use super::gateway::{Gateway, StreamMethod, UnaryMethod};
 use super::outbound::ToClient;
 use super::transcode::{code_name, error_json};
+use crate::proto::HTTP2_CONNECTION_WINDOW;
 
 /// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Frames a session may queue for its stream while it is being re-opened.
 const LINK_QUEUE: usize = 256;
+
+/// Reset streams each upstream connection remembers (see [`Upstream::new`]):
+/// as many as the sessions one connection typically carries.
+const RESET_STREAMS_REMEMBERED: usize = 16_384;
 
 /// A cheap-to-clone handle on the upstream service.
 #[derive(Clone)]
@@ -59,7 +64,19 @@ impl Upstream {
             // Notices a dead upstream even when no call is active.
             .http2_keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            // When browsers leave, their streams are reset while the service
+            // may still be sending to them. h2 ignores frames for a reset
+            // stream it remembers (by default only 50, for 1 s) and counts
+            // each one for a forgotten stream as a peer error, never
+            // forgetting the count; at 1,024 it closes the connection and
+            // every session on it. The upstream is the service this gateway
+            // was configured for, not an attacker: remember more resets, for
+            // longer, and keep no such count.
+            .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
+            .http2_reset_stream_duration(Duration::from_secs(10))
+            .http2_max_local_error_reset_streams(None);
         let channels = (0..connections.max(1))
             .map(|_| endpoint.connect_lazy())
             .collect();

@@ -23,7 +23,9 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::proto::{FILE_DESCRIPTOR_SET, chat::chat_service_server::ChatServiceServer};
+use crate::proto::{
+    FILE_DESCRIPTOR_SET, HTTP2_CONNECTION_WINDOW, chat::chat_service_server::ChatServiceServer,
+};
 use crate::storage::{Store, Writer, WriterOptions};
 use hub::Hub;
 use service::ChatServiceImpl;
@@ -98,6 +100,7 @@ pub async fn run(
         // Finds dead peers (and keeps NAT entries alive) on idle connections.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -31,7 +31,7 @@ use std::ffi::c_int;
 
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
-use rusqlite::{Connection, MAIN_DB};
+use rusqlite::{Connection, ErrorCode, MAIN_DB};
 
 use super::StoreError;
 
@@ -210,8 +210,13 @@ fn run(conn: &Connection, shared: &Shared) {
         }
         // A failed checkpoint loses nothing (the pages stay in the WAL and
         // the next request copies them), so it is logged, not fatal.
-        if let Err(e) = conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
-            tracing::warn!("WAL checkpoint failed: {e}");
+        match conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
+            Ok(_) => {}
+            // Another checkpoint (the writer's own) is running.
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                tracing::debug!("WAL checkpoint skipped: {e}");
+            }
+            Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
         }
         let mut state = shared.lock();
         state.running = false;
