@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
+use prost::Message as _;
 use prost_reflect::DynamicMessage;
 use tonic::Code;
 
@@ -27,8 +28,10 @@ const GENERATION: usize = 4096;
 pub enum Event {
     /// Text to send to the browser.
     Json(Utf8Bytes),
-    /// The service's resume state, kept by the session, not sent.
-    Resume(DynamicMessage),
+    /// The service's resume state, kept by the session, not sent: encoded
+    /// (a few dozen bytes), as a decoded message costs ~2 KB of maps, in
+    /// every session, for a frame replayed only when the stream breaks.
+    Resume(Bytes),
 }
 
 /// The transcoding cache, shared by every session of the gateway.
@@ -69,7 +72,7 @@ impl Events {
             }
         };
         if let Some(state) = method.take_resume(&msg) {
-            return Event::Resume(state);
+            return Event::Resume(state.encode_to_vec().into());
         }
         let json = Utf8Bytes::from(event_json(&msg));
         self.insert(frame, json.clone());

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use prost_reflect::DynamicMessage;
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::{Channel, Endpoint};
@@ -121,13 +122,13 @@ impl Upstream {
     async fn open_stream(
         &self,
         method: &StreamMethod,
-        requests: mpsc::Receiver<DynamicMessage>,
+        requests: mpsc::Receiver<Box<DynamicMessage>>,
     ) -> Result<tonic::Streaming<Bytes>, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
-        let requests = Request::new(ReceiverStream::new(requests));
+        let requests = Request::new(ReceiverStream::new(requests).map(|frame| *frame));
         Ok(grpc
             .streaming(requests, method.path.clone(), StreamCodec)
             .await?
@@ -138,7 +139,10 @@ impl Upstream {
 /// A session's bidirectional stream. Dropping it cancels the upstream call
 /// at once, so the service sees the client leave.
 pub struct StreamLink {
-    tx: mpsc::Sender<DynamicMessage>,
+    /// Boxed, as are the frames of the request stream: a channel allocates
+    /// its slots 32 at a time, and an idle session would otherwise hold two
+    /// blocks of 32 messages (~1.3 KB each) for nothing.
+    tx: mpsc::Sender<Box<DynamicMessage>>,
     _cancel: DropGuard,
 }
 
@@ -157,7 +161,9 @@ impl StreamLink {
     /// Queues a frame for the stream; gives it back if too many are waiting
     /// for a stream that is being re-opened.
     pub fn try_send(&self, frame: DynamicMessage) -> Result<(), DynamicMessage> {
-        self.tx.try_send(frame).map_err(|e| e.into_inner())
+        self.tx
+            .try_send(Box::new(frame))
+            .map_err(|e| *e.into_inner())
     }
 }
 
@@ -166,21 +172,25 @@ impl StreamLink {
 /// then re-opens it with backoff and replays the newest resume state.
 async fn run_link(
     upstream: Upstream,
-    mut from_session: mpsc::Receiver<DynamicMessage>,
+    mut from_session: mpsc::Receiver<Box<DynamicMessage>>,
     client: ToClient,
     cancel: CancellationToken,
 ) {
     let Some(method) = upstream.gateway().stream() else {
         return;
     };
-    let mut resume: Option<DynamicMessage> = None;
+    let mut resume: Option<Bytes> = None;
     let mut backoff = MIN_BACKOFF;
     let mut outage = false;
     loop {
         let (up_tx, up_rx) = mpsc::channel(32);
-        if let Some(resume) = &resume {
-            // The channel is new and empty, so this cannot fail.
-            let _ = up_tx.try_send(resume.clone());
+        // Encoded by this gateway from its own descriptors, so it decodes;
+        // the channel is new and empty, so the send cannot fail.
+        if let Some(state) = resume
+            .as_deref()
+            .and_then(|bytes| DynamicMessage::decode(method.input.clone(), bytes).ok())
+        {
+            let _ = up_tx.try_send(Box::new(state));
         }
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
