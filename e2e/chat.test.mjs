@@ -1,7 +1,7 @@
 // Two people chat both ways in real time; an XSS payload stays text.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
+import { Client, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
 
 const fx = useGateAndBrowser();
 
@@ -60,6 +60,29 @@ test("two pages chat both ways in real time", async () => {
   assert.deepEqual(bob.errors || [], []);
   await ada.context().close();
   await bob.context().close();
+});
+
+test("a user seen before they stored their name shows by name once they do", async () => {
+  // Cleo's page looks Dan up while Dan has joined but not yet named himself:
+  // his name and his join travel apart, so a page can see either first.
+  const cleo = await openChat(fx.browser, fx.gate, { name: "Cleo", room: "names" });
+  const dan = await Client.open(fx.gate.url);
+  await dan.say("names", "dan-7f3a", "hello, no name yet");
+  await waitMessage(cleo, "hello, no name yet");
+  // Her page has looked him up (and remembered that he has no name).
+  await cleo.waitForFunction(
+    () => JSON.parse(localStorage.getItem("wsgate.names") || "{}")["dan-7f3a"] === "dan-7f3a",
+  );
+  await dan.setName("dan-7f3a", "Dan");
+  // Asked again within seconds, not after the names go stale (2 minutes).
+  await cleo.waitForFunction(
+    () => [...document.querySelectorAll("#messages li.msg .who")].some((e) => e.textContent === "Dan"),
+    null,
+    { timeout: 10000 },
+  );
+  dan.close();
+  assert.deepEqual(cleo.errors || [], []);
+  await cleo.context().close();
 });
 
 test("keyboard only: skip link, Enter sends, Shift+Enter makes a new line; controls are labelled", async () => {

@@ -96,25 +96,40 @@ function nameOf(id) {
   if (stale && !lookingUp.has(id) && isOpen()) {
     lookingUp.add(id);
     call("get_user", { user_id: id })
-      .then((a) => {
-        fresh.set(id, Date.now());
-        if (names.get(id) !== (a.user.name || id)) {
-          names.set(id, a.user.name || id);
-          saveNames();
-          scheduleRender();
-        }
-      })
+      .then((a) => learnName(id, a.user.name || id))
       .catch((e) => {
-        if (e.code === "NOT_FOUND") {
-          fresh.set(id, Date.now());
-          names.set(id, id);
-          scheduleRender();
-        }
+        if (e.code === "NOT_FOUND") learnName(id, id);
       })
       .finally(() => lookingUp.delete(id));
   }
   if (names.has(id)) return names.get(id);
   return id.length > 12 ? `${id.slice(0, 8)}…` : id;
+}
+
+/**
+ * Records a looked-up name. A user seen the moment they arrive may not have
+ * stored their name yet (it travels apart from their join), so an id without
+ * a name is asked again soon, then less and less often, instead of showing
+ * as an id until the names go stale.
+ */
+const nameRetries = new Map(); // id -> lookups that found no name yet
+function learnName(id, name) {
+  fresh.set(id, Date.now());
+  if (name === id) {
+    const n = nameRetries.get(id) || 0;
+    nameRetries.set(id, n + 1);
+    setTimeout(() => {
+      fresh.delete(id);
+      scheduleRender();
+    }, Math.min(NAME_TTL_MS, 1000 * 2 ** n));
+  } else {
+    nameRetries.delete(id);
+  }
+  if (names.get(id) !== name) {
+    names.set(id, name);
+    saveNames();
+    scheduleRender();
+  }
 }
 
 // ---------- connection ----------

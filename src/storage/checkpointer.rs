@@ -23,11 +23,10 @@
 //! That costs the writer a pause (two fsyncs) ten times less often than
 //! SQLite's automatic checkpoint would.
 
+use std::ffi::c_int;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-
-use std::ffi::c_int;
 
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
@@ -92,7 +91,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is three plain fields: a panic cannot leave it torn.
+        // Plain flags and a counter: a panic cannot leave them torn.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -212,7 +211,8 @@ fn run(conn: &Connection, shared: &Shared) {
         // the next request copies them), so it is logged, not fatal.
         match conn.wal_checkpoint_v2(Some(MAIN_DB), CheckpointMode::PASSIVE) {
             Ok(_) => {}
-            // Another checkpoint (the writer's own) is running.
+            // Another connection holds the checkpoint lock (recovering the
+            // WAL index when the database was just opened, say).
             Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
                 tracing::debug!("WAL checkpoint skipped: {e}");
             }
