@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 TOTAL=100000
 PROXIES=6
@@ -24,7 +25,7 @@ while [[ $# -gt 0 ]]; do
     --total) TOTAL="$2"; shift ;;
     --proxies) PROXIES="$2"; shift ;;
     --hold) HOLD="$2"; shift ;;
-    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) print_help "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,7 +37,6 @@ if (( PER_PROXY > 19000 )); then
   exit 2
 fi
 
-source bench/lib.sh
 OUT=${BENCH_OUT:-$ROOT/target/bench-full}
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-100k.XXXXXX")

@@ -17,3 +17,6 @@ await_address() {
   echo "timed out waiting for '$pattern' in $file" >&2
   return 1
 }
+
+# Prints the comment block at the top of SCRIPT (its usage), without the "#".
+print_help() { sed -n '2,/^[^#]/{/^#/p}' "$1" | sed 's/^# \{0,1\}//'; }

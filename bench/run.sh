@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 MODE=full
 RUNS=3
@@ -26,7 +27,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) MODE=smoke; RUNS=1 ;;
     --runs) RUNS="$2"; shift ;;
     --only) ONLY="$2"; shift ;;
-    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) print_help "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -76,7 +77,6 @@ fi
 (cd bench/baselines/node && npm ci --no-audit --no-fund --loglevel=error) >&2
 ulimit -n "$(ulimit -Hn)"
 
-source bench/lib.sh
 
 # start_SYSTEM sets WS_URL, GRPC_URL (empty if none) and MEM_PIDS
 # (--pid NAME=PID arguments for the connections scenario).

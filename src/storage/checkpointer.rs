@@ -36,7 +36,7 @@ use super::StoreError;
 
 /// The WAL size, as a multiple of the checkpoint threshold, at which the
 /// writer checkpoints itself (see the module documentation).
-pub(super) const WAL_LIMIT_FACTOR: u32 = 10;
+const WAL_LIMIT_FACTOR: u32 = 10;
 
 /// Installs the writer connection's WAL hook: asks the thread for a
 /// checkpoint once the WAL holds `threshold` pages, and checkpoints on the
@@ -53,9 +53,10 @@ pub(super) fn hook_writer(
     writer.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
         let pages = u32::try_from(pages).unwrap_or(0);
         if pages >= limit {
-            if signal.hold() {
-                // The thread is idle and starts nothing until released, so
-                // this checkpoint is not refused as busy.
+            // Only while the thread is idle, which it then stays until
+            // released, so this checkpoint is not refused as busy; if it is
+            // running, the next commit tries again.
+            if signal.try_hold() {
                 if let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
                     tracing::warn!("WAL checkpoint on the writer failed: {e}");
                 }
@@ -76,7 +77,7 @@ struct State {
     requested: bool,
     /// A checkpoint is running on the thread.
     running: bool,
-    /// The writer is about to checkpoint: start nothing.
+    /// The writer is checkpointing: start nothing.
     held: bool,
     stop: bool,
     /// Checkpoints run so far (tests wait on it).
@@ -110,14 +111,15 @@ impl Signal {
         }
     }
 
-    /// Keeps the thread from starting a checkpoint; true if none is running
-    /// now (the caller may checkpoint, then must [`Signal::release`]). If one
-    /// is running, the thread stays held once it ends, so the next call
-    /// finds it idle.
-    fn hold(&self) -> bool {
+    /// If no checkpoint is running, keeps the thread from starting one and
+    /// returns true: the caller checkpoints, then calls [`Signal::release`].
+    fn try_hold(&self) -> bool {
         let mut state = self.shared.lock();
+        if state.running {
+            return false;
+        }
         state.held = true;
-        !state.running
+        true
     }
 
     fn release(&self) {
