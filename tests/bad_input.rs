@@ -94,8 +94,8 @@ async fn missing_or_invalid_fields_are_refused_by_the_service() {
             "limit is 4096",
         ),
         (
-            json!({"join_room": {"room_id": "r"}}),
-            "user_id is required",
+            json!({"join_room": {"user_id": "u"}}),
+            "room_id is required",
         ),
         (
             json!({"error": {"code": "NOT_FOUND", "message": "spoof"}}),
@@ -135,6 +135,7 @@ async fn missing_or_invalid_fields_are_refused_by_the_service() {
     // The stream survived all of it.
     let echo = ws.say("r", "u", "ok", "fine").await;
     assert_eq!(echo["seq"], "1");
+    system.stop().await;
 }
 
 #[tokio::test]

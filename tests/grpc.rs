@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use support::Server;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,8 +17,12 @@ use tonic_reflection::pb::v1::{
 use wsgate::proto::chat::{
     ChatMessage, ChatStream, Code, GetUserRequest, Typing, chat_stream::Event,
 };
+
 use wsgate::server;
-use wsgate::storage::WriterOptions;
+use wsgate::storage::{
+    HistoryPage, HistoryQuery, SqliteOptions, SqliteStore, Store, StoreError, UserRecord, Write,
+    WriterOptions, Written,
+};
 
 #[tokio::test]
 async fn health_says_serving() {
@@ -207,4 +212,212 @@ async fn thousands_of_unread_small_frames_do_not_close_the_connection() {
         }
     }
     assert_eq!(echoes, ["m1", "m2", "m3", "last"]);
+}
+
+/// An encoded `ChatStream` with a chat message.
+fn encoded_message(id: &str) -> bytes::Bytes {
+    prost::Message::encode_to_vec(&ChatStream {
+        event: Some(Event::ChatMessage(ChatMessage {
+            id: id.into(),
+            room_id: "r".into(),
+            sender_id: "u".into(),
+            content: "hi".into(),
+            ..Default::default()
+        })),
+        request_id: None,
+    })
+    .into()
+}
+
+/// Opens `Chat`, sends these gRPC messages as they are, and returns the ids
+/// of the messages echoed and the status the stream ended with.
+async fn chat_raw(server: &Server, messages: Vec<bytes::Bytes>) -> (Vec<String>, tonic::Status) {
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(messages.len());
+    for message in messages {
+        tx.send(message).await.unwrap();
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/chat.ChatService/Chat");
+    let mut inbound = grpc
+        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut echoes = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(support::WAIT, inbound.message())
+            .await
+            .expect("the stream ends in time")
+        {
+            Ok(Some(frame)) => {
+                if let Some(Event::ChatMessage(m)) = frame.event {
+                    echoes.push(m.id);
+                }
+            }
+            Ok(None) => panic!("the stream ended with OK: the sender cannot tell"),
+            Err(status) => break status,
+        }
+    };
+    drop(tx);
+    (echoes, status)
+}
+
+/// Two messages, then bytes that are not a `ChatStream` (field 1 is a number
+/// where `ChatStream` has a message), sent before reading anything: the
+/// echoes of both come first, then the stream ends saying why.
+#[tokio::test]
+async fn a_stream_that_sends_what_is_not_a_message_ends_with_invalid_argument() {
+    let server = Server::start().await;
+    let garbage = bytes::Bytes::from_static(&[0x08, 0x07]);
+    let (echoes, status) = chat_raw(
+        &server,
+        vec![encoded_message("m1"), encoded_message("m2"), garbage],
+    )
+    .await;
+    assert_eq!(echoes, ["m1", "m2"]);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("not a valid chat.ChatStream"),
+        "{status:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_sends_a_message_over_the_size_limit_ends_with_resource_exhausted() {
+    let server = Server::start().await;
+    let huge = bytes::Bytes::from(vec![b'x'; 10 * 1024 * 1024]);
+    let (_, status) = chat_raw(&server, vec![huge]).await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    server.stop().await;
+}
+
+/// Sends raw bytes as gRPC messages and decodes `ChatStream`s.
+#[derive(Clone, Copy)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = bytes::Bytes;
+    type Decode = ChatStream;
+    type Encoder = RawEncoder;
+    type Decoder =
+        <tonic_prost::ProstCodec<ChatStream, ChatStream> as tonic::codec::Codec>::Decoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(
+            &mut tonic_prost::ProstCodec::<ChatStream, ChatStream>::default(),
+        )
+    }
+}
+
+/// A store whose writes all fail with one error, as a full or locked disk
+/// would make them; reads go to a real database.
+struct FailingStore {
+    error: StoreError,
+    reads: SqliteStore,
+}
+
+impl Store for FailingStore {
+    fn write_batch(&self, _: Vec<Write>) -> Result<Vec<Written>, StoreError> {
+        Err(self.error.clone())
+    }
+    fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        self.reads.history(query)
+    }
+    fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.reads.get_user(user_id)
+    }
+}
+
+/// gRPC's status code guide: a full disk is RESOURCE_EXHAUSTED, a transient
+/// failure worth retrying UNAVAILABLE, a damaged file DATA_LOSS; on the
+/// stream (a message not stored) and on unary calls (a rename) alike.
+#[tokio::test]
+async fn storage_failures_reach_clients_with_the_code_for_what_failed() {
+    let cases = [
+        (
+            StoreError::Full("database or disk is full".into()),
+            Code::ResourceExhausted,
+        ),
+        (
+            StoreError::Unavailable("database is locked".into()),
+            Code::Unavailable,
+        ),
+        (
+            StoreError::Corrupt("database disk image is malformed".into()),
+            Code::DataLoss,
+        ),
+    ];
+    for (error, code) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let reads =
+            SqliteStore::open(&dir.path().join("chat.db"), SqliteOptions::default()).unwrap();
+        let store = Arc::new(FailingStore {
+            error: error.clone(),
+            reads,
+        });
+        let server = Server::start_on(store, server::Config::default()).await;
+        let mut grpc = server.grpc().await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut stream = grpc
+            .chat(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        tx.send(ChatStream {
+            event: Some(Event::ChatMessage(ChatMessage {
+                id: "m1".into(),
+                room_id: "r".into(),
+                sender_id: "u".into(),
+                content: "hi".into(),
+                ..Default::default()
+            })),
+            request_id: Some("q".into()),
+        })
+        .await
+        .unwrap();
+        let answer = loop {
+            let frame = stream.message().await.unwrap().unwrap();
+            if let Some(Event::Error(e)) = frame.event {
+                assert_eq!(frame.request_id.as_deref(), Some("q"));
+                break e;
+            }
+        };
+        assert_eq!(answer.code(), code, "{error:?}: {answer:?}");
+        assert!(answer.message.contains("message not stored"), "{answer:?}");
+
+        let status = grpc
+            .set_user_name(wsgate::proto::chat::SetUserNameRequest {
+                user_id: "u".into(),
+                name: "Ada".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            i32::from(status.code()),
+            code as i32,
+            "{error:?}: {status:?}"
+        );
+        drop(tx);
+        server.stop().await;
+    }
 }

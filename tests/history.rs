@@ -122,7 +122,7 @@ async fn catching_up_page_by_page_after_a_seq_has_no_gap_or_duplicate() {
             .get_chat_history(GetChatHistoryRequest {
                 room_id: "r".into(),
                 limit: 50,
-                after_seq: after,
+                after_seq: Some(after),
                 before_seq: 0,
             })
             .await
@@ -135,6 +135,37 @@ async fn catching_up_page_by_page_after_a_seq_has_no_gap_or_duplicate() {
         after = page.messages.last().unwrap().seq;
     }
     assert_eq!(got, (4..=125).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn after_seq_0_walks_a_room_from_its_first_message() {
+    let system = System::start().await;
+    fill(&system, "r", 120).await;
+    let mut ws = system.connect().await;
+    // A client that has seen nothing pages forward from the start...
+    let mut after = 0;
+    let mut got: Vec<u64> = Vec::new();
+    loop {
+        let page = ws
+            .call(
+                "get_chat_history",
+                json!({"room_id": "r", "after_seq": after, "limit": 50}),
+            )
+            .await;
+        let page_seqs = seqs(&page);
+        got.extend(&page_seqs);
+        if page["chat_history"]["has_more"] != true {
+            break;
+        }
+        after = *page_seqs.last().unwrap();
+    }
+    assert_eq!(got, (1..=120).collect::<Vec<_>>());
+    // ... while leaving after_seq out still gives the newest page.
+    let page = ws
+        .call("get_chat_history", json!({"room_id": "r", "limit": 50}))
+        .await;
+    assert_eq!(seqs(&page), (71..=120).collect::<Vec<_>>());
+    system.stop().await;
 }
 
 #[tokio::test]

@@ -105,3 +105,60 @@ async fn typing_outside_a_joined_room_is_refused() {
     let reply = ada.recv_until(|f| f["request_id"] == "p").await;
     assert_eq!(reply["error"]["code"], "INVALID_ARGUMENT", "{reply}");
 }
+
+/// A dashboard or a script written against the handout joins with the room
+/// alone: it hears everything, and nobody sees it in the room.
+#[tokio::test]
+async fn a_listener_joins_with_only_a_room_id() {
+    let system = System::start().await;
+    let mut ada = system.connect().await;
+    ada.join("r", "ada").await;
+
+    let mut listener = system.connect().await;
+    listener
+        .send(json!({"join_room": {"room_id": "r"}, "request_id": "j1"}))
+        .await;
+    let answer = listener.recv().await;
+    assert_eq!(
+        answer,
+        json!({"presence": {"room_id": "r", "online": ["ada"], "offline": [], "snapshot": true},
+               "request_id": "j1"})
+    );
+
+    ada.say("r", "ada", "m1", "hello listeners").await;
+    let heard = listener
+        .recv_until(|f| f["chat_message"]["id"] == "m1")
+        .await;
+    assert_eq!(heard["chat_message"]["content"], "hello listeners");
+
+    // Ada saw no one arrive, and sees no one leave.
+    listener.close().await;
+    let mut bob = system.connect().await;
+    bob.send(json!({"join_room": {"room_id": "r", "user_id": "bob"}}))
+        .await;
+    let next = ada.recv_until(|f| presence(f).is_some()).await;
+    assert_eq!(next["presence"]["online"], json!(["bob"]), "{next}");
+    system.stop().await;
+}
+
+/// The handout's flow (send first, which joins) then an explicit join: the
+/// join is answered like any other.
+#[tokio::test]
+async fn a_join_after_sending_to_the_room_is_answered() {
+    let system = System::start().await;
+    let mut ws = system.connect().await;
+    ws.say("r", "client1", "msg1", "Hello World !").await;
+    ws.send(json!({"join_room": {"room_id": "r", "user_id": "client1"}, "request_id": "j1"}))
+        .await;
+    let answer = ws.recv().await;
+    assert_eq!(answer["request_id"], "j1", "{answer}");
+    assert_eq!(
+        answer["presence"],
+        json!({"room_id": "r", "online": ["client1"], "offline": [], "snapshot": true})
+    );
+    // And so is a second join of the same room.
+    ws.send(json!({"join_room": {"room_id": "r", "user_id": "client1"}, "request_id": "j2"}))
+        .await;
+    assert_eq!(ws.recv().await["request_id"], "j2");
+    system.stop().await;
+}

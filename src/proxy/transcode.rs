@@ -548,7 +548,7 @@ mod tests {
                 room_id: "r1".into(),
                 limit: 10,
                 before_seq: 99,
-                after_seq: 0,
+                after_seq: None,
             }
         );
 

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::errors::ChatError;
 use crate::proto::chat::{self, ChatStream, chat_stream::Event};
 use crate::storage::{StoreError, StoredMessage, UserRecord, Written};
 
@@ -38,19 +39,64 @@ impl StreamId {
 pub struct Outbox {
     stream: StreamId,
     tx: mpsc::Sender<Frame>,
-    overflow: CancellationToken,
+    end: Arc<StreamEnd>,
 }
 
 /// A frame queued towards a stream, possibly shared with other members.
 pub type Frame = Arc<ChatStream>;
 
-impl Outbox {
-    pub fn new(stream: StreamId, tx: mpsc::Sender<Frame>, overflow: CancellationToken) -> Self {
-        Outbox {
-            stream,
-            tx,
-            overflow,
+/// How a stream's outbound half ends, when it is the server that ends it:
+/// the status its last message carries, and whether what is still queued is
+/// dropped first. The first reason given wins.
+#[derive(Default)]
+pub struct StreamEnd {
+    /// Cancelled to end the stream at once, dropping what is queued.
+    abort: CancellationToken,
+    /// The status to end with; none for a stream the client ended.
+    error: Mutex<Option<ChatError>>,
+}
+
+impl StreamEnd {
+    /// Ends the stream now with `error`; queued frames are dropped.
+    pub fn abort(&self, error: ChatError) {
+        if self.set(error) {
+            self.abort.cancel();
         }
+    }
+
+    /// Ends the stream with `error` once every frame already queued for it
+    /// (confirmations of its earlier messages) has gone out.
+    pub fn finish(&self, error: ChatError) {
+        self.set(error);
+    }
+
+    fn set(&self, error: ChatError) -> bool {
+        let mut slot = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(error);
+        true
+    }
+
+    /// Resolves once the stream is aborted.
+    pub async fn aborted(&self) {
+        self.abort.cancelled().await
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.abort.is_cancelled()
+    }
+
+    /// The status the stream ends with, if the server ends it.
+    pub fn take_error(&self) -> Option<ChatError> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Outbox {
+    pub fn new(stream: StreamId, tx: mpsc::Sender<Frame>, end: Arc<StreamEnd>) -> Self {
+        Outbox { stream, tx, end }
     }
 
     pub fn stream(&self) -> StreamId {
@@ -65,27 +111,20 @@ impl Outbox {
     /// Queues a frame shared with other streams.
     pub fn push_shared(&self, frame: Frame) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame)
-            && !self.overflow.is_cancelled()
+            && !self.end.is_aborted()
         {
             tracing::warn!(
                 stream = self.stream.0,
                 "outbound queue full, ending slow stream"
             );
-            self.overflow.cancel();
+            self.end.abort(ChatError::FellBehind);
         }
     }
 
-    pub fn push_error(
-        &self,
-        code: chat::Code,
-        message: impl Into<String>,
-        request_id: Option<String>,
-    ) {
+    /// Answers a frame with an `error` event; the stream goes on.
+    pub fn push_error(&self, error: ChatError, request_id: Option<String>) {
         self.push(ChatStream {
-            event: Some(Event::Error(chat::Error {
-                code: code as i32,
-                message: message.into(),
-            })),
+            event: Some(Event::Error(error.to_event())),
             request_id,
         });
     }
@@ -104,8 +143,9 @@ pub enum Tag {
 
 struct Member {
     outbox: Outbox,
-    /// The user this stream joined the room as.
-    user_id: String,
+    /// The user this stream joined the room as; `None` for a listener,
+    /// which gets the room's messages and presence but is in nobody's list.
+    user_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -129,35 +169,58 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds the stream to the room as `user_id` (no-op if it is already a
-    /// member) and tells the others if that user was not there yet. With
-    /// `snapshot`, the stream also gets everyone who is there.
-    pub fn join(&self, room_id: &str, outbox: &Outbox, user_id: &str, snapshot: bool) {
+    /// Makes the stream a member of the room as `user_id` (`None`: a
+    /// listener), or changes the user it is a member as, and tells the
+    /// others of a user who arrives or leaves by it. False if the stream was
+    /// already a member as that user.
+    pub fn join(&self, room_id: &str, outbox: &Outbox, user_id: Option<&str>) -> bool {
         let mut state = self.state();
         let members = state.rooms.entry(room_id.to_owned()).or_default();
-        if members.iter().any(|m| m.outbox.stream == outbox.stream) {
-            return;
-        }
-        if !members.iter().any(|m| m.user_id == user_id) {
-            let arrived = Arc::new(presence(
+        let previous = match members
+            .iter()
+            .position(|m| m.outbox.stream == outbox.stream)
+        {
+            Some(index) if members[index].user_id.as_deref() == user_id => return false,
+            Some(index) => members.swap_remove(index).user_id,
+            None => None,
+        };
+        let arrived = user_id
+            .filter(|user| !members.iter().any(|m| m.user_id.as_deref() == Some(user)))
+            .map(str::to_owned);
+        let gone =
+            previous.filter(|user| !members.iter().any(|m| m.user_id.as_ref() == Some(user)));
+        if arrived.is_some() || gone.is_some() {
+            let change = Arc::new(presence(
                 room_id,
-                vec![user_id.to_owned()],
-                Vec::new(),
+                arrived.into_iter().collect(),
+                gone.into_iter().collect(),
                 false,
+                None,
             ));
             for member in members.iter() {
-                member.outbox.push_shared(arrived.clone());
+                member.outbox.push_shared(change.clone());
             }
         }
         members.push(Member {
             outbox: outbox.clone(),
-            user_id: user_id.to_owned(),
+            user_id: user_id.map(str::to_owned),
         });
-        if snapshot {
-            let online: BTreeSet<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
-            let online = online.into_iter().map(str::to_owned).collect();
-            outbox.push(presence(room_id, online, Vec::new(), true));
-        }
+        true
+    }
+
+    /// Sends the stream who is in the room (listeners aside), answering the
+    /// frame that asked with its `request_id`.
+    pub fn snapshot(&self, room_id: &str, outbox: &Outbox, request_id: Option<String>) {
+        let state = self.state();
+        let online: BTreeSet<&str> = state
+            .rooms
+            .get(room_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.user_id.as_deref())
+            .collect();
+        let online = online.into_iter().map(str::to_owned).collect();
+        outbox.push(presence(room_id, online, Vec::new(), true, request_id));
     }
 
     /// Removes the stream from the room (no-op if it is not a member) and
@@ -173,8 +236,10 @@ impl Hub {
         let left = members.swap_remove(index);
         if members.is_empty() {
             state.rooms.remove(room_id);
-        } else if !members.iter().any(|m| m.user_id == left.user_id) {
-            let gone = Arc::new(presence(room_id, Vec::new(), vec![left.user_id], false));
+        } else if let Some(user) = left.user_id
+            && !members.iter().any(|m| m.user_id.as_ref() == Some(&user))
+        {
+            let gone = Arc::new(presence(room_id, Vec::new(), vec![user], false, None));
             for member in members.iter() {
                 member.outbox.push_shared(gone.clone());
             }
@@ -237,24 +302,23 @@ impl Hub {
                 }
                 (Tag::Message { origin, request_id }, Err(e)) => {
                     tracing::error!(error = %e, "message not stored");
-                    origin.push_error(
-                        chat::Code::Unavailable,
-                        format!("message not stored: {e}"),
-                        request_id,
-                    );
+                    origin.push_error(ChatError::NotStored(e), request_id);
                 }
                 (Tag::User(reply), result) => {
                     if let Some(reply) = reply {
                         let user = result.and_then(|w| match w {
                             Written::User(u) => Ok(u),
-                            other => Err(StoreError(format!("unexpected write result {other:?}"))),
+                            other => Err(StoreError::Internal(format!(
+                                "unexpected write result {other:?}"
+                            ))),
                         });
                         // The caller may have given up waiting; nothing to do then.
                         let _ = reply.send(user);
                     }
                 }
                 (Tag::Message { origin, request_id }, Ok(Written::User(_))) => {
-                    origin.push_error(chat::Code::Internal, "unexpected write result", request_id);
+                    let bug = StoreError::Internal("unexpected write result".into());
+                    origin.push_error(ChatError::NotStored(bug), request_id);
                 }
             }
         }
@@ -297,6 +361,7 @@ fn presence(
     online: Vec<String>,
     offline: Vec<String>,
     snapshot: bool,
+    request_id: Option<String>,
 ) -> ChatStream {
     ChatStream {
         event: Some(Event::Presence(chat::Presence {
@@ -305,7 +370,7 @@ fn presence(
             offline,
             snapshot,
         })),
-        request_id: None,
+        request_id,
     }
 }
 
@@ -313,5 +378,201 @@ fn message_frame(msg: StoredMessage, request_id: Option<String>) -> ChatStream {
     ChatStream {
         event: Some(Event::ChatMessage(chat::ChatMessage::from(msg))),
         request_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member stream: its outbox, what it was sent, how it ended.
+    struct Probe {
+        outbox: Outbox,
+        rx: mpsc::Receiver<Frame>,
+        end: Arc<StreamEnd>,
+    }
+
+    fn probe(capacity: usize) -> Probe {
+        let (tx, rx) = mpsc::channel(capacity);
+        let end = Arc::new(StreamEnd::default());
+        Probe {
+            outbox: Outbox::new(StreamId::next(), tx, end.clone()),
+            rx,
+            end,
+        }
+    }
+
+    impl Probe {
+        fn frames(&mut self) -> Vec<ChatStream> {
+            std::iter::from_fn(|| self.rx.try_recv().ok())
+                .map(Arc::unwrap_or_clone)
+                .collect()
+        }
+
+        /// The presence frames received, as (online, offline, snapshot).
+        fn presence(&mut self) -> Vec<(Vec<String>, Vec<String>, bool)> {
+            self.frames()
+                .into_iter()
+                .filter_map(|f| match f.event {
+                    Some(Event::Presence(p)) => Some((p.online, p.offline, p.snapshot)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    fn users(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn stored(room: &str, seq: u64) -> StoredMessage {
+        StoredMessage {
+            id: format!("m{seq}"),
+            room_id: room.into(),
+            sender_id: "ada".into(),
+            content: "hi".into(),
+            timestamp_us: 1,
+            seq,
+        }
+    }
+
+    #[test]
+    fn arrivals_and_departures_are_announced_once_per_user() {
+        let hub = Hub::default();
+        let (mut ada, mut ada_too, mut bob) = (probe(16), probe(16), probe(16));
+        assert!(hub.join("r", &ada.outbox, Some("ada")));
+        assert!(!hub.join("r", &ada.outbox, Some("ada")), "already a member");
+        assert!(hub.join("r", &bob.outbox, Some("bob")));
+        // Ada's second stream is not news to anyone.
+        assert!(hub.join("r", &ada_too.outbox, Some("ada")));
+        assert_eq!(ada.presence(), [(users(&["bob"]), vec![], false)]);
+        assert_eq!(bob.presence(), []);
+
+        hub.leave("r", ada.outbox.stream());
+        assert_eq!(bob.presence(), [], "ada is still there on another stream");
+        hub.leave("r", ada_too.outbox.stream());
+        assert_eq!(bob.presence(), [(vec![], users(&["ada"]), false)]);
+        assert!(ada_too.presence().is_empty());
+    }
+
+    #[test]
+    fn a_listener_gets_everything_and_is_in_nobodys_list() {
+        let hub = Hub::default();
+        let (mut ada, mut listener) = (probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        assert!(hub.join("r", &listener.outbox, None));
+        assert_eq!(ada.presence(), [], "a listener arriving is not news");
+
+        hub.snapshot("r", &listener.outbox, Some("j1".into()));
+        let snapshot = listener.frames();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot[0].request_id.as_deref(), Some("j1"));
+        let Some(Event::Presence(p)) = &snapshot[0].event else {
+            panic!("{snapshot:?}")
+        };
+        assert_eq!((p.online.clone(), p.snapshot), (users(&["ada"]), true));
+
+        hub.fan_out(stored("r", 1), &ada.outbox, None);
+        assert!(matches!(
+            listener.frames()[..],
+            [ChatStream { event: Some(Event::ChatMessage(ref m)), .. }] if m.seq == 1
+        ));
+        hub.leave("r", listener.outbox.stream());
+        assert_eq!(ada.presence(), [], "nor is one leaving");
+    }
+
+    #[test]
+    fn joining_again_as_another_user_switches_presence() {
+        let hub = Hub::default();
+        let (mut ada, mut stream) = (probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        hub.join("r", &stream.outbox, None);
+        assert!(hub.join("r", &stream.outbox, Some("bob")));
+        assert_eq!(ada.presence(), [(users(&["bob"]), vec![], false)]);
+        assert!(hub.join("r", &stream.outbox, Some("cy")));
+        assert_eq!(ada.presence(), [(users(&["cy"]), users(&["bob"]), false)]);
+        hub.snapshot("r", &stream.outbox, None);
+        assert_eq!(stream.presence(), [(users(&["ada", "cy"]), vec![], true)]);
+    }
+
+    #[test]
+    fn the_sender_alone_gets_its_request_id_even_after_leaving() {
+        let hub = Hub::default();
+        let (mut ada, mut bob) = (probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        hub.join("r", &bob.outbox, Some("bob"));
+        ada.frames();
+        hub.fan_out(stored("r", 1), &ada.outbox, Some("q1".into()));
+        let request_ids =
+            |p: &mut Probe| -> Vec<_> { p.frames().into_iter().map(|f| f.request_id).collect() };
+        assert_eq!(request_ids(&mut ada), [Some("q1".to_owned())]);
+        assert_eq!(request_ids(&mut bob), [None]);
+
+        hub.leave("r", ada.outbox.stream());
+        hub.fan_out(stored("r", 2), &ada.outbox, Some("q2".into()));
+        assert_eq!(request_ids(&mut ada), [Some("q2".to_owned())]);
+    }
+
+    #[test]
+    fn typing_reaches_the_others_only_from_a_member() {
+        let hub = Hub::default();
+        let (mut ada, mut bob, outsider) = (probe(16), probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        hub.join("r", &bob.outbox, Some("bob"));
+        ada.frames();
+        assert!(hub.typing("r", ada.outbox.stream(), "ada"));
+        assert!(ada.frames().is_empty(), "not echoed to the typist");
+        assert!(matches!(
+            bob.frames()[..],
+            [ChatStream { event: Some(Event::Typing(ref t)), .. }] if t.user_id == "ada"
+        ));
+        assert!(!hub.typing("r", outsider.outbox.stream(), "eve"));
+        assert!(!hub.typing("nowhere", ada.outbox.stream(), "ada"));
+        assert!(bob.frames().is_empty());
+    }
+
+    #[test]
+    fn a_member_whose_queue_is_full_is_aborted_and_the_others_go_on() {
+        let hub = Hub::default();
+        let (mut fast, slow) = (probe(64), probe(2));
+        hub.join("r", &fast.outbox, Some("fast"));
+        hub.join("r", &slow.outbox, Some("slow"));
+        fast.frames();
+        for seq in 1..=3 {
+            hub.fan_out(stored("r", seq), &fast.outbox, None);
+        }
+        assert!(slow.end.is_aborted());
+        assert_eq!(slow.end.take_error(), Some(ChatError::FellBehind));
+        assert_eq!(fast.frames().len(), 3);
+    }
+
+    #[test]
+    fn the_first_reason_to_end_a_stream_wins() {
+        let end = StreamEnd::default();
+        end.finish(ChatError::Undecodable("bytes".into()));
+        end.abort(ChatError::FellBehind);
+        assert!(!end.is_aborted(), "already ending for another reason");
+        assert_eq!(
+            end.take_error(),
+            Some(ChatError::Undecodable("bytes".into()))
+        );
+    }
+
+    #[test]
+    fn a_failed_write_answers_its_sender_with_the_storage_code() {
+        let hub = Hub::default();
+        let mut ada = probe(16);
+        let tag = Tag::Message {
+            origin: ada.outbox.clone(),
+            request_id: Some("q".into()),
+        };
+        hub.committed(vec![(tag, Err(StoreError::Full("disk full".into())))]);
+        let frames = ada.frames();
+        let Some(Event::Error(e)) = &frames[0].event else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(e.code, chat::Code::ResourceExhausted as i32);
+        assert!(e.message.contains("disk full"), "{e:?}");
+        assert_eq!(frames[0].request_id.as_deref(), Some("q"));
     }
 }

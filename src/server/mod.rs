@@ -1,7 +1,9 @@
 //! The gRPC chat server: `chat.ChatService`, plus health and reflection.
 //!
 //! # Layout
-//! - `service`: the RPCs, and the mapping of errors to gRPC status codes.
+//! - `errors`: what the service refuses or fails at, and the one mapping of
+//!   each to a gRPC status code (unary calls, stream events, stream ends).
+//! - `service`: the RPCs.
 //! - `session`: one `Chat` stream (rooms joined, users acted as, frames handled).
 //! - `hub`: rooms, presence, and the fan-out of each committed message.
 //! - `validate`: pure checks of client input.
@@ -9,6 +11,7 @@
 //! A message goes session -> storage [`Writer`] (group commit, seq assigned)
 //! -> [`hub::Hub::committed`] on the writer thread -> every member's outbox.
 
+mod errors;
 mod hub;
 mod service;
 mod session;

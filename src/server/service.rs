@@ -1,5 +1,5 @@
-//! The `chat.ChatService` RPCs, and the one mapping from our errors to gRPC
-//! status codes.
+//! The `chat.ChatService` RPCs. Their errors are [`ChatError`]s, which carry
+//! the one mapping to gRPC status codes.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::hub::{Hub, Outbox, StreamId, Tag};
+use super::errors::ChatError;
+use super::hub::{Hub, Outbox, StreamEnd, StreamId, Tag};
 use super::session::Session;
 use super::{now_us, validate};
 use crate::proto::chat::{self, chat_service_server::ChatService};
@@ -19,18 +20,8 @@ use crate::storage::{HistoryQuery, Store, StoreError, Write, Writer};
 
 impl From<validate::Invalid> for Status {
     fn from(e: validate::Invalid) -> Self {
-        Status::invalid_argument(e.0)
+        ChatError::from(e).into()
     }
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
-        Status::internal(e.to_string())
-    }
-}
-
-fn writer_stopped() -> Status {
-    Status::unavailable("the server is shutting down")
 }
 
 pub struct ChatServiceImpl {
@@ -52,8 +43,10 @@ impl ChatServiceImpl {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(store.as_ref()))
             .await
-            .map_err(|e| Status::internal(format!("storage task failed: {e}")))?
-            .map_err(Status::from)
+            .map_err(|e| {
+                ChatError::Storage(StoreError::Internal(format!("storage task failed: {e}")))
+            })?
+            .map_err(|e| ChatError::from(e).into())
     }
 }
 
@@ -78,7 +71,7 @@ impl ChatService for ChatServiceImpl {
                 status: chat::UserStatus::Online as i32,
                 created_at: None,
             })),
-            None => Err(Status::not_found(format!("user \"{user_id}\" not found"))),
+            None => Err(ChatError::UserNotFound(user_id).into()),
         }
     }
 
@@ -98,8 +91,11 @@ impl ChatService for ChatServiceImpl {
         self.writer
             .submit(write, Tag::User(Some(reply)))
             .await
-            .map_err(|_| writer_stopped())?;
-        let record = done.await.map_err(|_| writer_stopped())??;
+            .map_err(ChatError::from)?;
+        let record = done
+            .await
+            .map_err(|_| ChatError::ShuttingDown)?
+            .map_err(ChatError::from)?;
         let online = self.hub.is_online(&record.id);
         Ok(Response::new(chat::User::from_record(record, online)))
     }
@@ -111,37 +107,28 @@ impl ChatService for ChatServiceImpl {
         request: Request<Streaming<chat::ChatStream>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
         let (tx, rx) = mpsc::channel(self.stream_buffer);
-        let overflow = CancellationToken::new();
-        let outbox = Outbox::new(StreamId::next(), tx, overflow.clone());
+        let end = Arc::new(StreamEnd::default());
+        let outbox = Outbox::new(StreamId::next(), tx, end.clone());
         let session = Session::new(
             self.hub.clone(),
             self.writer.clone(),
             outbox,
+            end.clone(),
             self.max_content_bytes,
         );
-        self.sessions.spawn(session.run(
-            request.into_inner(),
-            self.shutdown.clone(),
-            overflow.clone(),
-        ));
+        self.sessions
+            .spawn(session.run(request.into_inner(), self.shutdown.clone()));
 
-        // A stream that fell behind ends with a status saying so, instead of
-        // the frames it could not take.
-        let fell_behind = overflow.clone();
+        // The frames queued for the stream (all of them, or none once it is
+        // aborted), then the status the server ends it with, if it does: a
+        // client can tell a stream it was cut off from one that just ended.
+        let aborted = end.clone();
         let outbound = ReceiverStream::new(rx)
             .map(|frame| Ok(Arc::unwrap_or_clone(frame)))
-            .take_until(overflow.cancelled_owned())
+            .take_until(async move { aborted.aborted().await })
             .chain(
-                stream::once(async move { fell_behind.is_cancelled() }).filter_map(
-                    |slow| async move {
-                        slow.then(|| {
-                            Err(Status::resource_exhausted(
-                                "this stream fell too far behind and was closed; \
-                             reconnect and catch up with GetChatHistory(after_seq)",
-                            ))
-                        })
-                    },
-                ),
+                stream::once(async move { end.take_error() })
+                    .filter_map(|error| async move { error.map(|e| Err(Status::from(e))) }),
             );
         Ok(Response::new(Box::pin(outbound)))
     }

@@ -7,19 +7,21 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
-use super::hub::{Hub, Outbox, Tag};
+use super::errors::ChatError;
+use super::hub::{Hub, Outbox, StreamEnd, Tag};
 use super::{now_us, validate};
-use crate::proto::chat::{self, ChatStream, Code, chat_stream::Event};
+use crate::proto::chat::{self, ChatStream, chat_stream::Event};
 use crate::storage::{NewMessage, Write, Writer};
 
 pub struct Session {
     hub: Arc<Hub>,
     writer: Writer<Tag>,
     outbox: Outbox,
+    end: Arc<StreamEnd>,
     max_content_bytes: usize,
-    /// Room -> the user this stream joined it as. Ordered so that the resume
-    /// state a gateway keeps is stable.
-    joins: BTreeMap<String, String>,
+    /// Room -> the user this stream joined it as (`None`: a listener).
+    /// Ordered so that the resume state a gateway keeps is stable.
+    joins: BTreeMap<String, Option<String>>,
     /// Users this stream acts as; each is counted once in the hub's presence.
     users: HashSet<String>,
 }
@@ -29,38 +31,43 @@ impl Session {
         hub: Arc<Hub>,
         writer: Writer<Tag>,
         outbox: Outbox,
+        end: Arc<StreamEnd>,
         max_content_bytes: usize,
     ) -> Self {
         Session {
             hub,
             writer,
             outbox,
+            end,
             max_content_bytes,
             joins: BTreeMap::new(),
             users: HashSet::new(),
         }
     }
 
-    /// Serves the stream until the client ends it, vanishes, falls too far
-    /// behind (`overflow`), or the server shuts down. Membership and presence
-    /// are undone when the session is dropped, however it ends.
+    /// Serves the stream until the client ends it, vanishes, sends what is
+    /// not a message, falls too far behind, or the server shuts down.
+    /// Membership and presence are undone when the session is dropped,
+    /// however it ends.
     #[tracing::instrument(name = "chat_stream", skip_all, fields(stream = ?self.outbox.stream()))]
-    pub async fn run(
-        mut self,
-        mut inbound: Streaming<ChatStream>,
-        shutdown: CancellationToken,
-        overflow: CancellationToken,
-    ) {
+    pub async fn run(mut self, mut inbound: Streaming<ChatStream>, shutdown: CancellationToken) {
         tracing::debug!("stream opened");
+        let end = self.end.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = overflow.cancelled() => break,
+                _ = end.aborted() => break,
                 frame = inbound.message() => match frame {
                     Ok(Some(frame)) => self.handle(frame).await,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "stream broken by the client");
+                        match ChatError::from_inbound(&status) {
+                            Some(error) => {
+                                tracing::info!(%error, "stream ended: bad message from the client");
+                                end.finish(error);
+                            }
+                            None => tracing::debug!(%status, "stream broken by the client"),
+                        }
                         break;
                     }
                 },
@@ -71,86 +78,41 @@ impl Session {
 
     async fn handle(&mut self, frame: ChatStream) {
         let request_id = frame.request_id;
-        match frame.event {
-            Some(Event::ChatMessage(message)) => self.send(message, request_id).await,
-            Some(Event::JoinRoom(join)) => {
-                if let Err(e) = validate::join_room(&join) {
-                    return self
-                        .outbox
-                        .push_error(Code::InvalidArgument, e.0, request_id);
-                }
-                if self.join(join).await {
-                    self.push_resume();
-                }
-            }
-            Some(Event::LeaveRoom(leave)) => {
-                if let Err(e) = validate::room_id(&leave.room_id) {
-                    return self
-                        .outbox
-                        .push_error(Code::InvalidArgument, e.0, request_id);
-                }
-                if self.joins.remove(&leave.room_id).is_some() {
-                    self.hub.leave(&leave.room_id, self.outbox.stream());
-                    self.push_resume();
-                }
-            }
+        let result = match frame.event {
+            Some(Event::ChatMessage(message)) => self.send(message, request_id.clone()).await,
+            Some(Event::JoinRoom(join)) => self.join_room(join, request_id.clone()).await,
+            Some(Event::LeaveRoom(leave)) => self.leave_room(leave),
             Some(Event::Resume(resume)) => {
-                let mut changed = false;
-                for join in resume.joins {
-                    if validate::join_room(&join).is_ok() {
-                        changed |= self.join(join).await;
-                    }
-                }
-                if changed {
-                    self.push_resume();
-                }
+                self.resume(resume).await;
+                Ok(())
             }
-            Some(Event::Typing(typing)) => {
-                if let Err(e) =
-                    validate::room_id(&typing.room_id).and(validate::user_id(&typing.user_id))
-                {
-                    return self
-                        .outbox
-                        .push_error(Code::InvalidArgument, e.0, request_id);
-                }
-                if !self
-                    .hub
-                    .typing(&typing.room_id, self.outbox.stream(), &typing.user_id)
-                {
-                    self.outbox.push_error(
-                        Code::FailedPrecondition,
-                        format!("join room {:?} before typing in it", typing.room_id),
-                        request_id,
-                    );
-                }
-            }
-            Some(Event::Error(_) | Event::Presence(_)) => self.outbox.push_error(
-                Code::InvalidArgument,
-                "error and presence frames are sent by the server, not to it",
-                request_id,
-            ),
-            None => self.outbox.push_error(
-                Code::InvalidArgument,
-                "empty frame: set one of chat_message, join_room, leave_room, typing",
-                request_id,
-            ),
+            Some(Event::Typing(typing)) => self.typing(typing),
+            Some(Event::Error(_)) => Err(ChatError::ServerFrame("error")),
+            Some(Event::Presence(_)) => Err(ChatError::ServerFrame("presence")),
+            None => Err(ChatError::EmptyFrame),
+        };
+        if let Err(error) = result {
+            self.outbox.push_error(error, request_id);
         }
     }
 
     /// Stores a message; its echo comes back through the hub once committed.
-    async fn send(&mut self, mut message: chat::ChatMessage, request_id: Option<String>) {
-        if let Err(e) = validate::chat_message(&message, self.max_content_bytes) {
-            return self
-                .outbox
-                .push_error(Code::InvalidArgument, e.0, request_id);
-        }
+    async fn send(
+        &mut self,
+        mut message: chat::ChatMessage,
+        request_id: Option<String>,
+    ) -> Result<(), ChatError> {
+        validate::chat_message(&message, self.max_content_bytes)?;
         // Sending to a room joins it, so the sender gets the echo that
         // confirms its message, and every message after it. The store
-        // registers the sender with the message itself.
-        if self.enter(message.room_id.clone(), &message.sender_id, false) {
+        // registers the sender with the message itself. A stream already in
+        // the room stays in it as whoever it joined as.
+        self.act_as(&message.sender_id);
+        if !self.joins.contains_key(&message.room_id)
+            && self.enter(&message.room_id, Some(&message.sender_id))
+        {
             self.push_resume();
         }
-        self.act_as(&message.sender_id);
         if message.id.is_empty() {
             message.id = uuid::Uuid::now_v7().to_string();
         }
@@ -163,49 +125,97 @@ impl Session {
         });
         let tag = Tag::Message {
             origin: self.outbox.clone(),
-            request_id: request_id.clone(),
+            request_id,
         };
-        if self.writer.submit(write, tag).await.is_err() {
-            self.outbox.push_error(
-                Code::Unavailable,
-                "the server is shutting down; message not stored",
-                request_id,
-            );
+        self.writer
+            .submit(write, tag)
+            .await
+            .map_err(ChatError::NotStored)
+    }
+
+    /// An explicit join, always answered with who is in the room: also when
+    /// the stream is already in it (it joined by sending, or joins again).
+    async fn join_room(
+        &mut self,
+        join: chat::JoinRoom,
+        request_id: Option<String>,
+    ) -> Result<(), ChatError> {
+        validate::join_room(&join)?;
+        let changed = self.join(&join).await;
+        self.hub.snapshot(&join.room_id, &self.outbox, request_id);
+        if changed {
+            self.push_resume();
+        }
+        Ok(())
+    }
+
+    fn leave_room(&mut self, leave: chat::LeaveRoom) -> Result<(), ChatError> {
+        validate::room_id(&leave.room_id)?;
+        if self.joins.remove(&leave.room_id).is_some() {
+            self.hub.leave(&leave.room_id, self.outbox.stream());
+            self.push_resume();
+        }
+        Ok(())
+    }
+
+    /// The state a gateway replays on a re-opened stream: back in every
+    /// room, each with a snapshot (the client may have missed changes).
+    async fn resume(&mut self, resume: chat::Resume) {
+        let mut changed = false;
+        for join in resume.joins {
+            if validate::join_room(&join).is_ok() {
+                changed |= self.join(&join).await;
+                self.hub.snapshot(&join.room_id, &self.outbox, None);
+            }
+        }
+        if changed {
+            self.push_resume();
         }
     }
 
-    /// Joins a room as a user, registering the user if this stream has not
-    /// acted as it yet; false if already a member.
-    async fn join(&mut self, join: chat::JoinRoom) -> bool {
-        let new_user = !self.users.contains(&join.user_id);
-        if !self.enter(join.room_id, &join.user_id, true) {
-            return false;
+    fn typing(&mut self, typing: chat::Typing) -> Result<(), ChatError> {
+        validate::room_id(&typing.room_id)?;
+        validate::user_id(&typing.user_id)?;
+        if self
+            .hub
+            .typing(&typing.room_id, self.outbox.stream(), &typing.user_id)
+        {
+            Ok(())
+        } else {
+            Err(ChatError::NotJoined(typing.room_id))
         }
-        if new_user {
+    }
+
+    /// Joins a room as a user (an empty `user_id`: as a listener),
+    /// registering the user if this stream has not acted as it yet; false if
+    /// the stream was already in the room as that user.
+    async fn join(&mut self, join: &chat::JoinRoom) -> bool {
+        let user_id = Some(join.user_id.as_str()).filter(|u| !u.is_empty());
+        let new_user = user_id.is_some_and(|user| self.act_as(user));
+        let changed = self.enter(&join.room_id, user_id);
+        if let (true, Some(user_id)) = (new_user, user_id) {
             // Registering is confirmed to nobody, so nobody waits for it.
             let write = Write::EnsureUser {
-                user_id: join.user_id,
+                user_id: user_id.to_owned(),
                 now_us: now_us(),
             };
             if self.writer.submit(write, Tag::User(None)).await.is_err() {
                 tracing::warn!("user not registered: writer stopped");
             }
         }
-        true
+        changed
     }
 
-    /// Adds this stream to a room as a user; false if already a member.
-    /// With `snapshot`, the stream is told who is in the room (an explicit
-    /// join asks for it; the implicit join of a send does not, so a sender
-    /// gets exactly its echo back).
-    fn enter(&mut self, room_id: String, user_id: &str, snapshot: bool) -> bool {
-        if self.joins.contains_key(&room_id) {
-            return false;
+    /// Makes this stream a member of the room as `user_id` (or changes the
+    /// user it is a member as); false if it already was. The caller tells
+    /// the gateway the new state ([`Session::push_resume`]).
+    fn enter(&mut self, room_id: &str, user_id: Option<&str>) -> bool {
+        let changed = self.hub.join(room_id, &self.outbox, user_id);
+        if changed {
+            self.joins
+                .insert(room_id.to_owned(), user_id.map(str::to_owned));
         }
-        self.act_as(user_id);
-        self.hub.join(&room_id, &self.outbox, user_id, snapshot);
-        self.joins.insert(room_id, user_id.to_owned());
-        true
+        changed
     }
 
     /// Counts this stream as `user_id` being online; true the first time.
@@ -225,7 +235,7 @@ impl Session {
             .iter()
             .map(|(room_id, user_id)| chat::JoinRoom {
                 room_id: room_id.clone(),
-                user_id: user_id.clone(),
+                user_id: user_id.clone().unwrap_or_default(),
             })
             .collect();
         self.outbox.push(ChatStream {
@@ -243,5 +253,217 @@ impl Drop for Session {
         for user_id in &self.users {
             self.hub.user_disconnected(user_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::server::hub::{Frame, StreamId};
+    use crate::storage::{SqliteOptions, SqliteStore, WriterHandle, WriterOptions};
+
+    /// A session on a real store, and what it sends back.
+    struct Harness {
+        session: Session,
+        rx: mpsc::Receiver<Frame>,
+        _writer: WriterHandle,
+        _dir: tempfile::TempDir,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("chat.db"), SqliteOptions::default()).unwrap();
+        let hub = Arc::new(Hub::default());
+        let fan_out = hub.clone();
+        let (writer, handle) =
+            Writer::spawn(Arc::new(store), WriterOptions::default(), move |results| {
+                fan_out.committed(results)
+            })
+            .unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        let end = Arc::new(StreamEnd::default());
+        let outbox = Outbox::new(StreamId::next(), tx, end.clone());
+        Harness {
+            session: Session::new(hub, writer, outbox, end, 4096),
+            rx,
+            _writer: handle,
+            _dir: dir,
+        }
+    }
+
+    fn frame(event: Event, request_id: &str) -> ChatStream {
+        ChatStream {
+            event: Some(event),
+            request_id: Some(request_id.into()),
+        }
+    }
+
+    fn join(room: &str, user: &str) -> Event {
+        Event::JoinRoom(chat::JoinRoom {
+            room_id: room.into(),
+            user_id: user.into(),
+        })
+    }
+
+    fn message(room: &str, sender: &str, id: &str) -> Event {
+        Event::ChatMessage(chat::ChatMessage {
+            id: id.into(),
+            room_id: room.into(),
+            sender_id: sender.into(),
+            content: "hi".into(),
+            ..Default::default()
+        })
+    }
+
+    impl Harness {
+        async fn handle(&mut self, event: Event, request_id: &str) {
+            self.session.handle(frame(event, request_id)).await;
+        }
+
+        /// The next frame sent back (waiting for the writer, if need be).
+        async fn next(&mut self) -> ChatStream {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+                .await
+                .expect("a frame in time")
+                .expect("the stream is open");
+            Arc::unwrap_or_clone(frame)
+        }
+
+        fn nothing_more(&mut self) {
+            assert!(self.rx.try_recv().is_err(), "nothing else was sent");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_join_is_answered_with_a_snapshot_carrying_the_request_id_then_resume() {
+        let mut h = harness();
+        h.handle(join("r", "ada"), "j1").await;
+        let answer = h.next().await;
+        assert_eq!(answer.request_id.as_deref(), Some("j1"));
+        assert!(
+            matches!(answer.event, Some(Event::Presence(ref p)) if p.snapshot && p.online == ["ada"])
+        );
+        let resume = h.next().await;
+        let Some(Event::Resume(resume)) = resume.event else {
+            panic!("{resume:?}")
+        };
+        assert_eq!(
+            (
+                resume.joins[0].room_id.as_str(),
+                resume.joins[0].user_id.as_str()
+            ),
+            ("r", "ada")
+        );
+        h.nothing_more();
+    }
+
+    #[tokio::test]
+    async fn a_join_of_a_room_entered_by_sending_is_answered_too() {
+        let mut h = harness();
+        h.handle(message("r", "ada", "m1"), "s1").await;
+        assert!(matches!(h.next().await.event, Some(Event::Resume(_))));
+        let echo = h.next().await;
+        assert_eq!(echo.request_id.as_deref(), Some("s1"));
+        // Already in the room, as the same user: the answer, and no new state.
+        h.handle(join("r", "ada"), "j1").await;
+        let answer = h.next().await;
+        assert_eq!(answer.request_id.as_deref(), Some("j1"));
+        assert!(matches!(answer.event, Some(Event::Presence(ref p)) if p.snapshot));
+        h.nothing_more();
+    }
+
+    #[tokio::test]
+    async fn a_listener_joins_without_a_user_and_is_not_online() {
+        let mut h = harness();
+        h.handle(join("r", ""), "j1").await;
+        let answer = h.next().await;
+        assert!(
+            matches!(answer.event, Some(Event::Presence(ref p)) if p.snapshot && p.online.is_empty())
+        );
+        let Some(Event::Resume(resume)) = h.next().await.event else {
+            panic!("expected the resume state")
+        };
+        assert_eq!(resume.joins[0].user_id, "", "replayed as a listener");
+        assert!(h.session.users.is_empty());
+        assert!(!h.session.hub.is_online(""));
+    }
+
+    #[tokio::test]
+    async fn refusals_are_error_events_with_their_codes() {
+        let mut h = harness();
+        let cases = [
+            (join("", "ada"), chat::Code::InvalidArgument),
+            (
+                Event::Typing(chat::Typing {
+                    room_id: "r".into(),
+                    user_id: "ada".into(),
+                }),
+                chat::Code::FailedPrecondition,
+            ),
+            (
+                Event::Presence(chat::Presence::default()),
+                chat::Code::InvalidArgument,
+            ),
+            (message("r", "", "m1"), chat::Code::InvalidArgument),
+        ];
+        for (i, (event, code)) in cases.into_iter().enumerate() {
+            let request_id = format!("bad-{i}");
+            h.handle(event, &request_id).await;
+            let answer = h.next().await;
+            assert_eq!(answer.request_id, Some(request_id));
+            let Some(Event::Error(e)) = answer.event else {
+                panic!("case {i}: {answer:?}")
+            };
+            assert_eq!(e.code, code as i32, "case {i}: {e:?}");
+        }
+        h.session
+            .handle(ChatStream {
+                event: None,
+                request_id: None,
+            })
+            .await;
+        assert!(
+            matches!(h.next().await.event, Some(Event::Error(ref e)) if e.message.contains("empty frame"))
+        );
+        h.nothing_more();
+    }
+
+    #[tokio::test]
+    async fn leaving_drops_the_room_from_the_resume_state() {
+        let mut h = harness();
+        h.handle(join("a", "ada"), "j1").await;
+        h.handle(join("b", "ada"), "j2").await;
+        let _ = (
+            h.next().await,
+            h.next().await,
+            h.next().await,
+            h.next().await,
+        );
+        h.handle(
+            Event::LeaveRoom(chat::LeaveRoom {
+                room_id: "a".into(),
+            }),
+            "l1",
+        )
+        .await;
+        let Some(Event::Resume(resume)) = h.next().await.event else {
+            panic!("expected the resume state")
+        };
+        let rooms: Vec<_> = resume.joins.iter().map(|j| j.room_id.as_str()).collect();
+        assert_eq!(rooms, ["b"]);
+        // Leaving a room it is not in changes nothing.
+        h.handle(
+            Event::LeaveRoom(chat::LeaveRoom {
+                room_id: "a".into(),
+            }),
+            "l2",
+        )
+        .await;
+        h.nothing_more();
     }
 }

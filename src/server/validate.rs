@@ -58,9 +58,11 @@ pub fn chat_message(m: &ChatMessage, max_content_bytes: usize) -> Result<(), Inv
     Ok(())
 }
 
+/// A join names a room; the user is optional: without one the stream
+/// listens (messages and presence) without being in anyone's presence list.
 pub fn join_room(j: &JoinRoom) -> Result<(), Invalid> {
     room_id(&j.room_id)?;
-    user_id(&j.user_id)
+    optional_id("user_id", &j.user_id)
 }
 
 /// A display name, trimmed: 1 to 64 characters, no control characters.
@@ -142,6 +144,20 @@ mod tests {
                 .0
                 .starts_with("id is 129 bytes")
         );
+    }
+
+    #[test]
+    fn a_join_needs_a_room_but_not_a_user() {
+        let join = |room: &str, user: &str| {
+            join_room(&JoinRoom {
+                room_id: room.into(),
+                user_id: user.into(),
+            })
+        };
+        assert_eq!(join("room1", "client2"), Ok(()));
+        assert_eq!(join("room1", ""), Ok(()));
+        assert_eq!(join("", "client2").unwrap_err().0, "room_id is required");
+        assert!(join("room1", &"u".repeat(MAX_ID_BYTES + 1)).is_err());
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Checkpointer {
         // file is in WAL mode, and its checkpoints do nothing.
         let mode: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError(format!(
+            return Err(StoreError::Internal(format!(
                 "the checkpoint thread found journal_mode={mode}, not WAL"
             )));
         }
@@ -154,7 +154,9 @@ impl Checkpointer {
                 let shared = shared.clone();
                 move || run(&conn, &shared)
             })
-            .map_err(|e| StoreError(format!("cannot start the checkpoint thread: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot start the checkpoint thread: {e}"))
+            })?;
         Ok(Checkpointer {
             shared,
             thread: Some(thread),

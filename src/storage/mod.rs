@@ -86,8 +86,9 @@ pub struct HistoryQuery {
     pub limit: usize,
     /// 0 = no upper bound; else only seq < before_seq.
     pub before_seq: u64,
-    /// 0 = none; else only seq > after_seq, and the page starts at the oldest.
-    pub after_seq: u64,
+    /// `None`: the newest page. Else only seq > after_seq, and the page
+    /// starts at the oldest (`Some(0)`: from the room's first message).
+    pub after_seq: Option<u64>,
 }
 
 /// A page of history, oldest first.
@@ -99,14 +100,49 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-/// A storage failure (I/O, corruption, a full disk...).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("storage error: {0}")]
-pub struct StoreError(pub String);
+/// A storage failure, by what a caller can do about it: the server maps each
+/// kind to one gRPC status code (`server::errors`), so a client can tell a
+/// full disk from a transient failure worth retrying.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The disk (or a quota) is full; nothing of the batch was written.
+    #[error("storage is full: {0}")]
+    Full(String),
+    /// The database is locked by another connection or process, or an I/O
+    /// call failed: the same write may well succeed if retried.
+    #[error("storage temporarily unavailable: {0}")]
+    Unavailable(String),
+    /// The database file is damaged or is not a database.
+    #[error("the database is corrupt: {0}")]
+    Corrupt(String),
+    /// The writer thread has stopped (the server is shutting down).
+    #[error("the storage writer has stopped")]
+    Stopped,
+    /// Anything else: a bug, or a state of the file this program did not
+    /// expect (a newer schema, a broken invariant).
+    #[error("storage error: {0}")]
+    Internal(String),
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
+        use rusqlite::ErrorCode as C;
+        let message = e.to_string();
+        match e.sqlite_error_code() {
+            Some(C::DiskFull) => StoreError::Full(message),
+            Some(
+                C::DatabaseBusy
+                | C::DatabaseLocked
+                | C::SystemIoFailure
+                | C::CannotOpen
+                | C::FileLockingProtocolFailed
+                | C::OutOfMemory
+                | C::ReadOnly
+                | C::PermissionDenied,
+            ) => StoreError::Unavailable(message),
+            Some(C::DatabaseCorrupt | C::NotADatabase) => StoreError::Corrupt(message),
+            _ => StoreError::Internal(message),
+        }
     }
 }
 

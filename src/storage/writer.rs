@@ -74,7 +74,7 @@ impl<T: Send + 'static> Writer<T> {
         let thread = std::thread::Builder::new()
             .name("wsgate-writer".into())
             .spawn(move || run(&*store, receiver, max_batch, on_commit))
-            .map_err(|e| StoreError(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok((Writer { queue }, WriterHandle { thread }))
     }
 
@@ -84,7 +84,7 @@ impl<T: Send + 'static> Writer<T> {
         self.queue
             .send((write, tag))
             .await
-            .map_err(|_| StoreError("the writer has stopped".into()))
+            .map_err(|_| StoreError::Stopped)
     }
 }
 
@@ -95,8 +95,8 @@ impl WriterHandle {
     pub async fn join(self) -> Result<(), StoreError> {
         tokio::task::spawn_blocking(move || self.thread.join())
             .await
-            .map_err(|e| StoreError(format!("cannot wait for the writer thread: {e}")))?
-            .map_err(|_| StoreError("the writer thread panicked".into()))
+            .map_err(|e| StoreError::Internal(format!("cannot wait for the writer thread: {e}")))?
+            .map_err(|_| StoreError::Internal("the writer thread panicked".into()))
     }
 }
 
@@ -123,7 +123,7 @@ fn run<S: Store + ?Sized, T>(
             Ok(written) if written.len() == count => written.into_iter().map(Ok).collect(),
             // A store breaking its contract must not make results go missing.
             Ok(written) => {
-                let err = StoreError(format!(
+                let err = StoreError::Internal(format!(
                     "the store returned {} results for {count} writes",
                     written.len()
                 ));
@@ -248,7 +248,7 @@ mod tests {
                 room_id: "r".into(),
                 limit: 1,
                 before_seq: 0,
-                after_seq: 0,
+                after_seq: None,
             })
             .unwrap();
         assert_eq!(page.messages[0].seq, 5000);
@@ -263,10 +263,10 @@ mod tests {
             let mut written = Vec::new();
             for write in writes {
                 let Write::EnsureUser { user_id, now_us } = write else {
-                    return Err(StoreError("unexpected write".into()));
+                    return Err(StoreError::Internal("unexpected write".into()));
                 };
                 match user_id.as_str() {
-                    "fail" => return Err(StoreError("disk full".into())),
+                    "fail" => return Err(StoreError::Full("disk full".into())),
                     "short" => continue,
                     _ => written.push(Written::User(UserRecord {
                         name: user_id.clone(),
@@ -279,11 +279,11 @@ mod tests {
         }
 
         fn history(&self, _: &HistoryQuery) -> Result<HistoryPage, StoreError> {
-            Err(StoreError("not in this fake".into()))
+            Err(StoreError::Internal("not in this fake".into()))
         }
 
         fn get_user(&self, _: &str) -> Result<Option<UserRecord>, StoreError> {
-            Err(StoreError("not in this fake".into()))
+            Err(StoreError::Internal("not in this fake".into()))
         }
     }
 
@@ -304,8 +304,10 @@ mod tests {
             let (tag, result) = &batch[0];
             assert_eq!(*tag, i);
             match (user, result) {
-                ("fail", Err(err)) => assert_eq!(err.0, "disk full"),
-                ("short", Err(err)) => assert!(err.0.contains("0 results for 1 writes"), "{err}"),
+                ("fail", Err(err)) => assert_eq!(err, &StoreError::Full("disk full".into())),
+                ("short", Err(err)) => {
+                    assert!(err.to_string().contains("0 results for 1 writes"), "{err}")
+                }
                 ("ok", Ok(Written::User(user))) => assert_eq!(user.id, "ok"),
                 other => panic!("unexpected {other:?}"),
             }
@@ -324,7 +326,13 @@ mod tests {
             now_us: 7,
         };
         writer.submit(ensure(), ()).await.unwrap();
-        assert!(join(handle).await.unwrap_err().0.contains("panicked"));
+        assert!(
+            join(handle)
+                .await
+                .unwrap_err()
+                .to_string()
+                .contains("panicked")
+        );
         assert!(writer.submit(ensure(), ()).await.is_err());
     }
 }

@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
@@ -18,44 +19,109 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use wsgate::proto::chat::chat_service_client::ChatServiceClient;
-use wsgate::storage::{SqliteOptions, SqliteStore};
+use wsgate::storage::{SqliteOptions, SqliteStore, Store};
 use wsgate::{proxy, server};
 
 /// How long a test waits for any one expected event before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A task of the system under test (a server or a gateway) running inside
+/// the test process. Whether the test stops it ([`Task::stop`]) or just drops
+/// it, a task that failed fails the test: an error inside a server task is
+/// never lost behind a test that passed.
+struct Task {
+    name: &'static str,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Task {
+    fn spawn(
+        name: &'static str,
+        run: impl FnOnce(CancellationToken) -> BoxFuture<'static, anyhow::Result<()>>,
+    ) -> Task {
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(run(shutdown.clone()));
+        Task {
+            name,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Shuts down gracefully; panics if it does not stop in time or fails.
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        let result = tokio::time::timeout(WAIT, handle)
+            .await
+            .unwrap_or_else(|_| panic!("{} stops in time", self.name));
+        surface(self.name, result);
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if std::thread::panicking() {
+            return;
+        }
+        // Already over: then it ended on its own, and how matters.
+        if let Some(handle) = self.handle.as_mut()
+            && let Some(result) = handle.now_or_never()
+        {
+            surface(self.name, result);
+        }
+    }
+}
+
+/// Re-raises a task's panic or error in the test.
+fn surface(name: &str, result: Result<anyhow::Result<()>, tokio::task::JoinError>) {
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{name} failed: {e:#}"),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("{name} task: {e}"),
+    }
+}
+
 /// A chat server running inside the test process.
 pub struct Server {
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: Task,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
     /// A server on a fresh database in a temporary directory.
     pub async fn start() -> Server {
+        Server::start_configured(server::Config::default()).await
+    }
+
+    /// A server with these settings on a fresh database.
+    pub async fn start_configured(config: server::Config) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut server =
-            Server::start_with(&dir.path().join("chat.db"), server::Config::default()).await;
+        let mut server = Server::start_with(&dir.path().join("chat.db"), config).await;
         server._dir = Some(dir);
         server
     }
 
     pub async fn start_with(db: &Path, config: server::Config) -> Server {
         let store = SqliteStore::open(db, SqliteOptions::default()).expect("open store");
+        Server::start_on(Arc::new(store), config).await
+    }
+
+    /// A server on any store (a fake one, to make storage fail).
+    pub async fn start_on(store: Arc<dyn Store>, config: server::Config) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(server::run(
-            listener,
-            Arc::new(store),
-            config,
-            shutdown.clone(),
-        ));
+        let task = Task::spawn("chat server", |shutdown| {
+            server::run(listener, store, config, shutdown).boxed()
+        });
         Server {
             addr,
-            shutdown,
             task,
             _dir: None,
         }
@@ -79,19 +145,14 @@ impl Server {
 
     /// Shuts down gracefully and waits until storage is flushed.
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("server stops in time");
-        result.expect("server task").expect("server run");
+        self.task.stop().await;
     }
 }
 
 /// The gateway running inside the test process.
 pub struct Proxy {
     pub addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: Task,
 }
 
 impl Proxy {
@@ -107,13 +168,10 @@ impl Proxy {
         let gateway = Arc::new(proxy::Gateway::from_service(&service, None).expect("gateway"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(proxy::run(listener, gateway, config, shutdown.clone()));
-        Proxy {
-            addr,
-            shutdown,
-            task,
-        }
+        let task = Task::spawn("gateway", |shutdown| {
+            proxy::run(listener, gateway, config, shutdown).boxed()
+        });
+        Proxy { addr, task }
     }
 
     pub fn url(&self) -> String {
@@ -125,11 +183,7 @@ impl Proxy {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("proxy stops in time");
-        result.expect("proxy task").expect("proxy run");
+        self.task.stop().await;
     }
 }
 
@@ -148,6 +202,12 @@ impl System {
 
     pub async fn connect(&self) -> Ws {
         self.proxy.connect().await
+    }
+
+    /// Stops the gateway, then the server; fails the test if either failed.
+    pub async fn stop(self) {
+        self.proxy.stop().await;
+        self.server.stop().await;
     }
 }
 

@@ -99,7 +99,7 @@ async fn newest_seq(client: &mut ChatServiceClient<Channel>, room: &str) -> anyh
             room_id: room.to_owned(),
             limit: 1,
             before_seq: 0,
-            after_seq: 0,
+            after_seq: None,
         })
         .await
         .context("GetChatHistory failed")?
@@ -229,7 +229,7 @@ async fn series(
                             room_id: room.clone(),
                             limit: page_limit,
                             before_seq: before,
-                            after_seq: 0,
+                            after_seq: None,
                         })
                         .await;
                     let ns = sent.elapsed().as_nanos() as u64;
