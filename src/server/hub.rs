@@ -103,6 +103,11 @@ impl Outbox {
         self.stream
     }
 
+    /// How the stream ends, when the server ends it.
+    pub fn end(&self) -> &Arc<StreamEnd> {
+        &self.end
+    }
+
     /// Queues a frame without waiting; ends the stream if its queue is full.
     pub fn push(&self, frame: ChatStream) {
         self.push_shared(Arc::new(frame));

@@ -113,7 +113,6 @@ impl ChatService for ChatServiceImpl {
             self.hub.clone(),
             self.writer.clone(),
             outbox,
-            end.clone(),
             self.max_content_bytes,
         );
         self.sessions

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use super::errors::ChatError;
-use super::hub::{Hub, Outbox, StreamEnd, Tag};
+use super::hub::{Hub, Outbox, Tag};
 use super::{now_us, validate};
 use crate::proto::chat::{self, ChatStream, chat_stream::Event};
 use crate::storage::{NewMessage, Write, Writer};
@@ -17,7 +17,6 @@ pub struct Session {
     hub: Arc<Hub>,
     writer: Writer<Tag>,
     outbox: Outbox,
-    end: Arc<StreamEnd>,
     max_content_bytes: usize,
     /// Room -> the user this stream joined it as (`None`: a listener).
     /// Ordered so that the resume state a gateway keeps is stable.
@@ -31,14 +30,12 @@ impl Session {
         hub: Arc<Hub>,
         writer: Writer<Tag>,
         outbox: Outbox,
-        end: Arc<StreamEnd>,
         max_content_bytes: usize,
     ) -> Self {
         Session {
             hub,
             writer,
             outbox,
-            end,
             max_content_bytes,
             joins: BTreeMap::new(),
             users: HashSet::new(),
@@ -52,7 +49,7 @@ impl Session {
     #[tracing::instrument(name = "chat_stream", skip_all, fields(stream = ?self.outbox.stream()))]
     pub async fn run(mut self, mut inbound: Streaming<ChatStream>, shutdown: CancellationToken) {
         tracing::debug!("stream opened");
-        let end = self.end.clone();
+        let end = self.outbox.end().clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -286,10 +283,9 @@ mod tests {
             })
             .unwrap();
         let (tx, rx) = mpsc::channel(64);
-        let end = Arc::new(StreamEnd::default());
-        let outbox = Outbox::new(StreamId::next(), tx, end.clone());
+        let outbox = Outbox::new(StreamId::next(), tx, Arc::default());
         Harness {
-            session: Session::new(hub, writer, outbox, end, 4096),
+            session: Session::new(hub, writer, outbox, 4096),
             rx,
             _writer: handle,
             _dir: dir,
