@@ -36,6 +36,7 @@ async fn the_handouts_postman_frame_is_echoed_as_confirmation() {
         frame.get("request_id").is_none(),
         "no request_id was sent: {frame}"
     );
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -78,6 +79,7 @@ async fn every_member_gets_every_message_in_one_order() {
     }
     assert_eq!(orders[0], orders[1]);
     assert_eq!(orders[1], orders[2]);
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -98,6 +100,7 @@ async fn rooms_are_isolated() {
         seen.iter().all(|f| f["chat_message"]["room_id"] == "b"),
         "bob saw another room: {seen:?}"
     );
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -126,6 +129,7 @@ async fn leaving_a_room_stops_its_messages() {
         seen.iter().all(|f| f["chat_message"]["id"] != "after"),
         "alice got room b after leaving: {seen:?}"
     );
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -142,6 +146,7 @@ async fn a_resend_is_stored_once_and_confirmed_with_the_original() {
     // The same id from another sender is another message.
     let other = ws.say("r", "v", "same-id", "from v").await;
     assert_eq!(other["seq"], "2");
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -152,6 +157,7 @@ async fn an_empty_id_gets_a_server_generated_one() {
     let frame = ws.recv_until(|f| f["request_id"] == "r1").await;
     let id = frame["chat_message"]["id"].as_str().unwrap();
     assert!(id.len() >= 16, "generated id: {id:?}");
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -167,6 +173,7 @@ async fn request_id_comes_back_on_the_senders_echo_only() {
     assert_eq!(own["request_id"], "req-7");
     let theirs = bob.recv_until(|f| f["chat_message"]["id"] == "x").await;
     assert!(theirs.get("request_id").is_none(), "{theirs}");
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -191,6 +198,7 @@ async fn get_user_finds_users_and_says_not_found_with_the_request_id() {
             .contains("nobody"),
         "{reply}"
     );
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -223,6 +231,7 @@ async fn a_user_can_change_its_name_and_goes_offline_when_its_stream_ends() {
         );
         tokio::task::yield_now().await;
     }
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -238,6 +247,7 @@ async fn lower_camel_case_input_is_accepted() {
         frame["chat_message"]["room_id"], "r",
         "output uses proto names: {frame}"
     );
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -261,4 +271,5 @@ async fn a_client_that_vanishes_does_not_disturb_the_others() {
     }
     let last = bob.recv_until(|f| f["chat_message"]["id"] == "a19").await;
     assert_eq!(last["chat_message"]["sender_id"], "alice");
+    system.stop().await;
 }

@@ -36,6 +36,7 @@ async fn health_says_serving() {
         .unwrap()
         .into_inner();
     assert_eq!(reply.status(), ServingStatus::Serving);
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -58,6 +59,7 @@ async fn reflection_lists_the_chat_service() {
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"chat.ChatService"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -72,6 +74,7 @@ async fn get_user_of_an_unknown_id_is_not_found() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -118,6 +121,7 @@ async fn an_invalid_frame_gets_an_error_event_and_the_stream_goes_on() {
             (Some("good".into()), Code::Ok, "1".into()),
         ]
     );
+    server.stop().await;
 }
 
 /// Thousands of small frames waiting, unread, on one HTTP/2 connection, as
@@ -212,6 +216,7 @@ async fn thousands_of_unread_small_frames_do_not_close_the_connection() {
         }
     }
     assert_eq!(echoes, ["m1", "m2", "m3", "last"]);
+    server.stop().await;
 }
 
 /// An encoded `ChatStream` with a chat message.

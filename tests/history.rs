@@ -108,6 +108,7 @@ async fn paging_backwards_and_forwards_covers_every_message_once() {
         )
         .await;
     assert_eq!(seqs(&page), vec![11, 12, 13, 14]);
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -135,6 +136,7 @@ async fn catching_up_page_by_page_after_a_seq_has_no_gap_or_duplicate() {
         after = page.messages.last().unwrap().seq;
     }
     assert_eq!(got, (4..=125).collect::<Vec<_>>());
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -180,6 +182,7 @@ async fn the_limit_defaults_to_50_and_is_capped_at_500() {
         .await;
     assert_eq!(seqs(&page).len(), 500);
     assert_eq!(page["chat_history"]["has_more"], true);
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -193,4 +196,5 @@ async fn an_unknown_room_has_an_empty_history_and_every_field_is_present() {
         page["chat_history"],
         json!({"room_id": "nowhere", "messages": [], "has_more": false})
     );
+    system.stop().await;
 }

@@ -38,6 +38,7 @@ async fn a_join_is_answered_with_who_is_there_and_others_learn_of_it() {
         left["presence"],
         json!({"room_id": "r", "online": [], "offline": ["bob"], "snapshot": false})
     );
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -58,6 +59,7 @@ async fn a_user_with_two_connections_stays_present_until_the_last_leaves() {
     carol.join("r", "carol").await;
     let next = ada.recv_until(|f| presence(f).is_some()).await;
     assert_eq!(next["presence"]["online"], json!(["carol"]), "{next}");
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -90,6 +92,7 @@ async fn typing_reaches_the_others_and_is_never_stored() {
         !contents.contains(&json!("typing")) && contents.len() == 3,
         "{contents:?}"
     );
+    system.stop().await;
 }
 
 #[tokio::test]
@@ -104,6 +107,7 @@ async fn typing_outside_a_joined_room_is_refused() {
         .await;
     let reply = ada.recv_until(|f| f["request_id"] == "p").await;
     assert_eq!(reply["error"]["code"], "INVALID_ARGUMENT", "{reply}");
+    system.stop().await;
 }
 
 /// A dashboard or a script written against the handout joins with the room
