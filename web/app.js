@@ -255,12 +255,8 @@ function onConnected() {
   fresh.clear();
   scheduleRender();
   call("set_user_name", { user_id: userId, name: userName }).catch(() => {});
-  for (const r of rooms.values()) sendFrame({ join_room: { room_id: r.name, user_id: userId } });
   flushOutbox(true);
-  for (const r of rooms.values()) {
-    catchUp(r);
-    verifySoon(r);
-  }
+  for (const r of rooms.values()) enterRoom(r);
 }
 
 function onFrame(frame) {
@@ -438,14 +434,22 @@ function minSeq(r) {
 }
 
 /**
- * join_room has no answer, so a history call can overtake it: a message stored
- * in between would arrive neither way. A second catch-up a moment later closes
- * that window (it costs one request per room when nothing was missed).
+ * Joins the room on the server, then catches up. The join's answer (the
+ * presence snapshot, with our request_id) comes once the server counts this
+ * connection in the room: every message stored after it arrives live, and the
+ * history call made after it covers everything before, so nothing falls
+ * between the two.
  */
-function verifySoon(r) {
-  setTimeout(() => {
-    if (isOpen() && rooms.get(r.name) === r) catchUp(r);
-  }, 1500);
+function enterRoom(r) {
+  call("join_room", { room_id: r.name, user_id: userId })
+    .then((f) => {
+      if (f.presence) onPresence(f.presence);
+    })
+    // Closed meanwhile: the re-join after reconnecting does it again.
+    .catch(() => {})
+    .finally(() => {
+      if (isOpen() && rooms.get(r.name) === r) catchUp(r);
+    });
 }
 
 function confirmOutbox(m) {
@@ -626,9 +630,7 @@ function joinRoom(name, select = true) {
   const r = roomState(name);
   if (isNew) {
     saveRooms();
-    sendFrame({ join_room: { room_id: name, user_id: userId } });
-    catchUp(r);
-    verifySoon(r);
+    enterRoom(r);
   }
   if (select) selectRoom(name);
   else renderRooms();
