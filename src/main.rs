@@ -87,6 +87,7 @@ struct ServerArgs {
           value_parser = listen_address)]
     grpc_listen: String,
     /// SQLite file holding users and message history; created if missing.
+    /// One server per file: it is locked (FILE.lock) while in use.
     #[arg(long, env = "WSGATE_DB", default_value = "wsgate.db")]
     db: PathBuf,
     /// Sync every commit to disk (survives power loss, slower). Without it a

@@ -55,7 +55,8 @@ async fn a_bare_upstream_address_is_taken_as_http() {
         "--listen",
         "127.0.0.1:0",
         "--upstream",
-        &server.addr.to_string(),
+        // No scheme, and a name rather than an address.
+        &format!("localhost:{}", server.addr.port()),
     ]);
     let proxy = spawn_listening(proxy, "WebSocket gateway listening");
 
