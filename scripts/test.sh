@@ -5,7 +5,15 @@
 #  2. browser end-to-end tests of the web client in headless Chromium
 #     (scripts/e2e.sh installs Chromium and the npm packages if missing).
 # Usage: scripts/test.sh [extra cargo test args]
+#        scripts/test.sh -h|--help   prints this and exits
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for arg in "$@"; do
+  case "$arg" in
+    # Only before `--`: after it, arguments belong to the test binaries.
+    --) break ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+  esac
+done
 cargo test --locked --workspace --all-targets "$@"
 scripts/e2e.sh

@@ -1,14 +1,17 @@
 //! `wsgate`: the command line. It parses flags, opens storage, binds the
 //! listeners and calls the library's `run` functions; nothing else.
 
+use std::collections::HashSet;
 use std::io::IsTerminal;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +28,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// How long a graceful shutdown may take before the process just exits.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame queue a flag accepts: tokio's bounded channels panic above
+/// `usize::MAX >> 3`, and a million frames is already gigabytes of memory.
+const MAX_QUEUE: usize = 1 << 20;
+/// Longest keepalive interval: beyond a day, time arithmetic on it overflows
+/// long before it would be of any use.
+const MAX_PING_INTERVAL_SECS: u64 = 24 * 60 * 60;
+/// Most HTTP/2 connections to the upstream: each is a task and buffers.
+const MAX_UPSTREAM_CONNECTIONS: usize = 1024;
 
 /// wsgate: browsers talk to gRPC services over WebSocket.
 ///
@@ -70,58 +81,72 @@ struct ProxyArgs {
 #[derive(Args)]
 #[command(next_help_heading = "Chat server")]
 struct ServerArgs {
-    /// Address the gRPC server listens on.
-    #[arg(long, env = "WSGATE_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
-    grpc_listen: SocketAddr,
+    /// Address the gRPC server listens on: HOST:PORT, where HOST is an IP
+    /// address or a name ([::1]:50051, localhost:50051).
+    #[arg(long, env = "WSGATE_GRPC_LISTEN", default_value = "0.0.0.0:50051",
+          value_parser = listen_address)]
+    grpc_listen: String,
     /// SQLite file holding users and message history; created if missing.
+    /// One server per file: it is locked (FILE.lock) while in use.
     #[arg(long, env = "WSGATE_DB", default_value = "wsgate.db")]
     db: PathBuf,
     /// Sync every commit to disk (survives power loss, slower). Without it a
     /// confirmed message still survives a crash of the process.
-    #[arg(long, env = "WSGATE_FSYNC")]
+    /// The variable takes 1/0, true/false, yes/no, on/off.
+    #[arg(long, env = "WSGATE_FSYNC", value_parser = BoolishValueParser::new())]
     fsync: bool,
     /// Largest message content, in bytes.
-    #[arg(long, env = "WSGATE_MAX_CONTENT_BYTES", default_value_t = server::DEFAULT_MAX_CONTENT_BYTES)]
+    #[arg(long, env = "WSGATE_MAX_CONTENT_BYTES", default_value_t = server::DEFAULT_MAX_CONTENT_BYTES,
+          value_parser = at_least_one::<usize>)]
     max_content_bytes: usize,
     /// Frames queued towards one Chat stream before it counts as too slow
     /// and is ended with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "WSGATE_STREAM_BUFFER", default_value_t = server::DEFAULT_STREAM_BUFFER)]
+    #[arg(long, env = "WSGATE_STREAM_BUFFER", default_value_t = server::DEFAULT_STREAM_BUFFER,
+          value_parser = queue_length)]
     stream_buffer: usize,
 }
 
 #[derive(Args)]
 #[command(next_help_heading = "WebSocket gateway")]
 struct GatewayArgs {
-    /// Address the WebSocket gateway (and web client) listens on.
-    #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
-    listen: SocketAddr,
+    /// Address the WebSocket gateway (and web client) listens on: HOST:PORT,
+    /// where HOST is an IP address or a name ([::1]:8080, localhost:8080).
+    #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080",
+          value_parser = listen_address)]
+    listen: String,
     /// Largest frame a browser may send, in bytes; bigger ones close the
     /// connection with code 1009.
-    #[arg(long, env = "WSGATE_MAX_FRAME_BYTES", default_value_t = proxy::DEFAULT_MAX_FRAME_BYTES)]
+    #[arg(long, env = "WSGATE_MAX_FRAME_BYTES", default_value_t = proxy::DEFAULT_MAX_FRAME_BYTES,
+          value_parser = at_least_one::<usize>)]
     max_frame_bytes: usize,
     /// Seconds between keepalive pings; a peer silent for two intervals is dropped.
     #[arg(long, env = "WSGATE_PING_INTERVAL", value_name = "SECONDS",
-          default_value_t = proxy::DEFAULT_PING_INTERVAL.as_secs())]
+          default_value_t = proxy::DEFAULT_PING_INTERVAL.as_secs(),
+          value_parser = ping_interval)]
     ping_interval: u64,
     /// Frames queued towards one browser before it counts as too slow and is
     /// closed with code 1008.
-    #[arg(long, env = "WSGATE_OUTBOUND_QUEUE", default_value_t = proxy::DEFAULT_OUTBOUND_QUEUE)]
+    #[arg(long, env = "WSGATE_OUTBOUND_QUEUE", default_value_t = proxy::DEFAULT_OUTBOUND_QUEUE,
+          value_parser = queue_length)]
     outbound_queue: usize,
     /// HTTP/2 connections to the upstream service; sessions' streams are
     /// spread over them in turn.
     #[arg(long, env = "WSGATE_UPSTREAM_CONNECTIONS",
-          default_value_t = proxy::DEFAULT_UPSTREAM_CONNECTIONS)]
+          default_value_t = proxy::DEFAULT_UPSTREAM_CONNECTIONS,
+          value_parser = upstream_connections)]
     upstream_connections: usize,
 }
 
 #[derive(Args)]
 #[command(next_help_heading = "Upstream gRPC service")]
 struct UpstreamArgs {
-    /// URI of the gRPC service.
+    /// Address of the gRPC service: http://HOST:PORT, or just HOST:PORT
+    /// (plaintext HTTP/2 either way; TLS is not supported yet).
     #[arg(
         long,
         env = "WSGATE_UPSTREAM",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:50051",
+        value_parser = upstream_uri
     )]
     upstream: String,
     /// Encoded FileDescriptorSet describing the service (e.g. from
@@ -138,9 +163,50 @@ struct UpstreamArgs {
     stream_method: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// An error ends the process with its message and causes, one line, exit
+/// status 1; never with the `Debug` form `main` returning `Err` would print,
+/// which under `RUST_BACKTRACE=1` adds a backtrace to an expected failure
+/// (a port in use).
+fn main() -> ExitCode {
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line. The top-level help shows the flags of the default mode;
+/// those only the gateway alone takes are named after them, so that
+/// `wsgate --help` mentions every flag.
+fn command() -> clap::Command {
+    let command = Cli::command();
+    let top: HashSet<&str> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .collect();
+    let proxy_only: Vec<String> = command
+        .find_subcommand("proxy")
+        .into_iter()
+        .flat_map(|proxy| proxy.get_arguments())
+        .filter_map(|a| a.get_long())
+        .filter(|long| !top.contains(long))
+        .map(|long| format!("--{long}"))
+        .collect();
+    let note = format!(
+        "`wsgate proxy` (the gateway alone) also takes {}: see `wsgate proxy --help`.",
+        proxy_only.join(", ")
+    );
+    command.after_help(note)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::All(cli.all)) {
@@ -168,8 +234,8 @@ fn init_logging() {
 async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let gateway = Arc::new(build_gateway(&UpstreamArgs::builtin())?);
     let store = open_store(&args.server)?;
-    let grpc = bind(args.server.grpc_listen).await?;
-    let web = bind(args.gateway.listen).await?;
+    let grpc = bind(&args.server.grpc_listen).await?;
+    let web = bind(&args.gateway.listen).await?;
     let upstream = format!("http://{}", reachable(grpc.local_addr()?));
     let shutdown = shutdown_on_signal();
     // If either half stops (an error), the other is stopped too.
@@ -203,13 +269,13 @@ async fn stop_all_when_done(
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let store = open_store(&args)?;
-    let grpc = bind(args.grpc_listen).await?;
+    let grpc = bind(&args.grpc_listen).await?;
     server::run(grpc, store, server_config(&args), shutdown_on_signal()).await
 }
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let gateway = Arc::new(build_gateway(&args.upstream)?);
-    let web = bind(args.gateway.listen).await?;
+    let web = bind(&args.gateway.listen).await?;
     let config = proxy_config(&args.gateway, args.upstream.upstream.clone());
     proxy::run(web, gateway, config, shutdown_on_signal()).await
 }
@@ -264,7 +330,7 @@ fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
 fn server_config(args: &ServerArgs) -> server::Config {
     server::Config {
         max_content_bytes: args.max_content_bytes,
-        stream_buffer: args.stream_buffer.max(1),
+        stream_buffer: args.stream_buffer,
         writer: WriterOptions::default(),
     }
 }
@@ -272,17 +338,141 @@ fn server_config(args: &ServerArgs) -> server::Config {
 fn proxy_config(args: &GatewayArgs, upstream: String) -> proxy::Config {
     proxy::Config {
         max_frame_bytes: args.max_frame_bytes,
-        ping_interval: Duration::from_secs(args.ping_interval.max(1)),
-        outbound_queue: args.outbound_queue.max(1),
-        upstream_connections: args.upstream_connections.max(1),
+        ping_interval: Duration::from_secs(args.ping_interval),
+        outbound_queue: args.outbound_queue,
+        upstream_connections: args.upstream_connections,
         ..proxy::Config::new(upstream)
     }
 }
 
-async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
+/// Listens on `addr` (HOST:PORT, checked by [`listen_address`]): on the
+/// first of the addresses HOST resolves to that can be bound.
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let candidates = tokio::net::lookup_host(addr)
         .await
-        .with_context(|| format!("cannot listen on {addr}"))
+        .with_context(|| format!("cannot resolve {addr}"))?;
+    let mut failure = None;
+    for candidate in candidates {
+        match TcpListener::bind(candidate).await {
+            Ok(listener) => {
+                if addr.parse::<SocketAddr>().is_err() {
+                    tracing::info!(listen = addr, address = %candidate, "resolved");
+                }
+                return Ok(listener);
+            }
+            Err(e) => {
+                tracing::debug!(listen = addr, address = %candidate, error = %e, "cannot bind");
+                failure = Some((candidate, e));
+            }
+        }
+    }
+    match failure {
+        Some((candidate, e)) if candidate.to_string() == addr => {
+            Err(e).with_context(|| format!("cannot listen on {addr}"))
+        }
+        Some((candidate, e)) => {
+            Err(e).with_context(|| format!("cannot listen on {addr} (at {candidate})"))
+        }
+        None => bail!("cannot listen on {addr}: the name resolves to no address"),
+    }
+}
+
+/// Checks a HOST:PORT to listen on; the name is resolved when binding.
+fn listen_address(value: &str) -> Result<String, String> {
+    const EXPECTED: &str = "expected HOST:PORT, e.g. 0.0.0.0:8080, localhost:8080 or [::1]:8080";
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(format!("no port: {EXPECTED}"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{port:?} is not a port (0 to 65535): {EXPECTED}"));
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) if v6.parse::<Ipv6Addr>().is_err() => {
+            Err(format!("{v6:?} is not an IPv6 address: {EXPECTED}"))
+        }
+        Some(_) => Ok(value.to_owned()),
+        None if host.is_empty() => Err(format!(
+            "no host (0.0.0.0 for every IPv4 interface): {EXPECTED}"
+        )),
+        None if host.contains(':') => Err(format!(
+            "an IPv6 address goes in brackets, [{host}]:{port}: {EXPECTED}"
+        )),
+        None => Ok(value.to_owned()),
+    }
+}
+
+/// The upstream's URI: `http://HOST:PORT` as given, or a bare `HOST:PORT`
+/// made into one (without a scheme, every call would fail with a bare
+/// "transport error"). Only plaintext: tonic is built here without TLS.
+fn upstream_uri(value: &str) -> Result<String, String> {
+    const EXPECTED: &str = "expected http://HOST:PORT or HOST:PORT";
+    let uri = if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("http://{value}")
+    };
+    let parsed: tonic::transport::Uri = uri
+        .parse()
+        .map_err(|e| format!("not an address ({e}): {EXPECTED}"))?;
+    match parsed.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "TLS to the upstream is not supported yet: give a plaintext http:// address, or put a TLS proxy in between ({EXPECTED})"
+            ));
+        }
+        other => {
+            let scheme = other.unwrap_or_default();
+            return Err(format!("scheme {scheme:?} is not supported: {EXPECTED}"));
+        }
+    }
+    if parsed.host().is_none_or(str::is_empty) {
+        return Err(format!("no host: {EXPECTED}"));
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() {
+        return Err(format!(
+            "the upstream is an address, without a path: {EXPECTED}"
+        ));
+    }
+    Ok(uri)
+}
+
+/// A number of at least one: zero would mean no room at all, not "no limit".
+fn at_least_one<T>(value: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialEq + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let n: T = value.trim().parse().map_err(|e| format!("{e}"))?;
+    if n == T::from(0) {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
+/// `at_least_one`, and at most `max`.
+fn in_range<T>(value: &str, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + From<u8> + std::fmt::Display + Copy,
+    T::Err: std::fmt::Display,
+{
+    let n = at_least_one(value)?;
+    if n > max {
+        return Err(format!("must be at most {max}"));
+    }
+    Ok(n)
+}
+
+fn queue_length(value: &str) -> Result<usize, String> {
+    in_range(value, MAX_QUEUE)
+}
+
+fn ping_interval(value: &str) -> Result<u64, String> {
+    in_range(value, MAX_PING_INTERVAL_SECS)
+}
+
+fn upstream_connections(value: &str) -> Result<usize, String> {
+    in_range(value, MAX_UPSTREAM_CONNECTIONS)
 }
 
 /// The address to dial for a listener: a wildcard address is reached
@@ -337,4 +527,66 @@ async fn signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_are_host_and_port() {
+        for ok in [
+            "0.0.0.0:8080",
+            "localhost:0",
+            "[::1]:0",
+            "[::]:8080",
+            "example.com:443",
+        ] {
+            assert_eq!(listen_address(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "8080",
+            "localhost",
+            ":8080",
+            "::1:8080",
+            "[::1]",
+            "[x]:1",
+            "h:65536",
+            "h:-1",
+        ] {
+            assert!(listen_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_bare_upstream_is_plain_http() {
+        assert_eq!(
+            upstream_uri("127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(upstream_uri("chat:50051").unwrap(), "http://chat:50051");
+        assert_eq!(upstream_uri("[::1]:50051").unwrap(), "http://[::1]:50051");
+        assert_eq!(
+            upstream_uri("http://chat:50051/").unwrap(),
+            "http://chat:50051/"
+        );
+        for bad in [
+            "https://chat:443",
+            "unix:///tmp/s",
+            "http://",
+            "chat:1/x",
+            "http://chat:1?q",
+        ] {
+            assert!(upstream_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn counts_start_at_one() {
+        assert_eq!(at_least_one::<usize>("1"), Ok(1));
+        assert!(at_least_one::<usize>("0").is_err());
+        assert!(at_least_one::<u64>("-3").is_err());
+        assert_eq!(queue_length("1048576"), Ok(MAX_QUEUE));
+        assert!(queue_length("1048577").is_err());
+    }
 }

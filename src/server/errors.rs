@@ -100,7 +100,9 @@ impl ChatError {
 fn storage_code(e: &StoreError) -> Code {
     match e {
         StoreError::Full(_) => Code::ResourceExhausted,
-        StoreError::Unavailable(_) | StoreError::Stopped => Code::Unavailable,
+        // A database file deleted under the server: nothing is stored until
+        // it restarts, and its health check says NOT_SERVING meanwhile.
+        StoreError::Unavailable(_) | StoreError::File(_) | StoreError::Stopped => Code::Unavailable,
         StoreError::Corrupt(_) => Code::DataLoss,
         StoreError::Internal(_) => Code::Internal,
     }

@@ -40,6 +40,9 @@ pub const DEFAULT_MAX_CONTENT_BYTES: usize = 4096;
 /// Default outbound queue per stream, in frames: about a few seconds of a busy
 /// room, so a client on a slow link rides out a burst without being dropped.
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
+/// How often the health check asks the store whether writes are still
+/// durable: a server with no traffic must notice a deleted database too.
+const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The server's settings, validated by the caller.
 #[derive(Debug, Clone)]
@@ -77,7 +80,7 @@ pub async fn run(
     let chat = ChatServiceImpl {
         hub,
         writer,
-        store,
+        store: store.clone(),
         max_content_bytes: config.max_content_bytes,
         stream_buffer: config.stream_buffer,
         shutdown: shutdown.clone(),
@@ -88,6 +91,10 @@ pub async fn run(
     health_reporter
         .set_serving::<ChatServiceServer<ChatServiceImpl>>()
         .await;
+    // Stops when `run` returns, however it returns.
+    let health_checks = shutdown.child_token();
+    let _stop_health_checks = health_checks.clone().drop_guard();
+    tokio::spawn(report_store_health(store, health_reporter, health_checks));
     // Both versions: grpcurl asks for v1, older Postman builds for v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -118,6 +125,50 @@ pub async fn run(
     writer_thread.join().await?;
     tracing::info!("gRPC chat server stopped; storage flushed");
     Ok(())
+}
+
+/// Keeps the health of `chat.ChatService` and of the server as a whole (the
+/// service "") in step with [`Store::healthy`], until `stop`.
+async fn report_store_health(
+    store: Arc<dyn Store>,
+    reporter: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    use tonic::server::NamedService as _;
+    use tonic_health::ServingStatus;
+
+    let mut ticks = tokio::time::interval(STORE_CHECK_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut was_healthy = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        // A stat or two: cheap, but still blocking I/O.
+        let store = store.clone();
+        let healthy = match tokio::task::spawn_blocking(move || store.healthy()).await {
+            Ok(healthy) => healthy,
+            Err(e) => {
+                tracing::error!(error = %e, "store health check failed");
+                false
+            }
+        };
+        if healthy == was_healthy {
+            continue;
+        }
+        was_healthy = healthy;
+        let status = if healthy {
+            tracing::info!("storage works again: health is SERVING");
+            ServingStatus::Serving
+        } else {
+            tracing::error!("storage no longer durable: health is NOT_SERVING");
+            ServingStatus::NotServing
+        };
+        for service in ["", ChatServiceServer::<ChatServiceImpl>::NAME] {
+            reporter.set_service_status(service, status).await;
+        }
+    }
 }
 
 /// Microseconds since the Unix epoch, by the system clock.

@@ -5,6 +5,8 @@
 //!   they run on the writer thread or under `spawn_blocking`, never on the
 //!   async runtime's worker threads.
 //! - `sqlite`: the embedded default engine, [`SqliteStore`].
+//! - `db_file`: the lock that keeps two stores off one database file, and
+//!   the watch that notices the file being deleted or replaced while open.
 //! - `checkpointer`: the thread that copies SQLite's WAL back into the
 //!   database file, so that no commit waits for a checkpoint.
 //! - `writer`: the group-commit loop, [`Writer`]: one thread owns every write,
@@ -13,9 +15,11 @@
 //!   thread is what gives every room a single order.
 
 mod checkpointer;
+mod db_file;
 mod sqlite;
 mod writer;
 
+pub use db_file::DbFileError;
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use writer::{Writer, WriterHandle, WriterOptions};
 
@@ -115,6 +119,10 @@ pub enum StoreError {
     /// The database file is damaged or is not a database.
     #[error("the database is corrupt: {0}")]
     Corrupt(String),
+    /// The database file cannot be used: another store has it open, or it
+    /// was deleted or replaced while open (see `db_file`).
+    #[error("{0}")]
+    File(String),
     /// The writer thread has stopped (the server is shutting down).
     #[error("the storage writer has stopped")]
     Stopped,
@@ -158,4 +166,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// A registered user, or `None`.
     fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    /// Whether writes are still stored durably: false when the engine knows
+    /// they no longer are (its file was deleted, say). Polled about once a
+    /// second for the health check, so it must be cheap.
+    fn healthy(&self) -> bool {
+        true
+    }
 }

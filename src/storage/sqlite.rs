@@ -44,6 +44,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::checkpointer::{self, Checkpointer};
+use super::db_file::{Lock, Watch};
 use super::{
     HistoryPage, HistoryQuery, NewMessage, Store, StoreError, StoredMessage, UserRecord, Write,
     Written,
@@ -155,6 +156,11 @@ pub struct SqliteStore {
     /// store stops it.
     #[cfg_attr(not(test), expect(dead_code, reason = "held for its Drop"))]
     checkpointer: Checkpointer,
+    /// Whether the database at the path is still the file open here.
+    file: Watch,
+    /// Last field, so dropped last: no other store opens the file until
+    /// every connection of this one is closed.
+    _lock: Lock,
 }
 
 /// The writer connection and what the writer remembers of the disk.
@@ -185,12 +191,15 @@ struct Room {
 impl SqliteStore {
     /// Opens (creating it and its directory if missing) the database at
     /// `path`, creates or migrates the schema, and opens the connections.
+    /// Fails if another store, in this process or another, has it open.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        // Before SQLite touches the file: even switching it to WAL is a write.
+        let lock = Lock::acquire(path)?;
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
         let mode: String =
@@ -210,6 +219,8 @@ impl SqliteStore {
         let readers = (0..options.readers.max(1))
             .map(|_| open_reader(path).map(Mutex::new))
             .collect::<Result<_, _>>()?;
+        // The WAL exists once a connection has read the database in WAL mode.
+        let file = Watch::new(path)?;
         Ok(SqliteStore {
             writer: Mutex::new(WriterState {
                 conn,
@@ -218,6 +229,8 @@ impl SqliteStore {
             readers,
             next_reader: AtomicUsize::new(0),
             checkpointer,
+            file,
+            _lock: lock,
         })
     }
 
@@ -262,6 +275,8 @@ impl Store for SqliteStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
+        // Writing into a file no start will open again is pointless.
+        self.file.ensure_not_lost()?;
         let mut writer = self.lock_writer();
         let WriterState { conn, cache } = &mut *writer;
         let result = apply(conn, cache, writes);
@@ -269,7 +284,17 @@ impl Store for SqliteStore {
             // The transaction was rolled back: forget what it did.
             *cache = Cache::default();
         }
-        Ok(result?)
+        let written = result?;
+        // After the commit, before anything is confirmed: a batch committed
+        // into a deleted or replaced file is as good as lost. One stat per
+        // batch, which group commit spreads over every write in it.
+        self.file.check()?;
+        Ok(written)
+    }
+
+    /// False once the database file at the path is deleted or replaced.
+    fn healthy(&self) -> bool {
+        self.file.check().is_ok()
     }
 
     fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {

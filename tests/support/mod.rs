@@ -3,10 +3,10 @@
 //! to them with a real WebSocket client and a real gRPC client.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,29 +340,11 @@ impl ServerProcess {
     /// Starts `wsgate server` on `db`, on `addr` (port 0 for any), and
     /// waits until it listens.
     pub fn spawn(db: &Path, addr: SocketAddr) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        let mut command = wsgate();
+        command
             .args(["server", "--grpc-listen", &addr.to_string(), "--db"])
-            .arg(db)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wsgate server");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("gRPC chat server listening")
-                    && let (Some(addr), Some(tx)) = (listen_addr(&line), tx.take())
-                {
-                    let _ = tx.send(addr);
-                }
-                eprintln!("[server] {line}");
-            }
-        });
-        let addr = rx.recv_timeout(WAIT).expect("server listening in time");
+            .arg(db);
+        let Listening { child, addr, .. } = spawn_listening(command, "gRPC chat server listening");
         ServerProcess {
             child,
             addr,
@@ -372,6 +354,10 @@ impl ServerProcess {
 
     pub fn uri(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -392,4 +378,107 @@ impl Drop for ServerProcess {
 fn listen_addr(line: &str) -> Option<SocketAddr> {
     let start = line.find("local=")? + "local=".len();
     line[start..].split_whitespace().next()?.parse().ok()
+}
+
+/// The `wsgate` binary, logging at info level without colours.
+pub fn wsgate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    command.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    command
+}
+
+/// A process started by [`spawn_listening`].
+pub struct Listening {
+    pub child: Child,
+    /// From the `local=ADDR` of the line waited for.
+    pub addr: SocketAddr,
+    /// Its log up to and including that line.
+    pub log: Vec<String>,
+}
+
+impl Listening {
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` and waits until it logs a line containing `marker`
+/// with a `local=ADDR` field. Its stderr goes on to the test's, prefixed.
+/// The caller stops the child ([`Listening::kill`]).
+pub fn spawn_listening(mut command: Command, marker: &str) -> Listening {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wsgate");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = marker.to_owned();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        let mut log = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[wsgate] {line}");
+            if tx.is_some() {
+                log.push(line.clone());
+            }
+            if line.contains(&wanted)
+                && let (Some(addr), Some(tx)) = (listen_addr(&line), tx.take())
+            {
+                let _ = tx.send((addr, std::mem::take(&mut log)));
+            }
+        }
+    });
+    match rx.recv_timeout(WAIT) {
+        Ok((addr, log)) => Listening { child, addr, log },
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no {marker:?} line in time");
+        }
+    }
+}
+
+/// What a process that ran to its end printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end (killing it if it outlives [`WAIT`]).
+pub fn run_to_exit(mut command: Command) -> Finished {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Each pipe on its own thread: a full one must not stall the other.
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            let _ = tx.send(text);
+        });
+        rx
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("stderr")));
+    // Both pipes reach their end when the process exits.
+    let (Ok(stdout), Ok(stderr)) = (stdout.recv_timeout(WAIT), stderr.recv_timeout(WAIT)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{command:?} did not exit in time");
+    };
+    let status = child.wait().expect("wait");
+    Finished {
+        status,
+        stdout,
+        stderr,
+    }
 }
