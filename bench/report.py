@@ -63,9 +63,12 @@ def system_key(system):
 
 
 def medians(runs):
-    """{bench: {system: {path: median}}} over the runs that reported a value."""
+    """{bench: {system: {path: median}}} over the runs that reported a value.
+    A failed run ("ok": false) is left out: its zeros are not figures."""
     values = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs:
+        if run["result"].get("ok") is False:
+            continue
         for bench, _, path, _, _ in ROWS:
             if run["bench"] != bench:
                 continue
@@ -163,7 +166,7 @@ def markdown(meds, runs, info, n_runs):
             lines.append(f"- {run['bench']}: `{run['command']}`")
     issues = problems(runs)
     if issues:
-        lines += ["", "Runs that were not clean:", ""] + [f"- {p}" for p in issues]
+        lines += ["", "Runs that failed (left out of the medians) or were not clean:", ""] + [f"- {p}" for p in issues]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,11 @@
 #             saturation, latency_1k, rooms_100x100, connections, ingest,
 #             history); a partial run writes its table to $BENCH_OUT only
 #             and leaves BENCHMARKS.md alone
+#
+# Exit status 1 when any run failed (wsgate-bench exited non-zero: a setup
+# failure, or a run that measured nothing), after the report is written:
+# failed runs are left out of the medians and listed under the table and,
+# with their reasons, at the end of the output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -54,6 +59,7 @@ RESULTS=$OUT/runs.jsonl
 : > "$RESULTS"
 
 PIDS=()
+FAILED=()
 stop_all() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
@@ -121,14 +127,21 @@ measure() {
     a=${args[$i]}; a=${a//@WS@/$WS_URL}; a=${a//@GRPC@/$GRPC_URL}; args[$i]=$a
   done
   [[ ${args[0]} == connections ]] && args+=("${MEM_PIDS[@]}")
-  local out=$WORK/result.json
+  local out=$WORK/result.json status=0
   # A scenario bounds its own time; the timeout only guards the harness.
-  if ! timeout 900 "$BIN/wsgate-bench" "${args[@]}" >"$out"; then
-    echo "wsgate-bench failed for $bench on $system (run $run)" >&2
-  fi
+  timeout 900 "$BIN/wsgate-bench" "${args[@]}" >"$out" || status=$?
   stop_all
   local result; result=$(tail -1 "$out")
-  [[ -n $result ]] || result='{"ok":false,"error":"no output"}'
+  if ! python3 -c 'import json,sys; json.loads(sys.argv[1])' "$result" 2>/dev/null; then
+    result="{\"ok\":false,\"error\":\"no JSON output (exit status $status)\"}"
+  fi
+  # A failed run: a non-zero exit, or a report that is not "ok": true.
+  local why
+  why=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("" if r.get("ok") is True else r.get("error", "not ok"))' "$result")
+  if [[ $status != 0 || -n $why ]]; then
+    FAILED+=("$bench · $system · run $run: exit status $status: ${why:-?}")
+    echo "FAILED: wsgate-bench $bench on $system (run $run), exit status $status: ${why:-?}" >&2
+  fi
   printf '{"bench":"%s","system":"%s","run":%d,"command":"wsgate-bench %s","result":%s}\n' \
     "$bench" "$system" "$run" "$*" "$result" >>"$RESULTS"
 }
@@ -188,4 +201,10 @@ if [[ $MODE == full && -z $ONLY ]]; then
   cp "$OUT/results.json" bench/results.json
 else
   python3 bench/report.py "$RESULTS" --mode "$MODE" --out "$OUT"
+fi
+
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+  printf '\n== FAILED: %d run(s) failed; their figures are not in the medians\n' "${#FAILED[@]}" >&2
+  printf '  %s\n' "${FAILED[@]}" >&2
+  exit 1
 fi

@@ -8,11 +8,14 @@ use crate::{connections, fanout, history, ingest, pingpong};
 ///
 /// Each scenario prints a human summary on stderr and exactly one JSON
 /// object (one line) with every figure on stdout. Exit status: 0 when the
-/// scenario ran (losses and errors during the measurement are figures:
-/// see "clean" in the JSON), 1 on a setup failure (cannot connect,
-/// membership never confirmed, not every connection joined, or arguments
-/// that parse but make no sense), 2 when the arguments do not parse. Latencies are in microseconds, rates per second over the
-/// measured window (after the warm-up). See bench/README.md.
+/// scenario ran and measured something (losses and errors during the
+/// measurement are figures: see "clean" in the JSON); 1 on a setup failure
+/// (cannot connect, membership never confirmed, not every connection
+/// joined, or arguments that parse but make no sense) and when the run
+/// measured nothing (no round trip, delivery or sample in the measured
+/// window), with "ok": false and the reason in "error"; 2 when the
+/// arguments do not parse. Latencies are in microseconds, rates per second
+/// over the measured window (after the warm-up). See bench/README.md.
 #[derive(Parser, Debug)]
 #[command(name = "wsgate-bench", version)]
 pub struct Cli {

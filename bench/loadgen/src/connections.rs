@@ -66,6 +66,9 @@ pub struct ConnectionsReport {
     pub scenario: &'static str,
     /// Every connection joined and was confirmed.
     pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub run: ConnectionsArgs,
     pub rooms: u32,
     pub setup: swarm::SetupReport,
@@ -193,9 +196,11 @@ pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsReport> {
             joined,
         )
     });
+    let error = missing(args.n, joined, &setup);
     Ok(ConnectionsReport {
         scenario: "connections",
-        ok: joined == args.n && setup.connect_failures == 0,
+        ok: error.is_none(),
+        error,
         run: args.clone(),
         rooms,
         connections: args.n,
@@ -211,6 +216,24 @@ pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsReport> {
         ended_while_open,
         setup,
     })
+}
+
+/// Why the run failed, if it did: not every connection joined (none at all
+/// is a run that measured nothing).
+fn missing(n: u32, joined: u32, setup: &swarm::SetupReport) -> Option<String> {
+    if joined == n && setup.connect_failures == 0 {
+        return None;
+    }
+    let what = if joined == 0 {
+        "measured nothing: no connection joined"
+    } else {
+        "not every connection joined"
+    };
+    Some(format!(
+        "{what}: {joined} of {n} joined, {} failed ({})",
+        setup.connect_failures,
+        setup.connect_failure_reasons.line()
+    ))
 }
 
 impl ConnectionsReport {
@@ -247,8 +270,8 @@ impl ConnectionsReport {
         if !self.ended_while_open.is_empty() {
             s += &format!("\n  ended while open: {}", self.ended_while_open.line());
         }
-        if !self.ok {
-            s += "\n  WARNING: not every connection joined";
+        if let Some(e) = &self.error {
+            s += &format!("\n  FAILED: {e}");
         }
         s
     }

@@ -75,7 +75,11 @@ pub struct FanoutArgs {
 #[derive(Clone, Debug, Serialize)]
 pub struct FanoutReport {
     pub scenario: &'static str,
+    /// The run measured something (see `error` when not).
     pub ok: bool,
+    /// Why the run failed: it measured nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// No loss, duplicate, reordering, error frame or dropped connection.
     pub clean: bool,
     pub run: FanoutArgs,
@@ -132,6 +136,9 @@ fn validate(args: &FanoutArgs) -> anyhow::Result<()> {
     }
     if args.window == Some(0) {
         bail!("--window must be at least 1");
+    }
+    if args.max_messages == Some(0) {
+        bail!("--max-messages must be at least 1 (0 would measure nothing)");
     }
     if args.duration <= 0.0 {
         bail!("--duration must be positive");
@@ -196,7 +203,7 @@ pub(crate) async fn run_labelled(
     Ok(report(args, mode, setup, members, totals))
 }
 
-fn report(
+pub(crate) fn report(
     args: &FanoutArgs,
     mode: Mode,
     setup: SetupReport,
@@ -218,6 +225,7 @@ fn report(
     let mut r = FanoutReport {
         scenario: "fanout",
         ok: true,
+        error: None,
         clean: false,
         run: args.clone(),
         mode: match mode {
@@ -255,7 +263,29 @@ fn report(
         && r.unparsable_frames == 0
         && r.connections_ended.is_empty()
         && r.received == r.expected;
+    r.error = nothing_measured(&r, members, sum(|c| c.delivered_measured));
+    r.ok = r.error.is_none();
     r
+}
+
+/// Why a run's figures are empty, if they are: nothing sent, delivered or
+/// timed in the measured window. Such a run must fail, not report 0/s.
+fn nothing_measured(r: &FanoutReport, members: u64, delivered: u64) -> Option<String> {
+    let missing = if r.sent_measured == 0 {
+        "no message was sent in the measured window"
+    } else if delivered == 0 {
+        "no message arrived in the measured window"
+    } else if r.confirm_latency.count == 0 {
+        "no publisher got the echo of a message sent in the measured window"
+    } else if members > 1 && r.delivery_latency.count == 0 {
+        "no member got another's message sent in the measured window"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "measured nothing: {missing} ({} sent in all, {} of {} deliveries; {}s measured)",
+        r.sent, r.received, r.expected, r.measured_secs
+    ))
 }
 
 impl FanoutReport {
@@ -306,6 +336,131 @@ impl FanoutReport {
         if !self.clean {
             s += "\n  WARNING: not clean: see the figures above";
         }
+        if let Some(e) = &self.error {
+            s += &format!("\n  FAILED: {e}");
+        }
         s
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::stats::new_histogram;
+    use crate::swarm::ClientStats;
+
+    fn args() -> FanoutArgs {
+        FanoutArgs {
+            url: "ws://127.0.0.1:9/".to_owned(),
+            rooms: 1,
+            clients: 1,
+            publishers: 1,
+            rate: None,
+            window: Some(1),
+            size: 100,
+            warmup: 1.0,
+            duration: 2.0,
+            drain_timeout: 10.0,
+            concurrency: 1,
+            source_ips: 0,
+            setup_timeout: 30.0,
+            ws_buffer: 4096,
+            max_messages: None,
+        }
+    }
+
+    /// A fanout of one client whose publisher made `sent` round trips,
+    /// `measured` of them in the measured window.
+    pub(crate) fn one_client(sent: u64, measured: u64) -> FanoutReport {
+        let mut confirm = new_histogram();
+        for _ in 0..measured {
+            confirm.record(100_000).expect("in range");
+        }
+        let client = ClientStats {
+            connected: true,
+            sent,
+            sent_measured: measured,
+            confirmed: sent,
+            confirmed_measured: measured,
+            delivered_measured: measured,
+            unique: sent,
+            ..ClientStats::default()
+        };
+        let totals = RunTotals {
+            clients: vec![client],
+            measured_ns: 2_000_000_000,
+            drain_secs: 0.0,
+            drained: true,
+            delivery: new_histogram(),
+            confirm,
+            send_lag: new_histogram(),
+        };
+        report(&args(), Mode::Window(1), SetupReport::default(), 1, totals)
+    }
+
+    /// Item 16 of issue 8: one round trip in the warm-up, none measured,
+    /// reported as `"ok": true, "clean": true` and 0/s.
+    #[test]
+    fn a_run_that_measured_nothing_fails() {
+        let r = one_client(1, 0);
+        assert!(r.clean, "nothing lost: clean, yet");
+        assert!(!r.ok, "{r:#?}");
+        let error = r.error.as_deref().expect("a reason");
+        assert!(
+            error.starts_with("measured nothing: no message was sent in the measured window"),
+            "{error}"
+        );
+        assert!(r.summary().contains("FAILED: measured nothing"));
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["error"], error);
+    }
+
+    #[test]
+    fn a_run_that_measured_something_is_ok() {
+        let r = one_client(12, 8);
+        assert!(r.ok && r.clean, "{r:#?}");
+        assert_eq!(r.confirm_latency.count, 8);
+        let json: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
+        assert_eq!(json["ok"], true);
+        assert!(json.get("error").is_none(), "no error key: {json}");
+    }
+
+    #[test]
+    fn members_that_received_nothing_of_the_window_fail_the_run() {
+        // The publisher's echoes came back; the two other members got nothing.
+        let r = {
+            let mut confirm = new_histogram();
+            confirm.record(100_000).expect("in range");
+            let publisher = ClientStats {
+                connected: true,
+                sent: 1,
+                sent_measured: 1,
+                confirmed: 1,
+                confirmed_measured: 1,
+                delivered_measured: 1,
+                unique: 1,
+                ..ClientStats::default()
+            };
+            let member = || ClientStats {
+                connected: true,
+                ..ClientStats::default()
+            };
+            let totals = RunTotals {
+                clients: vec![publisher, member(), member()],
+                measured_ns: 1_000_000_000,
+                drain_secs: 0.0,
+                drained: false,
+                delivery: new_histogram(),
+                confirm,
+                send_lag: new_histogram(),
+            };
+            report(&args(), Mode::Window(1), SetupReport::default(), 3, totals)
+        };
+        assert!(!r.ok && !r.clean, "{r:#?}");
+        let error = r.error.as_deref().expect("a reason");
+        assert!(error.contains("no member got another's message"), "{error}");
     }
 }

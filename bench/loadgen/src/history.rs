@@ -80,7 +80,11 @@ pub struct Series {
 #[derive(Clone, Debug, Serialize)]
 pub struct HistoryReport {
     pub scenario: &'static str,
+    /// Every series measured something (see `error` when not).
     pub ok: bool,
+    /// Why the run failed: a series measured nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// No bad page and no failed call.
     pub clean: bool,
     pub run: HistoryArgs,
@@ -117,6 +121,9 @@ fn effective_limit(limit: u32) -> u64 {
 pub async fn run(args: &HistoryArgs) -> anyhow::Result<HistoryReport> {
     if args.room.is_empty() {
         bail!("--room must not be empty");
+    }
+    if args.requests == 0 && args.newest_requests.unwrap_or(args.requests) == 0 {
+        bail!("--requests and --newest-requests are both 0: nothing to measure");
     }
     let channels = ingest::connect(&args.grpc, 1).await?;
     let mut client = ChatServiceClient::new(channels[0].clone());
@@ -183,9 +190,11 @@ pub async fn run(args: &HistoryArgs) -> anyhow::Result<HistoryReport> {
         && random.errors.is_empty()
         && newest_series.bad_pages == 0
         && newest_series.errors.is_empty();
+    let error = nothing_measured(&[("random page", &random), ("newest page", &newest_series)]);
     Ok(HistoryReport {
         scenario: "history",
-        ok: true,
+        ok: error.is_none(),
+        error,
         clean,
         run: args.clone(),
         newest_seq: newest,
@@ -273,6 +282,23 @@ async fn series(
     total
 }
 
+/// Why a run failed, if it did: a series that was asked for requests but
+/// timed none (every call failed).
+fn nothing_measured(series: &[(&str, &Series)]) -> Option<String> {
+    let empty: Vec<String> = series
+        .iter()
+        .filter(|(_, s)| s.requests > 0 && s.latency.count == 0)
+        .map(|(name, s)| {
+            format!(
+                "none of the {} {name} requests succeeded (errors: {})",
+                s.requests,
+                s.errors.line()
+            )
+        })
+        .collect();
+    (!empty.is_empty()).then(|| format!("measured nothing: {}", empty.join("; ")))
+}
+
 /// A page before `before` (0: the newest) must hold the `limit` messages
 /// right below it, oldest first, with no gap.
 fn check_page(
@@ -338,13 +364,16 @@ impl HistoryReport {
         if !self.clean {
             s += "  WARNING: not clean\n";
         }
+        if let Some(e) = &self.error {
+            s += &format!("  FAILED: {e}\n");
+        }
         s.trim_end().to_owned()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::check_page;
+    use super::{Series, check_page, nothing_measured};
     use wsgate::proto::chat::ChatMessage;
 
     fn page(seqs: std::ops::RangeInclusive<u64>) -> Vec<ChatMessage> {
@@ -367,5 +396,32 @@ mod tests {
         let mut gap = page(51..=100);
         gap[10].seq = 1000;
         assert!(check_page(&gap, 101, 500, 50).is_err());
+    }
+
+    #[test]
+    fn a_series_whose_every_call_failed_measured_nothing() {
+        let mut failed = Series {
+            requests: 5,
+            ..Series::default()
+        };
+        failed.errors.add("Unavailable", 5);
+        let mut fine = Series {
+            requests: 3,
+            ..Series::default()
+        };
+        fine.latency.count = 3;
+        let skipped = Series::default();
+        let error = nothing_measured(&[("random page", &failed), ("newest page", &fine)])
+            .expect("measured nothing");
+        assert_eq!(
+            error,
+            "measured nothing: none of the 5 random page requests succeeded \
+             (errors: Unavailable: 5)"
+        );
+        // A series not asked for (--newest-requests 0) is no failure.
+        assert_eq!(
+            nothing_measured(&[("random page", &fine), ("newest page", &skipped)]),
+            None
+        );
     }
 }

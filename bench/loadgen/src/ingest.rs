@@ -389,7 +389,11 @@ async fn sender(shared: Arc<Shared>, i: u32) -> SenderStats {
 #[derive(Clone, Debug, Serialize)]
 pub struct IngestReport {
     pub scenario: &'static str,
+    /// The run measured something (see `error` when not).
     pub ok: bool,
+    /// Why the run failed: it measured nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// Every message confirmed, no error frame, no stream error.
     pub clean: bool,
     pub run: IngestArgs,
@@ -438,9 +442,11 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
     let t = send(plan).await?;
     let confirm_latency = t.confirm.as_ref().map(Latency::of).unwrap_or_default();
     let clean = t.unconfirmed == 0 && t.error_frames == 0 && t.stream_errors.is_empty();
+    let error = nothing_measured(&t, confirm_latency.count);
     Ok(IngestReport {
         scenario: "ingest",
-        ok: true,
+        ok: error.is_none(),
+        error,
         clean,
         run: args.clone(),
         rooms,
@@ -456,6 +462,26 @@ pub async fn run(args: &IngestArgs) -> anyhow::Result<IngestReport> {
         stream_errors: t.stream_errors,
         error_samples: t.error_samples,
     })
+}
+
+/// Why a run's figures are empty, if they are: nothing sent, confirmed or
+/// timed in the measured window. Such a run must fail, not report 0/s.
+fn nothing_measured(t: &Totals, latency_samples: u64) -> Option<String> {
+    let missing = if t.sent_measured == 0 {
+        "no message was sent in the measured window"
+    } else if t.confirmed_measured == 0 {
+        "no message was confirmed in the measured window"
+    } else if latency_samples == 0 {
+        "no message sent in the measured window was confirmed"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "measured nothing: {missing} ({} sent, {} confirmed in all; stream errors: {})",
+        t.sent,
+        t.confirmed,
+        t.stream_errors.line()
+    ))
 }
 
 impl IngestReport {
@@ -486,6 +512,51 @@ impl IngestReport {
         if !self.clean {
             s += "\n  WARNING: not clean";
         }
+        if let Some(e) = &self.error {
+            s += &format!("\n  FAILED: {e}");
+        }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_with_nothing_confirmed_in_the_window_measured_nothing() {
+        let mut stalled = Totals {
+            sent: 64,
+            sent_measured: 64,
+            ..Totals::default()
+        };
+        stalled.stream_errors.add("Unavailable", 4);
+        let error = nothing_measured(&stalled, 0).expect("measured nothing");
+        assert!(
+            error.starts_with("measured nothing: no message was confirmed in the measured window"),
+            "{error}"
+        );
+        assert!(
+            error.contains("Unavailable"),
+            "the stream errors say why: {error}"
+        );
+        let idle = Totals::default();
+        assert!(
+            nothing_measured(&idle, 0)
+                .expect("measured nothing")
+                .contains("no message was sent in the measured window")
+        );
+    }
+
+    #[test]
+    fn confirmed_messages_in_the_window_are_a_measurement() {
+        let t = Totals {
+            sent: 100,
+            sent_measured: 80,
+            confirmed: 100,
+            confirmed_measured: 80,
+            ..Totals::default()
+        };
+        assert_eq!(nothing_measured(&t, 80), None);
     }
 }

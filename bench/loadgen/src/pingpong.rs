@@ -2,10 +2,11 @@
 //! for the own echo, send the next. The round-trip latency of an idle
 //! system. A fanout of 1 room x 1 client with a window of 1.
 
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
-use crate::fanout::{self, FanoutArgs};
+use crate::fanout::{self, FanoutArgs, FanoutReport};
 use crate::stats::{Latency, Reasons, Samples};
 
 /// One client, one message in flight.
@@ -31,7 +32,11 @@ pub struct PingpongArgs {
 #[derive(Clone, Debug, Serialize)]
 pub struct PingpongReport {
     pub scenario: &'static str,
+    /// At least one round trip was measured (see `error` when not).
     pub ok: bool,
+    /// Why the run failed: it measured no round trip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub clean: bool,
     pub run: PingpongArgs,
     pub measured_secs: f64,
@@ -50,6 +55,9 @@ pub struct PingpongReport {
 }
 
 pub async fn run(args: &PingpongArgs) -> anyhow::Result<PingpongReport> {
+    if args.count == Some(0) {
+        bail!("--count must be at least 1 (0 would measure nothing)");
+    }
     let fanout = FanoutArgs {
         url: args.url.clone(),
         rooms: 1,
@@ -68,9 +76,22 @@ pub async fn run(args: &PingpongArgs) -> anyhow::Result<PingpongReport> {
         max_messages: args.count,
     };
     let f = fanout::run_labelled(&fanout, "pingpong").await?;
-    Ok(PingpongReport {
+    Ok(report(args, f))
+}
+
+/// The fanout's figures under pingpong's names.
+fn report(args: &PingpongArgs, f: FanoutReport) -> PingpongReport {
+    let error = (f.confirm_latency.count == 0 || !f.ok).then(|| {
+        format!(
+            "measured nothing: no round trip in the measured window ({} sent, {} echoed in all; \
+             {}s measured)",
+            f.sent, f.received, f.measured_secs
+        )
+    });
+    PingpongReport {
         scenario: "pingpong",
-        ok: f.ok,
+        ok: error.is_none(),
+        error,
         clean: f.clean,
         run: args.clone(),
         measured_secs: f.measured_secs,
@@ -84,7 +105,7 @@ pub async fn run(args: &PingpongArgs) -> anyhow::Result<PingpongReport> {
         error_frames: f.error_frames,
         connections_ended: f.connections_ended,
         error_samples: f.error_samples,
-    })
+    }
 }
 
 impl PingpongReport {
@@ -106,6 +127,48 @@ impl PingpongReport {
         if !self.clean {
             s += "\n  WARNING: not clean";
         }
+        if let Some(e) = &self.error {
+            s += &format!("\n  FAILED: {e}");
+        }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::tests::one_client;
+
+    fn args() -> PingpongArgs {
+        PingpongArgs {
+            url: "ws://127.0.0.1:9/".to_owned(),
+            count: None,
+            size: 100,
+            warmup: 1.0,
+            duration: 2.0,
+        }
+    }
+
+    /// Item 16 of issue 8: the first round trip (in the warm-up) was the
+    /// only one, and the report said ok, clean, 0 round trips/s.
+    #[test]
+    fn no_round_trip_measured_is_a_failure() {
+        let r = report(&args(), one_client(1, 0));
+        assert!(!r.ok, "{r:#?}");
+        let error = r.error.as_deref().expect("a reason");
+        assert!(
+            error.starts_with(
+                "measured nothing: no round trip in the measured window (1 sent, 1 echoed"
+            ),
+            "{error}"
+        );
+        assert!(r.summary().contains("FAILED: measured nothing"));
+    }
+
+    #[test]
+    fn measured_round_trips_are_ok() {
+        let r = report(&args(), one_client(30, 20));
+        assert!(r.ok && r.clean && r.error.is_none(), "{r:#?}");
+        assert_eq!(r.rtt.count, 20);
     }
 }

@@ -146,6 +146,41 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(spec: Spec) -> Shared {
+        let run_id = RunId::new();
+        Shared {
+            ws_config: ws::config(spec.ws_buffer),
+            connect_slots: Semaphore::new(spec.concurrency.max(1)),
+            rooms: (0..spec.rooms)
+                .map(|_| RoomState {
+                    joined: AtomicU32::new(0),
+                    confirmed: AtomicU32::new(0),
+                })
+                .collect(),
+            room_names: (0..spec.rooms)
+                .map(|r| format!("b{}-{r}", run_id.as_str()))
+                .collect(),
+            content: ids::content(spec.run.as_ref().map_or(1, |r| r.size)),
+            run_id,
+            progress: Notify::new(),
+            attempts: AtomicU32::new(0),
+            connected: AtomicU32::new(0),
+            confirmed: AtomicU32::new(0),
+            lost_in_setup: AtomicU32::new(0),
+            setup_errors: Mutex::new(Reasons::default()),
+            connect_failures: Mutex::new(Reasons::default()),
+            publishers_stopped: AtomicU32::new(0),
+            last_stop_ns: AtomicU64::new(0),
+            times: OnceLock::new(),
+            sent: Sharded::default(),
+            received: Sharded::default(),
+            delivery: HistShards::default(),
+            confirm: HistShards::default(),
+            lag: HistShards::default(),
+            spec,
+        }
+    }
+
     /// (room, slot in the room) of client `i`.
     fn place(&self, i: u32) -> (u32, u32) {
         match self.spec.layout {
@@ -237,41 +272,8 @@ impl Swarm {
     /// Connects every client, joins the rooms and proves membership; an
     /// error if that fails (every client is then stopped).
     pub async fn start(spec: Spec) -> anyhow::Result<Swarm> {
-        let run_id = RunId::new();
-        let room_names = (0..spec.rooms)
-            .map(|r| format!("b{}-{r}", run_id.as_str()))
-            .collect();
-        let content = ids::content(spec.run.as_ref().map_or(1, |r| r.size));
         let (phase, phase_rx) = watch::channel(Phase::Setup);
-        let shared = Arc::new(Shared {
-            ws_config: ws::config(spec.ws_buffer),
-            connect_slots: Semaphore::new(spec.concurrency.max(1)),
-            rooms: (0..spec.rooms)
-                .map(|_| RoomState {
-                    joined: AtomicU32::new(0),
-                    confirmed: AtomicU32::new(0),
-                })
-                .collect(),
-            room_names,
-            content,
-            run_id,
-            progress: Notify::new(),
-            attempts: AtomicU32::new(0),
-            connected: AtomicU32::new(0),
-            confirmed: AtomicU32::new(0),
-            lost_in_setup: AtomicU32::new(0),
-            setup_errors: Mutex::new(Reasons::default()),
-            connect_failures: Mutex::new(Reasons::default()),
-            publishers_stopped: AtomicU32::new(0),
-            last_stop_ns: AtomicU64::new(0),
-            times: OnceLock::new(),
-            sent: Sharded::default(),
-            received: Sharded::default(),
-            delivery: HistShards::default(),
-            confirm: HistShards::default(),
-            lag: HistShards::default(),
-            spec,
-        });
+        let shared = Arc::new(Shared::new(spec));
         let clients = shared.spec.clients;
         let label = shared.spec.label;
         let started = Instant::now();
@@ -543,6 +545,12 @@ struct Publisher {
     counter: u64,
     in_flight: u32,
     next_due: u64,
+    /// Closed loop: the send timer filled the window, so from now on every
+    /// echo refills it. A flag, not a look at the clock: comparing the
+    /// echo's arrival with t0 stalled a publisher whose timer fired a little
+    /// before t0 and whose echo came back before t0 too (nothing was sent
+    /// again until the end: a run that measured nothing).
+    opened: bool,
     stopped: bool,
     lag: LatBuf,
 }
@@ -609,47 +617,55 @@ async fn client(shared: Arc<Shared>, index: u32, phase: watch::Receiver<Phase>) 
     shared.connected.fetch_add(1, Ordering::AcqRel);
     attempt_done(&shared);
 
-    let publisher = shared.spec.run.as_ref().and_then(|plan| {
-        (slot < plan.publishers_per_room).then(|| Publisher {
-            index: room * plan.publishers_per_room + slot,
-            frames: ChatFrames::new(
-                &shared.run_id,
-                &shared.room_names[room as usize],
-                &user,
-                &shared.content,
-            ),
-            mode: plan.mode,
-            max_measured: plan.max_measured,
-            counter: 0,
-            in_flight: 0,
-            next_due: 0,
-            stopped: false,
-            lag: LatBuf::default(),
-        })
-    });
-    let tracks = vec![Track::default(); shared.publishers_per_room() as usize];
-    let mut client = Client {
-        shared,
-        index,
-        room,
-        prober,
-        member: false,
-        probes_sent: 0,
-        probe_retry: FIRST_PROBE_RETRY,
-        publisher,
-        tracks,
-        delivery: LatBuf::default(),
-        confirm: LatBuf::default(),
-        stats: ClientStats {
-            connected: true,
-            ..ClientStats::default()
-        },
-    };
+    let mut client = Client::new(shared, index, &user, prober);
     client.run(ws, phase).await;
     client.stats
 }
 
 impl Client {
+    /// Client `index`, connected and joined as `user`; `prober`: the first
+    /// of its room to join, who proves membership for the room.
+    fn new(shared: Arc<Shared>, index: u32, user: &str, prober: bool) -> Client {
+        let (room, slot) = shared.place(index);
+        let publisher = shared.spec.run.as_ref().and_then(|plan| {
+            (slot < plan.publishers_per_room).then(|| Publisher {
+                index: room * plan.publishers_per_room + slot,
+                frames: ChatFrames::new(
+                    &shared.run_id,
+                    &shared.room_names[room as usize],
+                    user,
+                    &shared.content,
+                ),
+                mode: plan.mode,
+                max_measured: plan.max_measured,
+                counter: 0,
+                in_flight: 0,
+                next_due: 0,
+                opened: false,
+                stopped: false,
+                lag: LatBuf::default(),
+            })
+        });
+        let tracks = vec![Track::default(); shared.publishers_per_room() as usize];
+        Client {
+            shared,
+            index,
+            room,
+            prober,
+            member: false,
+            probes_sent: 0,
+            probe_retry: FIRST_PROBE_RETRY,
+            publisher,
+            tracks,
+            delivery: LatBuf::default(),
+            confirm: LatBuf::default(),
+            stats: ClientStats {
+                connected: true,
+                ..ClientStats::default()
+            },
+        }
+    }
+
     async fn run(&mut self, mut ws: Ws, mut phase_rx: watch::Receiver<Phase>) {
         let far = || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
         let probe_timer = tokio::time::sleep_until(far());
@@ -681,18 +697,8 @@ impl Client {
                     }
                     Phase::Run => {
                         probe_armed = false;
-                        if let (Some(p), Some(times)) =
-                            (self.publisher.as_mut(), self.shared.times.get())
-                        {
-                            p.next_due = match p.mode {
-                                Mode::Rate { interval_ns } => {
-                                    times.t0 + fastrand::u64(0..interval_ns.max(1))
-                                }
-                                Mode::Window(_) => times.t0,
-                            };
-                            send_timer
-                                .as_mut()
-                                .reset(ids::instant_at(p.next_due.saturating_sub(SEND_SLACK_NS)));
+                        if let Some(at) = self.start_run() {
+                            send_timer.as_mut().reset(ids::instant_at(at));
                             send_armed = true;
                         }
                     }
@@ -725,7 +731,7 @@ impl Client {
                     if failed.is_some() {
                         break failed;
                     }
-                    if let Err(e) = self.after_reads(&mut ws).await {
+                    if let Err(e) = self.after_reads(&mut ws, now_ns()).await {
                         break Some(e);
                     }
                 }
@@ -742,8 +748,8 @@ impl Client {
                     }
                 }
                 () = &mut send_timer, if send_armed => {
-                    match self.on_send_timer(&mut ws).await {
-                        Ok(Some(next)) => send_timer.as_mut().reset(next),
+                    match self.on_send_timer(&mut ws, now_ns()).await {
+                        Ok(Some(next)) => send_timer.as_mut().reset(ids::instant_at(next)),
                         Ok(None) => send_armed = false,
                         Err(e) => break Some(e),
                     }
@@ -899,8 +905,28 @@ impl Client {
         }
     }
 
-    /// Closed loop: refill the window after echoes came back.
-    async fn after_reads(&mut self, ws: &mut Ws) -> Result<(), String> {
+    /// A publisher's schedule at the start of the run: when its send timer
+    /// first fires (ns since [`ids::START`]), `None` for a mere member.
+    fn start_run(&mut self) -> Option<u64> {
+        let times = self.shared.times.get()?;
+        let p = self.publisher.as_mut()?;
+        Some(match p.mode {
+            Mode::Rate { interval_ns } => {
+                p.next_due = times.t0 + fastrand::u64(0..interval_ns.max(1));
+                p.next_due.saturating_sub(SEND_SLACK_NS)
+            }
+            // No slack: the window opens at t0, not before, so no message
+            // of the run is sent (nor echoed) before the run starts.
+            Mode::Window(_) => {
+                p.next_due = times.t0;
+                times.t0
+            }
+        })
+    }
+
+    /// Closed loop: refill the window after echoes came back (`now`: ns
+    /// since [`ids::START`]).
+    async fn after_reads(&mut self, ws: &mut Ws, now: u64) -> Result<(), String> {
         let Some(times) = self.shared.times.get().copied() else {
             return Ok(());
         };
@@ -910,8 +936,9 @@ impl Client {
         let Mode::Window(window) = p.mode else {
             return Ok(());
         };
-        let now = now_ns();
-        if p.stopped || now < times.t0 {
+        // Before the send timer opened the window, echoes (late probes) are
+        // no cue to send: the timer starts the run.
+        if p.stopped || !p.opened {
             return Ok(());
         }
         if p.in_flight < window {
@@ -950,9 +977,10 @@ impl Client {
         Ok(())
     }
 
-    /// The publisher's timer: open loop, send what is due; closed loop,
-    /// start (at t0) and notice the end. Returns when to fire next.
-    async fn on_send_timer(&mut self, ws: &mut Ws) -> Result<Option<tokio::time::Instant>, String> {
+    /// The publisher's timer, fired at `now` (ns since [`ids::START`]):
+    /// open loop, send what is due; closed loop, open the window (at t0)
+    /// and notice the end. Returns when to fire next (ns), if ever.
+    async fn on_send_timer(&mut self, ws: &mut Ws, now: u64) -> Result<Option<u64>, String> {
         let Some(times) = self.shared.times.get().copied() else {
             return Ok(None);
         };
@@ -963,17 +991,20 @@ impl Client {
         if p.stopped {
             return Ok(None);
         }
-        let now = now_ns();
         match p.mode {
             Mode::Window(window) => {
+                if now < times.t0 {
+                    return Ok(Some(times.t0));
+                }
                 if now >= times.end {
                     p.stopped = true;
                     stop_publisher(&self.shared, p);
                     return Ok(None);
                 }
+                p.opened = true;
                 self.refill(ws, window, now, times).await?;
                 // Wake at the end even if no echo ever comes back.
-                Ok(Some(ids::instant_at(times.end)))
+                Ok(Some(times.end))
             }
             Mode::Rate { interval_ns } => {
                 let horizon = now + SEND_SLACK_NS;
@@ -1007,9 +1038,7 @@ impl Client {
                 if p.stopped {
                     return Ok(None);
                 }
-                Ok(Some(ids::instant_at(
-                    p.next_due.saturating_sub(SEND_SLACK_NS),
-                )))
+                Ok(Some(p.next_due.saturating_sub(SEND_SLACK_NS)))
             }
         }
     }
@@ -1063,4 +1092,144 @@ fn stop_publisher(shared: &Shared, _p: &Publisher) {
     shared.last_stop_ns.fetch_max(now_ns(), Ordering::AcqRel);
     shared.publishers_stopped.fetch_add(1, Ordering::AcqRel);
     shared.progress.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const MS: u64 = 1_000_000;
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// One WebSocket connection over loopback: (the tool's end, the server's).
+    async fn ws_pair() -> (Ws, Target, Ws) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            tokio_tungstenite::accept_async(stream)
+                .await
+                .expect("handshake")
+        });
+        let target = Target {
+            url: format!("ws://{addr}/"),
+            addr,
+        };
+        let ws = ws::connect(&target, None, ws::config(4096), WAIT)
+            .await
+            .expect("connect");
+        let server = tokio::time::timeout(WAIT, server)
+            .await
+            .expect("accepted in time")
+            .expect("server task");
+        (ws, target, server)
+    }
+
+    /// One room, one client publishing in a closed loop of `window`.
+    fn closed_loop(target: Target, window: u32) -> Spec {
+        Spec {
+            target,
+            clients: 1,
+            rooms: 1,
+            layout: Layout::Blocks { per_room: 1 },
+            run: Some(RunPlan {
+                mode: Mode::Window(window),
+                publishers_per_room: 1,
+                size: 16,
+                warmup_ns: 0,
+                duration_ns: 10_000 * MS,
+                max_measured: None,
+                drain_timeout: WAIT,
+            }),
+            source_ips: Vec::new(),
+            concurrency: 1,
+            connect_timeout: WAIT,
+            setup_timeout: WAIT,
+            ws_buffer: 4096,
+            require_all: true,
+            label: "test",
+        }
+    }
+
+    async fn next_text(ws: &mut Ws) -> String {
+        loop {
+            let msg = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("readable");
+            if let Message::Text(text) = msg {
+                return text.as_str().to_owned();
+            }
+        }
+    }
+
+    fn counter_of(run: &RunId, frame: &str) -> u64 {
+        let Parsed::Chat(id) = ws::parse(frame) else {
+            panic!("not a chat message: {frame}");
+        };
+        MessageId::parse(run, &id)
+            .expect("an id of this run")
+            .counter
+    }
+
+    /// Item 16 of issue 8: the send timer of a window could fire (and send)
+    /// up to a millisecond before t0, the echo come back before t0 too, and
+    /// echoes before t0 did not refill the window: the publisher sent
+    /// nothing more until the end, and pingpong measured 0 round trips.
+    /// Here every instant is chosen, not read from the clock: the timer
+    /// fires the moment it is due, the echo comes back 50 µs after the send.
+    #[tokio::test]
+    async fn the_first_echo_refills_the_window_however_early_it_arrives() {
+        let (mut ws, target, mut server) = ws_pair().await;
+        let shared = Arc::new(Shared::new(closed_loop(target, 1)));
+        // A minute ahead of the real clock, so nothing here depends on it.
+        let t0 = now_ns() + 60_000 * MS;
+        let times = Times {
+            t0,
+            warm_end: t0,
+            end: t0 + 10_000 * MS,
+        };
+        shared.times.set(times).expect("times set once");
+        let mut c = Client::new(shared.clone(), 0, "u", true);
+
+        // A read (a late probe) before the timer opened the window is no
+        // cue to start.
+        c.after_reads(&mut ws, t0 - MS / 2).await.expect("no send");
+        assert_eq!(c.stats.sent, 0, "the timer starts the run, not a read");
+
+        let mut due = c.start_run().expect("a publisher has a send timer");
+        let opened_at = loop {
+            let fired_at = due;
+            due = c
+                .on_send_timer(&mut ws, fired_at)
+                .await
+                .expect("sends")
+                .expect("fires again");
+            if c.stats.sent > 0 {
+                break fired_at;
+            }
+            assert!(due > fired_at, "re-armed for later, not for now");
+        };
+        assert_eq!(c.stats.sent, 1, "a window of 1");
+
+        let frame = next_text(&mut server).await;
+        assert_eq!(counter_of(&shared.run_id, &frame), 1);
+        server.send(Message::text(frame)).await.expect("echo");
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("echo in time");
+        c.on_message(echo).expect("an echo, not an error");
+        c.after_reads(&mut ws, opened_at + 50_000)
+            .await
+            .expect("refills");
+
+        assert_eq!(c.stats.sent, 2, "the echo refilled the window");
+        let frame = next_text(&mut server).await;
+        assert_eq!(counter_of(&shared.run_id, &frame), 2);
+        assert!(opened_at >= t0, "no message of the run before t0");
+        let p = c.publisher.as_ref().expect("publisher");
+        assert_eq!((p.in_flight, p.stopped), (1, false));
+    }
 }

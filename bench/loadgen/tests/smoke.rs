@@ -316,3 +316,71 @@ async fn membership_never_confirmed_is_a_setup_failure() {
     };
     assert!(fanout::run(&args).await.is_err());
 }
+
+/// A WebSocket server that echoes the load generator's probes to their
+/// sender (membership of a room of one is proven) and swallows every
+/// other message: a run measures nothing.
+async fn swallowing_server() -> SocketAddr {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    let probe = msg
+                        .to_text()
+                        .is_ok_and(|t| t.contains(r#""content":"probe""#));
+                    if probe && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_measured_nothing_fails() {
+    let addr = swallowing_server().await;
+    let line = format!(
+        "fanout --url ws://{addr}/ --rooms 1 --clients 1 --window 1 --warmup 0.1 --duration 0.2 \
+         --drain-timeout 0.1 --setup-timeout 10"
+    );
+    let Command::Fanout(args) = command(&line) else {
+        unreachable!()
+    };
+    let r = fanout::run(&args).await.expect("the setup succeeds");
+    eprintln!("{}", r.summary());
+    assert_eq!(r.setup.members_confirmed, 1, "membership was proven");
+    assert!(!r.ok, "{r:#?}");
+    let error = r.error.as_deref().expect("a reason");
+    assert!(error.starts_with("measured nothing: "), "{error}");
+
+    // The binary: exit status 1, and the JSON line says why.
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wsgate-bench"))
+            .args(line.split_whitespace())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ends in time")
+    .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(json["ok"], false, "{json}");
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("measured nothing: ")),
+        "{json}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FAILED: measured nothing"));
+}
