@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Close codes the gateway uses (RFC 6455 section 7.4.1).
 pub mod close_code {
-    pub use axum::extract::ws::close_code::{AWAY, POLICY, SIZE};
+    pub use axum::extract::ws::close_code::{AWAY, INVALID, POLICY, PROTOCOL, SIZE};
 }
 
 /// How long the writer may take to send a final close frame to a peer that
@@ -69,7 +69,7 @@ impl ToClient {
         if !self.ending.token.is_cancelled() {
             *frame = Some(CloseFrame {
                 code,
-                reason: reason.into(),
+                reason: close_reason(reason).into(),
             });
             self.ending.token.cancel();
         }
@@ -85,6 +85,22 @@ impl ToClient {
     pub async fn closed(&self) {
         self.ending.token.cancelled().await
     }
+}
+
+/// The longest close reason: a control frame carries at most 125 bytes,
+/// two of them the code.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// `reason`, cut to fit a close frame (on a character boundary).
+fn close_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// Creates the queue towards the browser and spawns the task that writes it
