@@ -107,6 +107,18 @@ struct GatewayArgs {
     /// closed with code 1008.
     #[arg(long, env = "WSGATE_OUTBOUND_QUEUE", default_value_t = proxy::DEFAULT_OUTBOUND_QUEUE)]
     outbound_queue: usize,
+    /// Bytes of frames queued towards one browser before it counts as too
+    /// slow and is closed with code 1008.
+    #[arg(long, env = "WSGATE_OUTBOUND_QUEUE_BYTES", value_name = "BYTES",
+          default_value_t = proxy::DEFAULT_OUTBOUND_QUEUE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    outbound_queue_bytes: usize,
+    /// Seconds one write to a browser may take; a browser that takes no
+    /// frames for that long is dropped (close code 1008).
+    #[arg(long, env = "WSGATE_WRITE_TIMEOUT", value_name = "SECONDS",
+          default_value_t = proxy::DEFAULT_WRITE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    write_timeout: u64,
     /// HTTP/2 connections to the upstream service; sessions' streams are
     /// spread over them in turn.
     #[arg(long, env = "WSGATE_UPSTREAM_CONNECTIONS",
@@ -274,6 +286,8 @@ fn proxy_config(args: &GatewayArgs, upstream: String) -> proxy::Config {
         max_frame_bytes: args.max_frame_bytes,
         ping_interval: Duration::from_secs(args.ping_interval.max(1)),
         outbound_queue: args.outbound_queue.max(1),
+        outbound_queue_bytes: args.outbound_queue_bytes,
+        write_timeout: Duration::from_secs(args.write_timeout),
         upstream_connections: args.upstream_connections.max(1),
         ..proxy::Config::new(upstream)
     }

@@ -12,7 +12,7 @@ use tonic::Code;
 
 use super::Context;
 use super::gateway::REQUEST_ID;
-use super::outbound::{ToClient, close_code, spawn_writer};
+use super::outbound::{Limits, ToClient, close_code, spawn_writer};
 use super::transcode::{Frame, error_json, reply_json, status_json};
 use super::upstream::StreamLink;
 
@@ -21,7 +21,13 @@ use super::upstream::StreamLink;
 pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketAddr) {
     let config = &ctx.config;
     let (sink, mut stream) = socket.split();
-    let (client, writer) = spawn_writer(sink, config.outbound_queue, config.ping_interval);
+    let limits = Limits {
+        frames: config.outbound_queue,
+        bytes: config.outbound_queue_bytes,
+        write_timeout: config.write_timeout,
+        ping_interval: config.ping_interval,
+    };
+    let (client, writer) = spawn_writer(sink, limits);
     let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight));
     // Opened at the first stream frame: a page that only reads history costs
     // the service no stream.
