@@ -31,9 +31,9 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame queue a flag accepts: tokio's bounded channels panic above
 /// `usize::MAX >> 3`, and a million frames is already gigabytes of memory.
 const MAX_QUEUE: usize = 1 << 20;
-/// Longest keepalive interval: beyond a day, time arithmetic on it overflows
-/// long before it would be of any use.
-const MAX_PING_INTERVAL_SECS: u64 = 24 * 60 * 60;
+/// Longest interval or timeout a flag accepts: beyond a day, time arithmetic
+/// on it overflows long before it would be of any use.
+const MAX_SECONDS: u64 = 24 * 60 * 60;
 /// Most HTTP/2 connections to the upstream: each is a task and buffers.
 const MAX_UPSTREAM_CONNECTIONS: usize = 1024;
 
@@ -122,13 +122,25 @@ struct GatewayArgs {
     /// Seconds between keepalive pings; a peer silent for two intervals is dropped.
     #[arg(long, env = "WSGATE_PING_INTERVAL", value_name = "SECONDS",
           default_value_t = proxy::DEFAULT_PING_INTERVAL.as_secs(),
-          value_parser = ping_interval)]
+          value_parser = seconds)]
     ping_interval: u64,
     /// Frames queued towards one browser before it counts as too slow and is
     /// closed with code 1008.
     #[arg(long, env = "WSGATE_OUTBOUND_QUEUE", default_value_t = proxy::DEFAULT_OUTBOUND_QUEUE,
           value_parser = queue_length)]
     outbound_queue: usize,
+    /// Bytes of frames queued towards one browser before it counts as too
+    /// slow and is closed with code 1008.
+    #[arg(long, env = "WSGATE_OUTBOUND_QUEUE_BYTES", value_name = "BYTES",
+          default_value_t = proxy::DEFAULT_OUTBOUND_QUEUE_BYTES,
+          value_parser = at_least_one::<usize>)]
+    outbound_queue_bytes: usize,
+    /// Seconds one write to a browser may take; a browser that takes no
+    /// frames for that long is dropped (close code 1008).
+    #[arg(long, env = "WSGATE_WRITE_TIMEOUT", value_name = "SECONDS",
+          default_value_t = proxy::DEFAULT_WRITE_TIMEOUT.as_secs(),
+          value_parser = seconds)]
+    write_timeout: u64,
     /// HTTP/2 connections to the upstream service; sessions' streams are
     /// spread over them in turn.
     #[arg(long, env = "WSGATE_UPSTREAM_CONNECTIONS",
@@ -340,6 +352,8 @@ fn proxy_config(args: &GatewayArgs, upstream: String) -> proxy::Config {
         max_frame_bytes: args.max_frame_bytes,
         ping_interval: Duration::from_secs(args.ping_interval),
         outbound_queue: args.outbound_queue,
+        outbound_queue_bytes: args.outbound_queue_bytes,
+        write_timeout: Duration::from_secs(args.write_timeout),
         upstream_connections: args.upstream_connections,
         ..proxy::Config::new(upstream)
     }
@@ -467,8 +481,9 @@ fn queue_length(value: &str) -> Result<usize, String> {
     in_range(value, MAX_QUEUE)
 }
 
-fn ping_interval(value: &str) -> Result<u64, String> {
-    in_range(value, MAX_PING_INTERVAL_SECS)
+/// A duration in whole seconds, for the ping interval and the write timeout.
+fn seconds(value: &str) -> Result<u64, String> {
+    in_range(value, MAX_SECONDS)
 }
 
 fn upstream_connections(value: &str) -> Result<usize, String> {

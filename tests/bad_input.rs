@@ -62,6 +62,51 @@ async fn malformed_frames_get_an_error_and_the_connection_goes_on() {
     refused(&mut ws, r#"{"chat_message": "hello"}"#, "chat_message").await;
 }
 
+/// Issue 8: `after_seq` of 2^64 was an empty page, `limit` of 2^64 an
+/// error. Every integer that does not fit its field is refused alike.
+#[tokio::test]
+async fn integers_that_do_not_fit_their_field_are_refused() {
+    let system = System::start().await;
+    let mut ws = system.connect().await;
+    let u64_range = "must be an integer from 0 to 18446744073709551615";
+    for (text, needle) in [
+        (
+            r#"{"get_chat_history": {"room_id": "r", "after_seq": 18446744073709551616}}"#,
+            format!("after_seq {u64_range}"),
+        ),
+        (
+            r#"{"get_chat_history": {"room_id": "r", "after_seq": "18446744073709551616"}}"#,
+            format!("after_seq {u64_range}"),
+        ),
+        (
+            r#"{"get_chat_history": {"room_id": "r", "before_seq": -1}}"#,
+            format!("before_seq {u64_range}"),
+        ),
+        (
+            r#"{"get_chat_history": {"room_id": "r", "limit": 18446744073709551616}}"#,
+            "limit must be an integer from 0 to 4294967295".to_owned(),
+        ),
+        (
+            r#"{"get_chat_history": {"room_id": "r", "limit": 1.5}}"#,
+            "limit must be an integer from 0 to 4294967295".to_owned(),
+        ),
+        (
+            r#"{"chat_message": {"room_id": "r", "sender_id": "u", "content": "x", "seq": 18446744073709551616}}"#,
+            format!("seq {u64_range}"),
+        ),
+    ] {
+        refused(&mut ws, text, &needle).await;
+    }
+    // The largest value is still a value.
+    let reply = ws
+        .call(
+            "get_chat_history",
+            json!({"room_id": "r", "after_seq": "18446744073709551615"}),
+        )
+        .await;
+    assert_eq!(reply["chat_history"]["messages"], json!([]), "{reply}");
+}
+
 #[tokio::test]
 async fn the_error_echoes_the_request_id_when_it_can_be_read() {
     let system = System::start().await;

@@ -21,8 +21,13 @@ use super::transcode::{error_json, event_json};
 
 /// Distinct frames remembered per generation. Copies of one frame reach
 /// their sessions within milliseconds of each other, so this only has to
-/// span a moment of traffic; it bounds the cache to a few MiB.
+/// span a moment of traffic.
 const GENERATION: usize = 4096;
+/// Bytes (frame plus JSON) remembered per generation. The entry bound alone
+/// let 4096 frames of 4 KiB messages hold ~34 MiB per generation, twice
+/// over, for as long as the gateway ran; 4 MiB still spans hundreds of
+/// large frames (a moment of traffic) and bounds the cache to 8 MiB.
+const GENERATION_BYTES: usize = 4 * 1024 * 1024;
 
 /// A frame from the service, ready for the session.
 pub enum Event {
@@ -47,6 +52,8 @@ pub struct Events {
 struct Generations {
     current: FrameMap,
     previous: FrameMap,
+    /// Bytes of frames and JSON in `current` (`previous` only shrinks).
+    current_bytes: usize,
 }
 
 /// Keyed by whole frames, looked up once per frame a session receives:
@@ -95,16 +102,33 @@ impl Events {
     }
 
     fn insert(&self, frame: &[u8], json: Utf8Bytes) {
+        // A frame too large for a generation is transcoded each time rather
+        // than emptying the cache of everything else.
+        if entry_bytes(frame, &json) > GENERATION_BYTES {
+            return;
+        }
         self.lock().put(Bytes::copy_from_slice(frame), json);
     }
 }
 
+/// What an entry holds: its frame and its JSON text (the maps' own overhead
+/// is bounded by the entry count).
+fn entry_bytes(frame: &[u8], json: &Utf8Bytes) -> usize {
+    frame.len() + json.len()
+}
+
 impl Generations {
     fn put(&mut self, frame: Bytes, json: Utf8Bytes) {
-        if self.current.len() >= GENERATION {
+        let bytes = entry_bytes(&frame, &json);
+        if self.current.len() >= GENERATION || self.current_bytes + bytes > GENERATION_BYTES {
             self.previous = std::mem::take(&mut self.current);
+            self.current_bytes = 0;
         }
-        self.current.insert(frame, json);
+        self.current_bytes += bytes;
+        if let Some(old) = self.current.insert(frame.clone(), json) {
+            // Two sessions transcoded the same frame at once: one entry.
+            self.current_bytes -= entry_bytes(&frame, &old);
+        }
     }
 }
 
@@ -181,6 +205,79 @@ mod tests {
         let cache = events.lock();
         assert!(cache.current.len() <= GENERATION && cache.previous.len() <= GENERATION);
         assert!(!cache.current.contains_key(kept.as_slice()));
+    }
+
+    fn big_message(id: &str) -> Vec<u8> {
+        chat::ChatStream {
+            event: Some(chat::chat_stream::Event::ChatMessage(chat::ChatMessage {
+                id: id.into(),
+                room_id: "r1".into(),
+                sender_id: "u1".into(),
+                content: "x".repeat(4096),
+                timestamp: None,
+                seq: 3,
+            })),
+            request_id: None,
+        }
+        .encode_to_vec()
+    }
+
+    fn bytes_held(cache: &Generations) -> usize {
+        let sum = |map: &FrameMap| map.iter().map(|(f, j)| entry_bytes(f, j)).sum::<usize>();
+        sum(&cache.current) + sum(&cache.previous)
+    }
+
+    /// Issue 8: 6,000 messages of 4 KiB left ~64 MiB in the cache, bounded
+    /// in entries only. 3,000 (~25 MiB) make the point.
+    #[test]
+    fn large_frames_are_bounded_by_bytes() {
+        const BOUND: usize = 8 * 1024 * 1024;
+        let (events, method) = (Events::default(), method());
+        for i in 0..3000 {
+            events.event(&method, &big_message(&format!("m{i}")));
+            let cache = events.lock();
+            assert!(cache.current_bytes <= GENERATION_BYTES, "at {i}");
+            if i % 500 == 0 {
+                assert!(bytes_held(&cache) <= BOUND, "at {i}");
+            }
+        }
+        let cache = events.lock();
+        assert!(bytes_held(&cache) <= BOUND);
+        assert_eq!(
+            cache.current_bytes,
+            cache
+                .current
+                .iter()
+                .map(|(f, j)| entry_bytes(f, j))
+                .sum::<usize>()
+        );
+        // Still a cache: the newest frames are there, hundreds of them.
+        assert!(cache.current.contains_key(big_message("m2999").as_slice()));
+        assert!(cache.current.len() + cache.previous.len() > 500);
+    }
+
+    #[test]
+    fn a_frame_too_large_for_a_generation_is_not_cached() {
+        let (events, method) = (Events::default(), method());
+        let small = message("small");
+        events.event(&method, &small);
+        let huge = chat::ChatStream {
+            event: Some(chat::chat_stream::Event::ChatMessage(chat::ChatMessage {
+                content: "x".repeat(GENERATION_BYTES),
+                ..Default::default()
+            })),
+            request_id: None,
+        }
+        .encode_to_vec();
+        let first = json(events.event(&method, &huge));
+        assert_eq!(json(events.event(&method, &huge)), first);
+        let cache = events.lock();
+        assert!(
+            cache.current.contains_key(small.as_slice()),
+            "not pushed out"
+        );
+        assert!(!cache.current.contains_key(huge.as_slice()));
+        assert!(!cache.previous.contains_key(huge.as_slice()));
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - `upstream`: the shared gRPC connections, unary calls, and each session's
 //!   reconnecting bidirectional stream.
 //! - `session`: one WebSocket connection's read loop and dispatch.
-//! - `outbound`: the browser-bound queue and writer task of a session.
+//! - `outbound`: the browser-bound queue (bounded in frames and bytes) and
+//!   writer task (bounded in time) of a session.
 //! - this file: settings, the HTTP routes (page, WebSocket, health), `run`.
 
 pub mod codec;
@@ -47,6 +48,18 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Default frames queued towards one browser before it counts as too slow.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default bytes of frames queued towards one browser before it counts as
+/// too slow. The frame bound alone let a client that stopped reading hold
+/// 1024 frames of whatever size (4 KiB chat messages: over 4 MiB each).
+/// 1 MiB is over three times what the frame bound holds of typical ~300-byte
+/// chat frames, so it only bites on large frames: ~250 messages of 4 KiB,
+/// a few seconds of a busy room, and a stalled client costs at most this.
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
+/// Default time one write to a browser's socket may take before the
+/// browser counts as stalled and is dropped (1008). Long enough for a slow
+/// mobile link to take a batch of frames, short enough that a dead one is
+/// gone within seconds.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default unary calls one connection may have in flight.
 pub const DEFAULT_MAX_UNARY_IN_FLIGHT: usize = 32;
 /// Default deadline of a unary call.
@@ -79,7 +92,13 @@ pub struct Config {
     pub upstream_connections: usize,
     pub max_frame_bytes: usize,
     pub ping_interval: Duration,
+    /// Frames queued towards one browser before it is closed as too slow.
     pub outbound_queue: usize,
+    /// Bytes of frames queued towards one browser before it is closed as
+    /// too slow.
+    pub outbound_queue_bytes: usize,
+    /// How long one write to a browser's socket may take.
+    pub write_timeout: Duration,
     pub max_unary_in_flight: usize,
     pub unary_timeout: Duration,
 }
@@ -92,6 +111,8 @@ impl Config {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             ping_interval: DEFAULT_PING_INTERVAL,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_unary_in_flight: DEFAULT_MAX_UNARY_IN_FLIGHT,
             unary_timeout: DEFAULT_UNARY_TIMEOUT,
         }

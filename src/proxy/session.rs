@@ -1,6 +1,7 @@
 //! One WebSocket connection: reads the browser's frames and dispatches them
 //! (unary call, stream frame, or error frame); ends on close, on keepalive
-//! timeout, on an oversize frame, or on shutdown.
+//! timeout, on a frame it cannot read (oversize, invalid UTF-8, a protocol
+//! violation), or on shutdown.
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use tonic::Code;
 
 use super::Context;
 use super::gateway::REQUEST_ID;
-use super::outbound::{ToClient, close_code, spawn_writer};
+use super::outbound::{Limits, ToClient, close_code, spawn_writer};
 use super::transcode::{Frame, error_json, reply_json, status_json};
 use super::upstream::StreamLink;
 
@@ -20,7 +21,13 @@ use super::upstream::StreamLink;
 pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketAddr) {
     let config = &ctx.config;
     let (sink, mut stream) = socket.split();
-    let (client, writer) = spawn_writer(sink, config.outbound_queue, config.ping_interval);
+    let limits = Limits {
+        frames: config.outbound_queue,
+        bytes: config.outbound_queue_bytes,
+        write_timeout: config.write_timeout,
+        ping_interval: config.ping_interval,
+    };
+    let (client, writer) = spawn_writer(sink, limits);
     let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight));
     // Opened at the first stream frame: a page that only reads history costs
     // the service no stream.
@@ -48,12 +55,15 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
                 break;
             }
             Ok(Some(Err(e))) => {
-                if is_too_big(&e) {
-                    let reason = format!("frame larger than {} bytes", config.max_frame_bytes);
-                    client.close(close_code::SIZE, &reason);
-                } else {
-                    tracing::debug!(error = %e, "websocket read failed");
-                    client.finish();
+                match read_failure(&e, config.max_frame_bytes) {
+                    Some((code, reason)) => {
+                        tracing::debug!(error = %e, code, "closing on a bad frame");
+                        client.close(code, &reason);
+                    }
+                    None => {
+                        tracing::debug!(error = %e, "websocket read failed");
+                        client.finish();
+                    }
                 }
                 break;
             }
@@ -132,14 +142,43 @@ async fn dispatch(
     }
 }
 
-/// Whether a read failed because the peer sent more than the size limit.
-fn is_too_big(e: &axum::Error) -> bool {
+/// The close code and reason a failed read ends the session with (RFC 6455
+/// section 7.4.1), or None if the peer is gone and there is no one to tell.
+///
+/// tungstenite leaves its connection writable after a bad frame (only a
+/// close handshake or the end of the stream stops writes), so the close
+/// frame does go out.
+fn read_failure(e: &axum::Error, max_frame_bytes: usize) -> Option<(u16, String)> {
+    use tungstenite::error::{Error, ProtocolError};
+    match tungstenite_error(e)? {
+        Error::Capacity(_) => Some((
+            close_code::SIZE,
+            format!("frame larger than {max_frame_bytes} bytes"),
+        )),
+        Error::Utf8(_) => Some((
+            close_code::INVALID,
+            "a text frame is not valid UTF-8".to_owned(),
+        )),
+        // The TCP connection ended without a close frame: the peer is gone.
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        // Unmasked frame, reserved opcode or bits, oversize or fragmented
+        // control frame, continuation with nothing to continue...
+        Error::Protocol(violation) => Some((
+            close_code::PROTOCOL,
+            format!("protocol violation: {violation}"),
+        )),
+        _ => None,
+    }
+}
+
+/// The tungstenite error behind a failed read, if there is one.
+fn tungstenite_error(e: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
+        if let Some(e) = err.downcast_ref::<tungstenite::Error>() {
+            return Some(e);
         }
         source = err.source();
     }
-    false
+    None
 }

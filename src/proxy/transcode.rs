@@ -26,6 +26,8 @@ use tonic::Code;
 
 use super::gateway::{Action, ERROR, Gateway, REQUEST_ID, StreamMethod, UnaryMethod, json_quote};
 
+mod integers;
+
 /// A browser frame, ready to send upstream.
 #[derive(Debug)]
 pub enum Frame<'a> {
@@ -262,7 +264,8 @@ fn scan(text: &str) -> Result<TopLevel<'_>, serde_json::Error> {
 
 fn deserialize_whole(text: &str, desc: MessageDescriptor) -> Result<DynamicMessage, String> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let message = DynamicMessage::deserialize(desc, &mut de).map_err(|e| e.to_string())?;
+    let message = DynamicMessage::deserialize(desc.clone(), integers::exact(&mut de, &desc))
+        .map_err(|e| e.to_string())?;
     de.end().map_err(|e| e.to_string())?;
     Ok(message)
 }
@@ -276,8 +279,8 @@ fn deserialize_part(
 ) -> Result<DynamicMessage, String> {
     let text = part.get();
     let mut de = serde_json::Deserializer::from_str(text);
-    let message =
-        DynamicMessage::deserialize(desc, &mut de).map_err(|e| relocate(&e, frame, text))?;
+    let message = DynamicMessage::deserialize(desc.clone(), integers::exact(&mut de, &desc))
+        .map_err(|e| relocate(&e, frame, text))?;
     de.end().map_err(|e| relocate(&e, frame, text))?;
     Ok(message)
 }
@@ -699,6 +702,42 @@ mod tests {
             let e = error(&gw, text);
             assert_eq!(e.message, message, "{text}");
             assert_eq!(e.request_id.as_deref(), request_id, "{text}");
+        }
+    }
+
+    /// Issue 8: `after_seq` of 2^64 was read as u64::MAX (an empty page)
+    /// while `limit` of the same size was refused.
+    #[test]
+    fn integers_out_of_range_are_refused_alike() {
+        let gw = chat_gateway();
+        let u64_range = "must be an integer from 0 to 18446744073709551615";
+        for (text, message) in [
+            (
+                r#"{"get_chat_history": {"room_id": "r", "after_seq": 18446744073709551616}}"#,
+                format!("invalid get_chat_history: after_seq {u64_range} at line 1 column 71"),
+            ),
+            (
+                r#"{"get_chat_history": {"room_id": "r", "beforeSeq": "18446744073709551616"}}"#,
+                format!("invalid get_chat_history: before_seq {u64_range} at line 1 column 73"),
+            ),
+            (
+                r#"{"get_chat_history": {"room_id": "r", "limit": 18446744073709551616}}"#,
+                "invalid get_chat_history: limit must be an integer from 0 to 4294967295 \
+                 at line 1 column 67"
+                    .to_owned(),
+            ),
+            (
+                r#"{"get_chat_history": {"room_id": "r", "limit": 2.5}}"#,
+                "invalid get_chat_history: limit must be an integer from 0 to 4294967295 \
+                 at line 1 column 50"
+                    .to_owned(),
+            ),
+            (
+                r#"{"chat_message": {"room_id": "r", "seq": 18446744073709551616}}"#,
+                format!("invalid chat_message: seq {u64_range} at line 1 column 61"),
+            ),
+        ] {
+            assert_eq!(error(&gw, text).message, message, "{text}");
         }
     }
 
