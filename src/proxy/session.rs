@@ -182,3 +182,51 @@ fn tungstenite_error(e: &axum::Error) -> Option<&tungstenite::Error> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use tungstenite::error::{CapacityError, Error, ProtocolError};
+
+    use super::*;
+
+    fn code_for(e: Error) -> Option<u16> {
+        read_failure(&axum::Error::new(e), 65536).map(|(code, _)| code)
+    }
+
+    #[test]
+    fn each_read_failure_closes_with_its_rfc_6455_code() {
+        let too_long = CapacityError::MessageTooLong {
+            size: 70_000,
+            max_size: 65_536,
+        };
+        assert_eq!(code_for(Error::Capacity(too_long)), Some(1009));
+        assert_eq!(code_for(Error::Utf8("invalid utf-8".into())), Some(1007));
+        for violation in [
+            ProtocolError::UnmaskedFrameFromClient,
+            ProtocolError::NonZeroReservedBits,
+            ProtocolError::UnexpectedContinueFrame,
+            ProtocolError::ControlFrameTooBig,
+        ] {
+            assert_eq!(code_for(Error::Protocol(violation)), Some(1002));
+        }
+    }
+
+    #[test]
+    fn a_peer_that_just_went_away_gets_no_close_frame() {
+        let reset = Error::Protocol(ProtocolError::ResetWithoutClosingHandshake);
+        assert_eq!(code_for(reset), None);
+        assert_eq!(code_for(Error::ConnectionClosed), None);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(code_for(Error::Io(io)), None);
+    }
+
+    #[test]
+    fn the_size_limit_is_named_in_the_reason() {
+        let too_long = CapacityError::MessageTooLong {
+            size: 9,
+            max_size: 8,
+        };
+        let failure = read_failure(&axum::Error::new(Error::Capacity(too_long)), 8);
+        assert_eq!(failure, Some((1009, "frame larger than 8 bytes".into())));
+    }
+}
