@@ -80,13 +80,7 @@ async fn get_user_of_an_unknown_id_is_not_found() {
 #[tokio::test]
 async fn an_invalid_frame_gets_an_error_event_and_the_stream_goes_on() {
     let server = Server::start().await;
-    let mut grpc = server.grpc().await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut stream = grpc
-        .chat(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut stream) = server.chat().await;
     let send = |room: &str, id: &str, request_id: &str| ChatStream {
         event: Some(Event::ChatMessage(ChatMessage {
             id: id.into(),
@@ -381,13 +375,7 @@ async fn storage_failures_reach_clients_with_the_code_for_what_failed() {
             reads,
         });
         let server = Server::start_on(store, server::Config::default()).await;
-        let mut grpc = server.grpc().await;
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let mut stream = grpc
-            .chat(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, mut stream) = server.chat().await;
         tx.send(ChatStream {
             event: Some(Event::ChatMessage(ChatMessage {
                 id: "m1".into(),
@@ -410,7 +398,9 @@ async fn storage_failures_reach_clients_with_the_code_for_what_failed() {
         assert_eq!(answer.code(), code, "{error:?}: {answer:?}");
         assert!(answer.message.contains("message not stored"), "{answer:?}");
 
-        let status = grpc
+        let status = server
+            .grpc()
+            .await
             .set_user_name(wsgate::proto::chat::SetUserNameRequest {
                 user_id: "u".into(),
                 name: "Ada".into(),

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
+use wsgate::proto::chat::ChatStream;
 use wsgate::proto::chat::chat_service_client::ChatServiceClient;
 use wsgate::storage::{SqliteOptions, SqliteStore, Store};
 use wsgate::{proxy, server};
@@ -141,6 +142,24 @@ impl Server {
 
     pub async fn grpc(&self) -> ChatServiceClient<tonic::transport::Channel> {
         ChatServiceClient::new(self.channel().await)
+    }
+
+    /// Opens a `Chat` stream: what to send on it, and what comes back.
+    pub async fn chat(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<ChatStream>,
+        tonic::Streaming<ChatStream>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let stream = self
+            .grpc()
+            .await
+            .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("Chat opens")
+            .into_inner();
+        (tx, stream)
     }
 
     /// Shuts down gracefully and waits until storage is flushed.
