@@ -188,6 +188,11 @@ impl Session {
     /// the stream was already in the room as that user.
     async fn join(&mut self, join: &chat::JoinRoom) -> bool {
         let user_id = Some(join.user_id.as_str()).filter(|u| !u.is_empty());
+        // A join that names no user does not take away the one the stream
+        // is already in the room as (the handout's flow: send, then join).
+        if user_id.is_none() && self.joins.contains_key(&join.room_id) {
+            return false;
+        }
         let new_user = user_id.is_some_and(|user| self.act_as(user));
         let changed = self.enter(&join.room_id, user_id);
         if let (true, Some(user_id)) = (new_user, user_id) {
@@ -370,6 +375,14 @@ mod tests {
         let answer = h.next().await;
         assert_eq!(answer.request_id.as_deref(), Some("j1"));
         assert!(matches!(answer.event, Some(Event::Presence(ref p)) if p.snapshot));
+        h.nothing_more();
+        // A join naming no user keeps the stream in the room as Ada.
+        h.handle(join("r", ""), "j2").await;
+        let answer = h.next().await;
+        assert!(
+            matches!(answer.event, Some(Event::Presence(ref p)) if p.online == ["ada"]),
+            "{answer:?}"
+        );
         h.nothing_more();
     }
 
