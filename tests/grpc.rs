@@ -39,6 +39,34 @@ async fn health_says_serving() {
     server.stop().await;
 }
 
+/// A load balancer watching the server's health learns that it is going
+/// away, and its open Watch stream does not hold up the graceful shutdown.
+#[tokio::test]
+async fn a_health_watch_sees_not_serving_and_ends_when_the_server_stops() {
+    let server = Server::start().await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "chat.ChatService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+    let stopping = tokio::spawn(server.stop());
+    let mut statuses = Vec::new();
+    while let Some(reply) = tokio::time::timeout(support::WAIT, watch.message())
+        .await
+        .expect("the watch ends in time")
+        .unwrap()
+    {
+        statuses.push(reply.status());
+    }
+    assert_eq!(statuses, [ServingStatus::NotServing]);
+    stopping.await.unwrap();
+}
+
 #[tokio::test]
 async fn reflection_lists_the_chat_service() {
     let server = Server::start().await;

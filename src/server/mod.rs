@@ -128,21 +128,32 @@ pub async fn run(
 }
 
 /// Keeps the health of `chat.ChatService` and of the server as a whole (the
-/// service "") in step with [`Store::healthy`], until `stop`.
+/// service "") in step with [`Store::healthy`], until `stop`. Then says
+/// NOT_SERVING and forgets both services, which ends every health `Watch`
+/// stream: a load balancer watching the server learns that it is going, and
+/// its open stream no longer holds up the graceful shutdown (which waits for
+/// every stream to end).
 async fn report_store_health(
     store: Arc<dyn Store>,
-    reporter: tonic_health::server::HealthReporter,
+    mut reporter: tonic_health::server::HealthReporter,
     stop: CancellationToken,
 ) {
     use tonic::server::NamedService as _;
     use tonic_health::ServingStatus;
 
+    const SERVICES: [&str; 2] = ["", ChatServiceServer::<ChatServiceImpl>::NAME];
     let mut ticks = tokio::time::interval(STORE_CHECK_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_healthy = true;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                for service in SERVICES {
+                    reporter.set_service_status(service, ServingStatus::NotServing).await;
+                    reporter.clear_service_status(service).await;
+                }
+                return;
+            }
             _ = ticks.tick() => {}
         }
         // A stat or two: cheap, but still blocking I/O.
@@ -165,7 +176,7 @@ async fn report_store_health(
             tracing::error!("storage no longer durable: health is NOT_SERVING");
             ServingStatus::NotServing
         };
-        for service in ["", ChatServiceServer::<ChatServiceImpl>::NAME] {
+        for service in SERVICES {
             reporter.set_service_status(service, status).await;
         }
     }
