@@ -246,28 +246,40 @@ async fn flood_until_offline(server: &Server, reader: Ws, user: &'static str) ->
     sent
 }
 
+/// A sleeper and a reader in one room of a gateway with these limits
+/// towards each browser; floods the room until the gateway has dropped the
+/// sleeper. Returns how many messages were sent, then the sleeper's close
+/// code and how many messages it found once it read again.
+async fn flood_past_a_sleeper(
+    frames: usize,
+    bytes: usize,
+    write_timeout: Duration,
+) -> (usize, Option<u16>, usize) {
+    let server = Server::start().await;
+    let mut config = wsgate::proxy::Config::new(server.uri());
+    config.outbound_queue = frames;
+    config.outbound_queue_bytes = bytes;
+    config.write_timeout = write_timeout;
+    let proxy = Proxy::start_with(config).await;
+    let sleepy = Sleeper::join(&proxy, "r", "sleepy").await;
+    let mut reader = proxy.connect().await;
+    reader.join("r", "reader").await;
+    let sent = flood_until_offline(&server, reader, "sleepy").await;
+    let (code, messages) = sleepy.wake().await;
+    (sent, code, messages)
+}
+
 /// Issue 8: a client that stopped reading, with 6,000 messages of 4 KB
 /// going to its room, was not closed within 20 s. With the frame and byte
 /// bounds out of the way, the write timeout alone drops it.
 #[tokio::test]
 async fn a_stalled_reader_is_dropped_after_the_write_timeout() {
-    let server = Server::start().await;
-    let mut config = wsgate::proxy::Config::new(server.uri());
-    config.outbound_queue = 1_000_000;
-    config.outbound_queue_bytes = usize::MAX / 2;
-    config.write_timeout = Duration::from_secs(1);
-    let proxy = Proxy::start_with(config).await;
-    let sleepy = Sleeper::join(&proxy, "r", "sleepy").await;
-    let mut reader = proxy.connect().await;
-    reader.join("r", "reader").await;
-
-    let sent = flood_until_offline(&server, reader, "sleepy").await;
-
+    let (sent, code, messages) =
+        flood_past_a_sleeper(1_000_000, usize::MAX / 2, Duration::from_secs(1)).await;
     // The connection was dropped: the sleeper, reading again, finds its
     // end after fewer messages than were sent. The close frame is a
     // courtesy to a peer that took nothing for a second, but if it got
     // through, it says 1008.
-    let (code, messages) = sleepy.wake().await;
     assert!(messages < sent, "{messages} of {sent}");
     assert!(matches!(code, None | Some(1008)), "{code:?}");
 }
@@ -276,18 +288,8 @@ async fn a_stalled_reader_is_dropped_after_the_write_timeout() {
 /// the close frame (1008) reaches it once it reads again.
 #[tokio::test]
 async fn the_byte_bound_closes_a_slow_reader_with_1008() {
-    let server = Server::start().await;
-    let mut config = wsgate::proxy::Config::new(server.uri());
-    config.outbound_queue = 1_000_000;
-    config.outbound_queue_bytes = 256 * 1024;
-    config.write_timeout = Duration::from_secs(60);
-    let proxy = Proxy::start_with(config).await;
-    let sleepy = Sleeper::join(&proxy, "r", "sleepy").await;
-    let mut reader = proxy.connect().await;
-    reader.join("r", "reader").await;
-
-    let sent = flood_until_offline(&server, reader, "sleepy").await;
-    let (code, messages) = sleepy.wake().await;
+    let (sent, code, messages) =
+        flood_past_a_sleeper(1_000_000, 256 * 1024, Duration::from_secs(60)).await;
     assert_eq!(code, Some(1008));
     assert!(messages < sent, "{messages} of {sent}");
 }

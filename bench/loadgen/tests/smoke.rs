@@ -271,9 +271,9 @@ async fn setup_failures_are_errors() {
     assert!(ingest::run(&args).await.is_err());
 }
 
-/// A WebSocket server that answers every frame with an error and never
-/// echoes: membership can never be confirmed.
-async fn refusing_server() -> SocketAddr {
+/// A WebSocket server that answers each text frame with what `answer`
+/// returns for it (nothing, for `None`).
+async fn fake_server(answer: fn(&str) -> Option<String>) -> SocketAddr {
     use futures_util::{SinkExt as _, StreamExt as _};
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -284,17 +284,31 @@ async fn refusing_server() -> SocketAddr {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() {
-                        let error = r#"{"error":{"code":"UNAVAILABLE","message":"no rooms here"}}"#;
-                        if ws.send(error.into()).await.is_err() {
-                            return;
-                        }
+                    let Some(reply) = msg
+                        .is_text()
+                        .then(|| msg.to_text().ok())
+                        .flatten()
+                        .and_then(answer)
+                    else {
+                        continue;
+                    };
+                    if ws.send(reply.into()).await.is_err() {
+                        return;
                     }
                 }
             });
         }
     });
     addr
+}
+
+/// Answers every frame with an error and never echoes: membership can never
+/// be confirmed.
+async fn refusing_server() -> SocketAddr {
+    fake_server(|_| {
+        Some(r#"{"error":{"code":"UNAVAILABLE","message":"no rooms here"}}"#.to_owned())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,31 +331,15 @@ async fn membership_never_confirmed_is_a_setup_failure() {
     assert!(fanout::run(&args).await.is_err());
 }
 
-/// A WebSocket server that echoes the load generator's probes to their
-/// sender (membership of a room of one is proven) and swallows every
-/// other message: a run measures nothing.
+/// Echoes the load generator's probes to their sender (membership of a room
+/// of one is proven) and swallows every other message: a run measures
+/// nothing.
 async fn swallowing_server() -> SocketAddr {
-    use futures_util::{SinkExt as _, StreamExt as _};
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    let probe = msg
-                        .to_text()
-                        .is_ok_and(|t| t.contains(r#""content":"probe""#));
-                    if probe && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    fake_server(|text| {
+        text.contains(r#""content":"probe""#)
+            .then(|| text.to_owned())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
