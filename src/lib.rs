@@ -1,6 +1,7 @@
 //! wsgate: browsers talk to gRPC services over WebSocket.
 //!
 //! # Layout
+//! - [`auth`]: JSON Web Tokens: verifying (gateway and server), minting.
 //! - [`proto`]: `proto/chat.proto`'s generated types and its descriptor set.
 //! - [`server`]: the gRPC chat service (`server::run`).
 //! - [`storage`]: the [`storage::Store`] trait, SQLite, the group-commit writer.
@@ -10,6 +11,7 @@
 //! binary, the tests) choose the address, and tests bind port 0.
 //! See ARCHITECTURE.md for the path of one message.
 
+pub mod auth;
 pub mod proto;
 pub mod proxy;
 pub mod server;

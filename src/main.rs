@@ -15,6 +15,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use wsgate::auth::{SignKey, TokenRequest, Verifier, VerifierConfig, VerifyKey};
 use wsgate::proxy::{self, Gateway};
 use wsgate::server;
 use wsgate::storage::{SqliteOptions, SqliteStore, Store, WriterOptions};
@@ -60,6 +61,9 @@ enum Command {
     Server(ServerArgs),
     /// The WebSocket gateway alone, in front of any gRPC service.
     Proxy(ProxyArgs),
+    /// Prints a signed token, for trying `--auth jwt` out and for tests. A
+    /// real application's backend issues its own (docs/security.md).
+    Token(TokenArgs),
 }
 
 #[derive(Args)]
@@ -76,6 +80,103 @@ struct ProxyArgs {
     gateway: GatewayArgs,
     #[command(flatten)]
     upstream: UpstreamArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AuthMode {
+    /// Every client is trusted to say who it is.
+    None,
+    /// Every connection presents a JSON Web Token and acts as its `sub`.
+    Jwt,
+}
+
+/// How callers prove who they are. The same flags on the gateway and on the
+/// chat server: both verify every token.
+#[derive(Args)]
+#[command(next_help_heading = "Authentication")]
+struct AuthArgs {
+    /// none: clients say who they are, and are believed (fine on loopback or
+    /// behind an app that checks). jwt: each connection needs a valid token
+    /// and acts as its `sub` (see docs/security.md).
+    #[arg(long, env = "WSGATE_AUTH", value_enum, default_value_t = AuthMode::None)]
+    auth: AuthMode,
+    /// HS256 secret, at least 32 bytes. Prefer --jwt-secret-file or the
+    /// variable: a command line is visible to every local user.
+    #[arg(
+        long,
+        env = "WSGATE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
+    /// File holding the HS256 secret (surrounding whitespace is ignored).
+    #[arg(long, env = "WSGATE_JWT_SECRET_FILE", value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// PEM public key tokens may be signed with: RSA (RS256) or P-256 (ES256).
+    /// Repeat (or separate with commas) to accept several, e.g. while rotating.
+    #[arg(
+        long,
+        env = "WSGATE_JWT_PUBLIC_KEY",
+        value_name = "FILE",
+        value_delimiter = ','
+    )]
+    jwt_public_key: Vec<PathBuf>,
+    /// JSON Web Key Set file; a token picks its key by `kid`.
+    #[arg(long, env = "WSGATE_JWKS_FILE", value_name = "FILE")]
+    jwks_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "WSGATE_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim. Unset, a token naming any audience is refused.
+    #[arg(long, env = "WSGATE_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "WSGATE_JWT_LEEWAY", value_name = "SECONDS",
+          default_value_t = wsgate::auth::DEFAULT_LEEWAY.as_secs(), value_parser = leeway)]
+    jwt_leeway: u64,
+}
+
+/// `wsgate token`: what to put in the token and the key to sign it with.
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// How long the token is valid: e.g. 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = ttl)]
+    ttl: Duration,
+    /// Display name (`name` claim).
+    #[arg(long)]
+    name: Option<String>,
+    /// Rooms the token may enter (`rooms` claim), comma-separated; an entry
+    /// ending in `*` is a prefix. Unset: every room.
+    #[arg(long, value_delimiter = ',')]
+    rooms: Option<Vec<String>>,
+    /// HS256 secret to sign with.
+    #[arg(
+        long,
+        env = "WSGATE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
+    /// File holding the HS256 secret.
+    #[arg(long, env = "WSGATE_JWT_SECRET_FILE", value_name = "FILE")]
+    jwt_secret_file: Option<PathBuf>,
+    /// PEM private key to sign with: RSA (RS256) or P-256 (ES256).
+    #[arg(long, env = "WSGATE_JWT_PRIVATE_KEY", value_name = "FILE")]
+    jwt_private_key: Option<PathBuf>,
+    /// `iss` claim.
+    #[arg(long, env = "WSGATE_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
+    /// `aud` claim.
+    #[arg(long, env = "WSGATE_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// Key id (`kid` header), for a verifier holding a JWKS.
+    #[arg(long, value_name = "KID")]
+    kid: Option<String>,
 }
 
 #[derive(Args)]
@@ -90,6 +191,8 @@ struct ServerArgs {
     /// One server per file: it is locked (FILE.lock) while in use.
     #[arg(long, env = "WSGATE_DB", default_value = "wsgate.db")]
     db: PathBuf,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Sync every commit to disk (survives power loss, slower). Without it a
     /// confirmed message still survives a crash of the process.
     /// The variable takes 1/0, true/false, yes/no, on/off.
@@ -225,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::All(args) => run_all(args).await,
             Command::Server(args) => run_server(args).await,
             Command::Proxy(args) => run_proxy(args).await,
+            Command::Token(args) => print_token(&args),
         }
     });
     // Tasks still blocked on a vanished peer must not hold the exit.
@@ -245,21 +349,28 @@ fn init_logging() {
 
 async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let gateway = Arc::new(build_gateway(&UpstreamArgs::builtin())?);
+    let auth = args.server.auth.verifier()?;
     let store = open_store(&args.server)?;
     let grpc = bind(&args.server.grpc_listen).await?;
     let web = bind(&args.gateway.listen).await?;
+    warn_if_open(auth.as_ref(), &[&grpc, &web]);
     let upstream = format!("http://{}", reachable(grpc.local_addr()?));
     let shutdown = shutdown_on_signal();
     // If either half stops (an error), the other is stopped too.
     let server = tokio::spawn(stop_all_when_done(
-        server::run(grpc, store, server_config(&args.server), shutdown.clone()),
+        server::run(
+            grpc,
+            store,
+            server_config(&args.server, auth.clone()),
+            shutdown.clone(),
+        ),
         shutdown.clone(),
     ));
     let gateway = tokio::spawn(stop_all_when_done(
         proxy::run(
             web,
             gateway,
-            proxy_config(&args.gateway, upstream),
+            proxy_config(&args.gateway, upstream, auth),
             shutdown.clone(),
         ),
         shutdown,
@@ -280,16 +391,128 @@ async fn stop_all_when_done(
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let auth = args.auth.verifier()?;
     let store = open_store(&args)?;
     let grpc = bind(&args.grpc_listen).await?;
-    server::run(grpc, store, server_config(&args), shutdown_on_signal()).await
+    warn_if_open(auth.as_ref(), &[&grpc]);
+    let config = server_config(&args, auth);
+    server::run(grpc, store, config, shutdown_on_signal()).await
 }
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let gateway = Arc::new(build_gateway(&args.upstream)?);
+    let auth = args.auth.verifier()?;
     let web = bind(&args.gateway.listen).await?;
-    let config = proxy_config(&args.gateway, args.upstream.upstream.clone());
+    warn_if_open(auth.as_ref(), &[&web]);
+    let config = proxy_config(&args.gateway, args.upstream.upstream.clone(), auth);
     proxy::run(web, gateway, config, shutdown_on_signal()).await
+}
+
+impl AuthArgs {
+    /// The verifier `--auth jwt` asks for, with its keys loaded; `None` for
+    /// `--auth none`.
+    fn verifier(&self) -> anyhow::Result<Option<Arc<Verifier>>> {
+        let mut keys = Vec::new();
+        if let Some(secret) =
+            read_secret(self.jwt_secret.as_deref(), self.jwt_secret_file.as_deref())?
+        {
+            keys.push(VerifyKey::Secret(secret));
+        }
+        for path in &self.jwt_public_key {
+            keys.push(VerifyKey::PublicPem(read_file(path)?));
+        }
+        if let Some(path) = &self.jwks_file {
+            let json = String::from_utf8(read_file(path)?)
+                .with_context(|| format!("{} is not UTF-8 text", path.display()))?;
+            keys.push(VerifyKey::Jwks(json));
+        }
+        if self.auth == AuthMode::None {
+            if !keys.is_empty() {
+                // A key set with the mode left at none would look protected
+                // and not be.
+                bail!(
+                    "a JWT key is configured but --auth is none: add --auth jwt, or remove the key"
+                );
+            }
+            return Ok(None);
+        }
+        let config = VerifierConfig {
+            keys,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: Duration::from_secs(self.jwt_leeway),
+        };
+        let verifier = Verifier::new(&config).context(
+            "--auth jwt: cannot load the keys (--jwt-secret, --jwt-secret-file, --jwt-public-key, --jwks-file)",
+        )?;
+        tracing::info!(?verifier, "authentication: JSON Web Tokens");
+        Ok(Some(Arc::new(verifier)))
+    }
+}
+
+/// The secret from the flag or the file named; never both.
+fn read_secret(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    match (value, file) {
+        (Some(_), Some(_)) => bail!("give --jwt-secret or --jwt-secret-file, not both"),
+        (Some(secret), None) => Ok(Some(secret.as_bytes().to_vec())),
+        (None, Some(path)) => {
+            let bytes = read_file(path)?;
+            Ok(Some(bytes.trim_ascii().to_vec()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn read_file(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// With `--auth none`, anyone who can reach a listener can act as any user:
+/// say so once when that is more than this machine.
+fn warn_if_open(auth: Option<&Arc<Verifier>>, listeners: &[&TcpListener]) {
+    if auth.is_some() {
+        return;
+    }
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr()
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(
+                %addr,
+                "--auth none on an address other machines can reach: any client can act as any user; \
+                 use --auth jwt (docs/security.md)"
+            );
+        }
+    }
+}
+
+fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
+    let key = match (
+        read_secret(args.jwt_secret.as_deref(), args.jwt_secret_file.as_deref())?,
+        &args.jwt_private_key,
+    ) {
+        (Some(_), Some(_)) => bail!("give a secret or --jwt-private-key, not both"),
+        (Some(secret), None) => SignKey::Secret(secret),
+        (None, Some(path)) => SignKey::PrivatePem(read_file(path)?),
+        (None, None) => bail!(
+            "no key to sign with: give --jwt-secret, --jwt-secret-file (or WSGATE_JWT_SECRET) or --jwt-private-key"
+        ),
+    };
+    let request = TokenRequest {
+        user: args.user.clone(),
+        ttl: args.ttl,
+        name: args.name.clone(),
+        rooms: args.rooms.clone(),
+        issuer: args.jwt_issuer.clone(),
+        audience: args.jwt_audience.clone(),
+        kid: args.kid.clone(),
+    };
+    let token = wsgate::auth::mint(&key, &request)?;
+    println!("{token}");
+    Ok(())
 }
 
 impl UpstreamArgs {
@@ -339,16 +562,22 @@ fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-fn server_config(args: &ServerArgs) -> server::Config {
+fn server_config(args: &ServerArgs, auth: Option<Arc<Verifier>>) -> server::Config {
     server::Config {
+        auth,
         max_content_bytes: args.max_content_bytes,
         stream_buffer: args.stream_buffer,
         writer: WriterOptions::default(),
     }
 }
 
-fn proxy_config(args: &GatewayArgs, upstream: String) -> proxy::Config {
+fn proxy_config(
+    args: &GatewayArgs,
+    upstream: String,
+    auth: Option<Arc<Verifier>>,
+) -> proxy::Config {
     proxy::Config {
+        auth,
         max_frame_bytes: args.max_frame_bytes,
         ping_interval: Duration::from_secs(args.ping_interval),
         outbound_queue: args.outbound_queue,
@@ -486,6 +715,39 @@ fn seconds(value: &str) -> Result<u64, String> {
     in_range(value, MAX_SECONDS)
 }
 
+/// Seconds of clock skew: zero is allowed (exact clocks), ten minutes is
+/// already more than any clock should be off by.
+fn leeway(value: &str) -> Result<u64, String> {
+    let n: u64 = value.trim().parse().map_err(|e| format!("{e}"))?;
+    if n > 600 {
+        return Err("must be at most 600".into());
+    }
+    Ok(n)
+}
+
+/// A token lifetime: a number and a unit, s, m, h or d (`90s`, `1h`).
+fn ttl(value: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a number and a unit (s, m, h, d), e.g. 30m or 1h";
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let n: u64 = number.parse().map_err(|_| EXPECTED.to_owned())?;
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(EXPECTED.to_owned()),
+    };
+    match n.checked_mul(unit_seconds) {
+        Some(0) => Err("must be more than zero".into()),
+        Some(s) if s <= 366 * 86400 => Ok(Duration::from_secs(s)),
+        _ => Err("must be at most a year (366d)".into()),
+    }
+}
+
 fn upstream_connections(value: &str) -> Result<usize, String> {
     in_range(value, MAX_UPSTREAM_CONNECTIONS)
 }
@@ -593,6 +855,27 @@ mod tests {
             "http://chat:1?q",
         ] {
             assert!(upstream_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_lifetimes_have_a_unit() {
+        assert_eq!(ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(ttl("7d"), Ok(Duration::from_secs(7 * 86400)));
+        for bad in [
+            "",
+            "1",
+            "h",
+            "0s",
+            "1.5h",
+            "-1h",
+            "1 h",
+            "400d",
+            "99999999999999999999d",
+        ] {
+            assert!(ttl(bad).is_err(), "{bad}");
         }
     }
 

@@ -101,6 +101,8 @@ pub struct Config {
     pub write_timeout: Duration,
     pub max_unary_in_flight: usize,
     pub unary_timeout: Duration,
+    /// Token verification (`--auth jwt`); `None` trusts every client.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
 }
 
 impl Config {
@@ -115,6 +117,7 @@ impl Config {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_unary_in_flight: DEFAULT_MAX_UNARY_IN_FLIGHT,
             unary_timeout: DEFAULT_UNARY_TIMEOUT,
+            auth: None,
         }
     }
 }

@@ -47,6 +47,8 @@ const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The server's settings, validated by the caller.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Token verification (`--auth jwt`); `None` trusts every client.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
     pub max_content_bytes: usize,
     pub stream_buffer: usize,
     pub writer: WriterOptions,
@@ -55,6 +57,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            auth: None,
             max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
             stream_buffer: DEFAULT_STREAM_BUFFER,
             writer: WriterOptions::default(),
