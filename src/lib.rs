@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`auth`]: JSON Web Tokens: verifying (gateway and server), minting.
+//! - [`metrics`]: the Prometheus registry and `/metrics`.
 //! - [`proto`]: `proto/chat.proto`'s generated types and its descriptor set.
 //! - [`server`]: the gRPC chat service (`server::run`).
 //! - [`storage`]: the [`storage::Store`] trait, SQLite, the group-commit writer.
@@ -12,6 +13,7 @@
 //! See ARCHITECTURE.md for the path of one message.
 
 pub mod auth;
+pub mod metrics;
 pub mod proto;
 pub mod proxy;
 pub mod server;

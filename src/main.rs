@@ -193,6 +193,12 @@ struct ServerArgs {
     db: PathBuf,
     #[command(flatten)]
     auth: AuthArgs,
+    /// Address to serve the server's Prometheus metrics on, at /metrics
+    /// (HOST:PORT). Unset: not served (with `wsgate all`, the gateway's
+    /// /metrics shows them too).
+    #[arg(long, env = "WSGATE_METRICS_LISTEN", value_name = "HOST:PORT",
+          value_parser = listen_address)]
+    metrics_listen: Option<String>,
     /// Sync every commit to disk (survives power loss, slower). Without it a
     /// confirmed message still survives a crash of the process.
     /// The variable takes 1/0, true/false, yes/no, on/off.
@@ -354,14 +360,16 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let grpc = bind(&args.server.grpc_listen).await?;
     let web = bind(&args.gateway.listen).await?;
     warn_if_open(auth.as_ref(), &[&grpc, &web]);
+    let metrics = wsgate::metrics::registry();
     let upstream = format!("http://{}", reachable(grpc.local_addr()?));
     let shutdown = shutdown_on_signal();
+    serve_metrics(&args.server, &metrics, &shutdown).await?;
     // If either half stops (an error), the other is stopped too.
     let server = tokio::spawn(stop_all_when_done(
         server::run(
             grpc,
             store,
-            server_config(&args.server, auth.clone()),
+            server_config(&args.server, auth.clone(), metrics.clone()),
             shutdown.clone(),
         ),
         shutdown.clone(),
@@ -370,7 +378,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         proxy::run(
             web,
             gateway,
-            proxy_config(&args.gateway, upstream, auth),
+            proxy_config(&args.gateway, upstream, auth, metrics),
             shutdown.clone(),
         ),
         shutdown,
@@ -395,8 +403,30 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let store = open_store(&args)?;
     let grpc = bind(&args.grpc_listen).await?;
     warn_if_open(auth.as_ref(), &[&grpc]);
-    let config = server_config(&args, auth);
-    server::run(grpc, store, config, shutdown_on_signal()).await
+    let metrics = wsgate::metrics::registry();
+    let shutdown = shutdown_on_signal();
+    serve_metrics(&args, &metrics, &shutdown).await?;
+    let config = server_config(&args, auth, metrics);
+    server::run(grpc, store, config, shutdown).await
+}
+
+/// Serves `/metrics` on `--metrics-listen`, if given, until `shutdown`.
+async fn serve_metrics(
+    args: &ServerArgs,
+    registry: &wsgate::metrics::MetricsRegistry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(addr) = &args.metrics_listen else {
+        return Ok(());
+    };
+    let listener = bind(addr).await?;
+    let (registry, shutdown) = (registry.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        if let Err(e) = wsgate::metrics::serve(listener, registry, shutdown).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok(())
 }
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
@@ -404,7 +434,8 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let auth = args.auth.verifier()?;
     let web = bind(&args.gateway.listen).await?;
     warn_if_open(auth.as_ref(), &[&web]);
-    let config = proxy_config(&args.gateway, args.upstream.upstream.clone(), auth);
+    let metrics = wsgate::metrics::registry();
+    let config = proxy_config(&args.gateway, args.upstream.upstream.clone(), auth, metrics);
     proxy::run(web, gateway, config, shutdown_on_signal()).await
 }
 
@@ -562,9 +593,14 @@ fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
-fn server_config(args: &ServerArgs, auth: Option<Arc<Verifier>>) -> server::Config {
+fn server_config(
+    args: &ServerArgs,
+    auth: Option<Arc<Verifier>>,
+    metrics: wsgate::metrics::MetricsRegistry,
+) -> server::Config {
     server::Config {
         auth,
+        metrics,
         max_content_bytes: args.max_content_bytes,
         stream_buffer: args.stream_buffer,
         writer: WriterOptions::default(),
@@ -575,9 +611,11 @@ fn proxy_config(
     args: &GatewayArgs,
     upstream: String,
     auth: Option<Arc<Verifier>>,
+    metrics: wsgate::metrics::MetricsRegistry,
 ) -> proxy::Config {
     proxy::Config {
         auth,
+        metrics,
         max_frame_bytes: args.max_frame_bytes,
         ping_interval: Duration::from_secs(args.ping_interval),
         outbound_queue: args.outbound_queue,

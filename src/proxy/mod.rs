@@ -12,6 +12,7 @@
 //! - `upstream`: the shared gRPC connections, unary calls, and each session's
 //!   reconnecting bidirectional stream.
 //! - `session`: one WebSocket connection's read loop and dispatch.
+//! - `metrics`: what the gateway counts, for `/metrics`.
 //! - `outbound`: the browser-bound queue (bounded in frames and bytes) and
 //!   writer task (bounded in time) of a session.
 //! - this file: settings, the HTTP routes (page, WebSocket, health), `run`.
@@ -19,6 +20,7 @@
 pub mod codec;
 mod events;
 pub mod gateway;
+mod metrics;
 mod outbound;
 mod session;
 pub mod transcode;
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use gateway::Gateway;
+use metrics::GatewayMetrics;
 use upstream::Upstream;
 
 /// Default largest frame a browser may send, in bytes.
@@ -103,6 +106,8 @@ pub struct Config {
     pub unary_timeout: Duration,
     /// Token verification (`--auth jwt`); `None` trusts every client.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// Where the gateway's metrics are registered; `/metrics` shows it.
+    pub metrics: prometheus::Registry,
 }
 
 impl Config {
@@ -118,6 +123,7 @@ impl Config {
             max_unary_in_flight: DEFAULT_MAX_UNARY_IN_FLIGHT,
             unary_timeout: DEFAULT_UNARY_TIMEOUT,
             auth: None,
+            metrics: prometheus::Registry::new(),
         }
     }
 }
@@ -126,14 +132,16 @@ impl Config {
 pub struct Context {
     config: Config,
     upstream: Upstream,
+    metrics: Arc<GatewayMetrics>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
 }
 
 /// The gateway's HTTP routes: `GET /` is the WebSocket endpoint for a
 /// WebSocket upgrade and the web client otherwise; `GET /healthz` is a
-/// liveness probe.
+/// liveness probe; `GET /metrics` the Prometheus metrics.
 pub fn app(ctx: Arc<Context>) -> Router {
+    let metrics = crate::metrics::routes(ctx.config.metrics.clone());
     Router::new()
         .route("/", get(root))
         .route(
@@ -146,6 +154,7 @@ pub fn app(ctx: Arc<Context>) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctx)
+        .merge(metrics)
 }
 
 async fn root(
@@ -196,17 +205,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
+    let metrics = Arc::new(GatewayMetrics::new(&config.metrics, gateway.actions()));
     let upstream = Upstream::new(
         &config.upstream,
         config.upstream_connections,
         gateway,
         config.unary_timeout,
+        metrics.clone(),
     )?;
     tracing::info!(%local, upstream = %config.upstream, "WebSocket gateway listening");
     let sessions = TaskTracker::new();
     let ctx = Arc::new(Context {
         config,
         upstream,
+        metrics,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     });

@@ -17,6 +17,8 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::GatewayMetrics;
+
 /// Close codes the gateway uses (RFC 6455 section 7.4.1).
 pub mod close_code {
     pub use axum::extract::ws::close_code::{AWAY, INVALID, POLICY, PROTOCOL, SIZE};
@@ -48,6 +50,7 @@ pub struct Limits {
 struct Shared {
     ending: Ending,
     queued: QueuedBytes,
+    metrics: Arc<GatewayMetrics>,
 }
 
 /// Why and how a session ends; the first reason given wins.
@@ -155,6 +158,7 @@ impl ToClient {
                  (over {} bytes queued)",
                 self.shared.queued.max
             );
+            self.shared.metrics.slow_consumer("bytes");
             self.close(close_code::POLICY, &reason);
             return false;
         }
@@ -167,6 +171,7 @@ impl ToClient {
                      ({} frames queued)",
                     self.tx.max_capacity()
                 );
+                self.shared.metrics.slow_consumer("frames");
                 self.close(close_code::POLICY, &reason);
                 false
             }
@@ -208,14 +213,17 @@ fn close_reason(reason: &str) -> &str {
 
 /// Creates the queue towards the browser and spawns the task that writes it
 /// to `sink`, pinging every `ping_interval` so that dead peers are noticed.
+/// The task ends with the close code it sent, if it sent one.
 pub fn spawn_writer(
     sink: SplitSink<WebSocket, Message>,
     limits: Limits,
-) -> (ToClient, tokio::task::JoinHandle<()>) {
+    metrics: Arc<GatewayMetrics>,
+) -> (ToClient, tokio::task::JoinHandle<Option<u16>>) {
     let (tx, rx) = mpsc::channel(limits.frames);
     let shared = Arc::new(Shared {
         ending: Ending::default(),
         queued: QueuedBytes::new(limits.bytes),
+        metrics,
     });
     let task = tokio::spawn(write_loop(sink, rx, shared.clone(), limits));
     (ToClient { tx, shared }, task)
@@ -226,7 +234,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Utf8Bytes>,
     shared: Arc<Shared>,
     limits: Limits,
-) {
+) -> Option<u16> {
     let ending = &shared.ending;
     let start = Instant::now() + limits.ping_interval;
     let mut ping = tokio::time::interval_at(start, limits.ping_interval);
@@ -236,7 +244,7 @@ async fn write_loop(
             _ = ending.token.cancelled() => break false,
             frame = rx.recv() => match frame {
                 Some(frame) => {
-                    let batch = write_batch(&mut sink, &mut rx, &shared.queued, frame);
+                    let batch = write_batch(&mut sink, &mut rx, &shared, frame);
                     bounded(batch, limits.write_timeout, ending).await
                 }
                 None => break false,
@@ -251,7 +259,7 @@ async fn write_loop(
             Write::Failed => {
                 // The peer is gone; nothing more can be written.
                 ending.token.cancel();
-                return;
+                return None;
             }
             Write::TimedOut => {
                 let reason = format!(
@@ -259,6 +267,7 @@ async fn write_loop(
                     limits.write_timeout.as_secs_f32()
                 );
                 ending.close(close_code::POLICY, &reason);
+                shared.metrics.slow_consumer("write_timeout");
                 tracing::debug!("websocket write timed out");
                 break true;
             }
@@ -271,10 +280,13 @@ async fn write_loop(
     } else {
         limits.write_timeout
     };
-    let close = sink.send(Message::Close(ending.take_frame()));
+    let frame = ending.take_frame();
+    let code = frame.as_ref().map(|f| f.code);
+    let close = sink.send(Message::Close(frame));
     let _ = tokio::time::timeout(grace, close).await;
     // Dropping the sink (and the session's reader dropping the stream)
     // drops the TCP connection, whatever is still unsent.
+    code
 }
 
 /// How a write to the socket went.
@@ -333,22 +345,29 @@ async fn poll_once<F: Future>(mut fut: Pin<&mut F>) -> Poll<F::Output> {
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     rx: &mut mpsc::Receiver<Utf8Bytes>,
-    queued: &QueuedBytes,
+    shared: &Shared,
     first: Utf8Bytes,
 ) -> Result<(), axum::Error> {
     // Out of the queue is out of its count: tungstenite's buffer is bounded
     // by its own write buffer size and this batch.
-    queued.sub(first.len());
+    let mut bytes = first.len();
+    let mut frames = 1;
+    shared.queued.sub(first.len());
     sink.feed(Message::Text(first)).await?;
     for _ in 1..MAX_FRAMES_PER_FLUSH {
         match rx.try_recv() {
             Ok(frame) => {
-                queued.sub(frame.len());
+                bytes += frame.len();
+                frames += 1;
+                shared.queued.sub(frame.len());
                 sink.feed(Message::Text(frame)).await?;
             }
             Err(_) => break,
         }
     }
+    // Once per batch: the counters are shared by every session's writer.
+    shared.metrics.frames_out.inc_by(frames);
+    shared.metrics.bytes_out.inc_by(bytes as u64);
     sink.flush().await
 }
 
@@ -362,6 +381,10 @@ mod tests {
         let shared = Arc::new(Shared {
             ending: Ending::default(),
             queued: QueuedBytes::new(bytes),
+            metrics: Arc::new(GatewayMetrics::new(
+                &prometheus::Registry::new(),
+                std::iter::empty(),
+            )),
         });
         (ToClient { tx, shared }, rx)
     }

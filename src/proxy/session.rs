@@ -27,7 +27,9 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
         write_timeout: config.write_timeout,
         ping_interval: config.ping_interval,
     };
-    let (client, writer) = spawn_writer(sink, limits);
+    let (client, writer) = spawn_writer(sink, limits, ctx.metrics.clone());
+    let opened = std::time::Instant::now();
+    ctx.metrics.connected();
     let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight));
     // Opened at the first stream frame: a page that only reads history costs
     // the service no stream.
@@ -74,6 +76,8 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
                 dispatch(text.as_str(), &ctx, &client, &unary_slots, &mut link).await;
             }
             Message::Binary(_) => {
+                ctx.metrics.frame_in(None);
+                ctx.metrics.error_frame(Code::InvalidArgument);
                 let error = error_json(
                     Code::InvalidArgument,
                     "binary frames are not supported; send JSON in text frames",
@@ -88,9 +92,11 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
 
     // Cancels the upstream stream now, so the service sees the user leave.
     drop(link);
-    if writer.await.is_err() {
-        tracing::error!("websocket writer task failed");
-    }
+    let code = writer.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "websocket writer task failed");
+        None
+    });
+    ctx.metrics.closed(code, opened.elapsed());
     tracing::debug!("disconnected");
 }
 
@@ -101,8 +107,11 @@ async fn dispatch(
     unary_slots: &Arc<Semaphore>,
     link: &mut Option<StreamLink>,
 ) {
+    let metrics = &ctx.metrics;
     match ctx.upstream.gateway().parse_frame(text) {
         Err(e) => {
+            metrics.frame_in(None);
+            metrics.error_frame(Code::InvalidArgument);
             client.send(e.to_json()).await;
         }
         Ok(Frame::Unary {
@@ -110,6 +119,7 @@ async fn dispatch(
             request,
             request_id,
         }) => {
+            metrics.frame_in(Some(&method.action));
             // Waiting for a slot stops reading this socket, which pushes back
             // on a client that floods us with calls.
             let Ok(slot) = unary_slots.clone().acquire_owned().await else {
@@ -119,18 +129,26 @@ async fn dispatch(
             tokio::spawn(async move {
                 let frame = match upstream.unary(&method, request).await {
                     Ok(reply) => reply_json(&method, &reply, request_id.as_deref()),
-                    Err(status) => status_json(&status, request_id.as_deref()),
+                    Err(status) => {
+                        upstream.metrics().error_frame(status.code());
+                        status_json(&status, request_id.as_deref())
+                    }
                 };
                 client.send(frame).await;
                 drop(slot);
             });
         }
-        Ok(Frame::Stream(frame)) => {
+        Ok(Frame::Stream {
+            action,
+            message: frame,
+        }) => {
+            metrics.frame_in(Some(action));
             let link =
                 link.get_or_insert_with(|| StreamLink::open(ctx.upstream.clone(), client.clone()));
             if let Err(frame) = link.try_send(frame) {
                 let request_id = frame.get_field_by_name(REQUEST_ID);
                 let request_id = request_id.as_ref().and_then(|v| v.as_str());
+                metrics.error_frame(Code::Unavailable);
                 let error = error_json(
                     Code::Unavailable,
                     "the upstream stream is reconnecting and its queue is full; frame not sent",

@@ -39,8 +39,12 @@ pub enum Frame<'a> {
         request_id: Option<String>,
     },
     /// Send on the stream. The frame's `request_id` is inside, if the stream
-    /// message has a `request_id` field (else it was dropped).
-    Stream(DynamicMessage),
+    /// message has a `request_id` field (else it was dropped). `action` is
+    /// the oneof field it sets.
+    Stream {
+        action: &'a str,
+        message: DynamicMessage,
+    },
 }
 
 /// A frame the gateway refuses; answer it with [`FrameError::to_json`]. The
@@ -134,7 +138,10 @@ impl Gateway {
             Some(Action::Stream(stream, field)) => {
                 let message = stream_message(text, raw, stream, field, request_id.as_deref())
                     .map_err(|e| fail(format!("invalid {}: {e}", field.name())))?;
-                Ok(Frame::Stream(message))
+                Ok(Frame::Stream {
+                    action: field.name(),
+                    message,
+                })
             }
         }
     }
@@ -471,7 +478,7 @@ mod tests {
 
     fn stream_frame(gw: &Gateway, text: &str) -> chat::ChatStream {
         match gw.parse_frame(text) {
-            Ok(Frame::Stream(m)) => {
+            Ok(Frame::Stream { message: m, .. }) => {
                 chat::ChatStream::decode(m.encode_to_vec().as_slice()).expect("a ChatStream")
             }
             other => panic!("{text}: expected a stream frame, got {other:?}"),
@@ -761,21 +768,24 @@ mod tests {
     #[test]
     fn stream_without_request_id_field_drops_it() {
         let gw = test_service(vec![method("Events", ".t.Ev", ".t.Ev", true)]).expect("valid");
-        let Ok(Frame::Stream(m)) = gw.parse_frame(r#"{"request_id": "r1", "a": {"x": "1"}}"#)
+        let Ok(Frame::Stream { message: m, .. }) =
+            gw.parse_frame(r#"{"request_id": "r1", "a": {"x": "1"}}"#)
         else {
             panic!("expected a stream frame");
         };
         assert!(m.has_field_by_name("a"));
         assert_eq!(m.fields().count(), 1);
         // A scalar oneof member works like a message one.
-        let Ok(Frame::Stream(m)) = gw.parse_frame(r#"{"note": "hi", "request_id": "r2"}"#) else {
+        let Ok(Frame::Stream { message: m, .. }) =
+            gw.parse_frame(r#"{"note": "hi", "request_id": "r2"}"#)
+        else {
             panic!("expected a stream frame");
         };
         assert_eq!(
             m.get_field_by_name("note").as_deref(),
             Some(&Value::String("hi".into()))
         );
-        let Ok(Frame::Stream(m)) = gw.parse_frame(r#"{"note": ""}"#) else {
+        let Ok(Frame::Stream { message: m, .. }) = gw.parse_frame(r#"{"note": ""}"#) else {
             panic!("expected a stream frame");
         };
         assert!(m.has_field_by_name("note"));

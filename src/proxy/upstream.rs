@@ -18,8 +18,10 @@ use tonic::{Code, Request, Status};
 use super::codec::{DynamicCodec, StreamCodec};
 use super::events::{Event, Events};
 use super::gateway::{Gateway, StreamMethod, UnaryMethod};
+use super::metrics::GatewayMetrics;
 use super::outbound::ToClient;
 use super::transcode::{code_name, error_json};
+use crate::metrics::Tracked;
 use crate::proto::HTTP2_CONNECTION_WINDOW;
 
 /// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].
@@ -48,6 +50,7 @@ struct Shared {
     gateway: Arc<Gateway>,
     events: Events,
     unary_timeout: Duration,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl Upstream {
@@ -58,6 +61,7 @@ impl Upstream {
         connections: usize,
         gateway: Arc<Gateway>,
         unary_timeout: Duration,
+        metrics: Arc<GatewayMetrics>,
     ) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(uri.to_owned())?
             .connect_timeout(Duration::from_secs(5))
@@ -88,12 +92,17 @@ impl Upstream {
                 gateway,
                 events: Events::default(),
                 unary_timeout,
+                metrics,
             }),
         })
     }
 
     pub fn gateway(&self) -> &Gateway {
         &self.shared.gateway
+    }
+
+    pub fn metrics(&self) -> &GatewayMetrics {
+        &self.shared.metrics
     }
 
     /// The next connection in turn.
@@ -104,6 +113,20 @@ impl Upstream {
 
     /// Calls a unary method.
     pub async fn unary(
+        &self,
+        method: &UnaryMethod,
+        request: DynamicMessage,
+    ) -> Result<DynamicMessage, Status> {
+        let started = std::time::Instant::now();
+        let result = self.call(method, request).await;
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        self.shared
+            .metrics
+            .upstream_call(&method.action, code, started.elapsed());
+        result
+    }
+
+    async fn call(
         &self,
         method: &UnaryMethod,
         request: DynamicMessage,
@@ -198,6 +221,7 @@ async fn run_link(
         };
         let lost = match opened {
             Ok(mut inbound) => {
+                let _open = Tracked::new(&upstream.shared.metrics.upstream_streams_open);
                 if outage {
                     tracing::info!("upstream stream restored");
                     outage = false;
@@ -227,6 +251,7 @@ async fn run_link(
             }
             Err(status) => status,
         };
+        upstream.shared.metrics.upstream_stream_lost(lost.code());
         if !outage {
             outage = true;
             tracing::warn!(code = ?lost.code(), message = lost.message(), "upstream stream lost");
@@ -235,6 +260,7 @@ async fn run_link(
                 code_name(lost.code()),
                 lost.message()
             );
+            upstream.shared.metrics.error_frame(Code::Unavailable);
             if !client.push(error_json(Code::Unavailable, &message, None)) {
                 return;
             }

@@ -113,8 +113,9 @@ impl Outbox {
         self.push_shared(Arc::new(frame));
     }
 
-    /// Queues a frame shared with other streams.
-    pub fn push_shared(&self, frame: Frame) {
+    /// Queues a frame shared with other streams. Returns whether this push
+    /// ended the stream (its queue was full).
+    pub fn push_shared(&self, frame: Frame) -> bool {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(frame)
             && !self.end.is_aborted()
         {
@@ -123,7 +124,9 @@ impl Outbox {
                 "outbound queue full, ending slow stream"
             );
             self.end.abort(ChatError::FellBehind);
+            return true;
         }
+        false
     }
 
     /// Answers a frame with an `error` event; the stream goes on.
@@ -133,6 +136,18 @@ impl Outbox {
             request_id,
         });
     }
+}
+
+/// What one committed batch did, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub stored: u64,
+    pub duplicates: u64,
+    pub failed: u64,
+    /// Message frames queued to members (the sender's echo included).
+    pub deliveries: u64,
+    /// Members ended for falling behind by this batch.
+    pub slow_ended: u64,
 }
 
 /// What the writer thread hands back with each committed write.
@@ -296,16 +311,20 @@ impl Hub {
 
     /// Called on the writer thread after each commit, in commit order: this
     /// is what gives every member of a room the same order as the history.
-    pub fn committed(&self, results: Vec<(Tag, Result<Written, StoreError>)>) {
+    pub fn committed(&self, results: Vec<(Tag, Result<Written, StoreError>)>) -> Committed {
+        let mut done = Committed::default();
         for (tag, result) in results {
             match (tag, result) {
                 (Tag::Message { origin, request_id }, Ok(Written::Stored(msg))) => {
-                    self.fan_out(msg, &origin, request_id);
+                    done.stored += 1;
+                    self.fan_out(msg, &origin, request_id, &mut done);
                 }
                 (Tag::Message { origin, request_id }, Ok(Written::Duplicate(msg))) => {
+                    done.duplicates += 1;
                     origin.push(message_frame(msg, request_id));
                 }
                 (Tag::Message { origin, request_id }, Err(e)) => {
+                    done.failed += 1;
                     tracing::error!(error = %e, "message not stored");
                     origin.push_error(ChatError::NotStored(e), request_id);
                 }
@@ -322,16 +341,24 @@ impl Hub {
                     }
                 }
                 (Tag::Message { origin, request_id }, Ok(Written::User(_))) => {
+                    done.failed += 1;
                     let bug = StoreError::Internal("unexpected write result".into());
                     origin.push_error(ChatError::NotStored(bug), request_id);
                 }
             }
         }
+        done
     }
 
     /// Sends a newly stored message to every member of its room; the sender's
     /// own copy carries its `request_id` and is its confirmation.
-    fn fan_out(&self, msg: StoredMessage, origin: &Outbox, request_id: Option<String>) {
+    fn fan_out(
+        &self,
+        msg: StoredMessage,
+        origin: &Outbox,
+        request_id: Option<String>,
+        done: &mut Committed,
+    ) {
         let room_id = msg.room_id.clone();
         let frame = message_frame(msg, None);
         // The sender's copy differs only by its request_id (if it gave one).
@@ -344,19 +371,23 @@ impl Hub {
         let own = own.unwrap_or_else(|| frame.clone());
         let state = self.state();
         let mut origin_served = false;
+        let mut deliver = |outbox: &Outbox, frame: Frame| {
+            done.deliveries += 1;
+            done.slow_ended += u64::from(outbox.push_shared(frame));
+        };
         for member in state.rooms.get(&room_id).into_iter().flatten() {
             if member.outbox.stream == origin.stream {
-                member.outbox.push_shared(own.clone());
+                deliver(&member.outbox, own.clone());
                 origin_served = true;
             } else {
-                member.outbox.push_shared(frame.clone());
+                deliver(&member.outbox, frame.clone());
             }
         }
         drop(state);
         if !origin_served {
             // The sender left the room before its message was committed: it
             // still gets its confirmation.
-            origin.push_shared(own);
+            deliver(origin, own);
         }
     }
 }
@@ -477,7 +508,7 @@ mod tests {
         };
         assert_eq!((p.online.clone(), p.snapshot), (users(&["ada"]), true));
 
-        hub.fan_out(stored("r", 1), &ada.outbox, None);
+        hub.fan_out(stored("r", 1), &ada.outbox, None, &mut Committed::default());
         assert!(matches!(
             listener.frames()[..],
             [ChatStream { event: Some(Event::ChatMessage(ref m)), .. }] if m.seq == 1
@@ -507,14 +538,17 @@ mod tests {
         hub.join("r", &ada.outbox, Some("ada"));
         hub.join("r", &bob.outbox, Some("bob"));
         ada.frames();
-        hub.fan_out(stored("r", 1), &ada.outbox, Some("q1".into()));
+        let mut done = Committed::default();
+        hub.fan_out(stored("r", 1), &ada.outbox, Some("q1".into()), &mut done);
+        assert_eq!((done.deliveries, done.slow_ended), (2, 0));
         let request_ids =
             |p: &mut Probe| -> Vec<_> { p.frames().into_iter().map(|f| f.request_id).collect() };
         assert_eq!(request_ids(&mut ada), [Some("q1".to_owned())]);
         assert_eq!(request_ids(&mut bob), [None]);
 
         hub.leave("r", ada.outbox.stream());
-        hub.fan_out(stored("r", 2), &ada.outbox, Some("q2".into()));
+        hub.fan_out(stored("r", 2), &ada.outbox, Some("q2".into()), &mut done);
+        assert_eq!(done.deliveries, 4, "the confirmation counts, room or not");
         assert_eq!(request_ids(&mut ada), [Some("q2".to_owned())]);
     }
 
@@ -543,9 +577,11 @@ mod tests {
         hub.join("r", &fast.outbox, Some("fast"));
         hub.join("r", &slow.outbox, Some("slow"));
         fast.frames();
+        let mut done = Committed::default();
         for seq in 1..=3 {
-            hub.fan_out(stored("r", seq), &fast.outbox, None);
+            hub.fan_out(stored("r", seq), &fast.outbox, None, &mut done);
         }
+        assert_eq!(done.slow_ended, 1, "ended once, counted once");
         assert!(slow.end.is_aborted());
         assert_eq!(slow.end.take_error(), Some(ChatError::FellBehind));
         assert_eq!(fast.frames().len(), 3);

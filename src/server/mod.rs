@@ -7,12 +7,14 @@
 //! - `session`: one `Chat` stream (rooms joined, users acted as, frames handled).
 //! - `hub`: rooms, presence, and the fan-out of each committed message.
 //! - `validate`: pure checks of client input.
+//! - `metrics`: what the server counts, for `/metrics`.
 //!
 //! A message goes session -> storage [`Writer`] (group commit, seq assigned)
 //! -> [`hub::Hub::committed`] on the writer thread -> every member's outbox.
 
 mod errors;
 mod hub;
+mod metrics;
 mod service;
 mod session;
 mod validate;
@@ -31,6 +33,7 @@ use crate::proto::{
 };
 use crate::storage::{Store, Writer, WriterOptions};
 use hub::Hub;
+use metrics::ServerMetrics;
 use service::ChatServiceImpl;
 
 pub use validate::{MAX_HISTORY_LIMIT, MAX_ID_BYTES, MAX_NAME_CHARS};
@@ -52,6 +55,8 @@ pub struct Config {
     pub max_content_bytes: usize,
     pub stream_buffer: usize,
     pub writer: WriterOptions,
+    /// Where the server's metrics are registered.
+    pub metrics: prometheus::Registry,
 }
 
 impl Default for Config {
@@ -61,6 +66,7 @@ impl Default for Config {
             max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
             stream_buffer: DEFAULT_STREAM_BUFFER,
             writer: WriterOptions::default(),
+            metrics: prometheus::Registry::new(),
         }
     }
 }
@@ -75,10 +81,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let hub = Arc::new(Hub::default());
+    let metrics = Arc::new(ServerMetrics::new(&config.metrics));
     let fan_out = hub.clone();
-    let (writer, writer_thread) = Writer::spawn(store.clone(), config.writer, move |results| {
-        fan_out.committed(results)
-    })?;
+    let recorded = metrics.clone();
+    let (writer, writer_thread) =
+        Writer::spawn(store.clone(), config.writer, move |results, took| {
+            recorded.batch_size.observe(results.len() as f64);
+            recorded.commit_seconds.observe(took.as_secs_f64());
+            recorded.committed(fan_out.committed(results));
+        })?;
     let sessions = TaskTracker::new();
     let chat = ChatServiceImpl {
         hub,
@@ -88,6 +99,7 @@ pub async fn run(
         stream_buffer: config.stream_buffer,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
+        metrics,
     };
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -13,8 +13,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::ChatError;
 use super::hub::{Hub, Outbox, StreamEnd, StreamId, Tag};
+use super::metrics::ServerMetrics;
 use super::session::Session;
 use super::{now_us, validate};
+use crate::metrics::Tracked;
 use crate::proto::chat::{self, chat_service_server::ChatService};
 use crate::storage::{HistoryQuery, Store, StoreError, Write, Writer};
 
@@ -32,6 +34,7 @@ pub struct ChatServiceImpl {
     pub(super) stream_buffer: usize,
     pub(super) shutdown: CancellationToken,
     pub(super) sessions: TaskTracker,
+    pub(super) metrics: Arc<ServerMetrics>,
 }
 
 impl ChatServiceImpl {
@@ -115,8 +118,13 @@ impl ChatService for ChatServiceImpl {
             outbox,
             self.max_content_bytes,
         );
-        self.sessions
-            .spawn(session.run(request.into_inner(), self.shutdown.clone()));
+        self.metrics.streams.inc();
+        let open = Tracked::new(&self.metrics.streams_open);
+        let run = session.run(request.into_inner(), self.shutdown.clone());
+        self.sessions.spawn(async move {
+            run.await;
+            drop(open);
+        });
 
         // The frames queued for the stream (all of them, or none once it is
         // aborted), then the status the server ends it with, if it does: a

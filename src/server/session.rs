@@ -282,11 +282,14 @@ mod tests {
             SqliteStore::open(&dir.path().join("chat.db"), SqliteOptions::default()).unwrap();
         let hub = Arc::new(Hub::default());
         let fan_out = hub.clone();
-        let (writer, handle) =
-            Writer::spawn(Arc::new(store), WriterOptions::default(), move |results| {
-                fan_out.committed(results)
-            })
-            .unwrap();
+        let (writer, handle) = Writer::spawn(
+            Arc::new(store),
+            WriterOptions::default(),
+            move |results, _| {
+                fan_out.committed(results);
+            },
+        )
+        .unwrap();
         let (tx, rx) = mpsc::channel(64);
         let outbox = Outbox::new(StreamId::next(), tx, Arc::default());
         Harness {

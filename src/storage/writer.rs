@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -59,7 +60,8 @@ pub struct WriterHandle {
 
 impl<T: Send + 'static> Writer<T> {
     /// Starts the writer thread. `on_commit` is called on that thread after
-    /// each batch, with every (tag, result) of the batch in submission order.
+    /// each batch, with every (tag, result) of the batch in submission order
+    /// and the time the store took to commit it.
     /// It runs synchronously, before the next batch is taken, so whatever it
     /// does (fan out to subscribers) happens in commit order.
     ///
@@ -67,7 +69,7 @@ impl<T: Send + 'static> Writer<T> {
     pub fn spawn<S: Store + ?Sized>(
         store: Arc<S>,
         options: WriterOptions,
-        on_commit: impl FnMut(Vec<(T, Result<Written, StoreError>)>) + Send + 'static,
+        on_commit: impl FnMut(Vec<(T, Result<Written, StoreError>)>, Duration) + Send + 'static,
     ) -> Result<(Writer<T>, WriterHandle), StoreError> {
         let (queue, receiver) = mpsc::channel(options.queue.max(1));
         let max_batch = options.max_batch.max(1);
@@ -106,7 +108,7 @@ fn run<S: Store + ?Sized, T>(
     store: &S,
     mut receiver: mpsc::Receiver<(Write, T)>,
     max_batch: usize,
-    mut on_commit: impl FnMut(Vec<(T, Result<Written, StoreError>)>),
+    mut on_commit: impl FnMut(Vec<(T, Result<Written, StoreError>)>, Duration),
 ) {
     while let Some(first) = receiver.blocking_recv() {
         let mut writes = vec![first.0];
@@ -119,7 +121,10 @@ fn run<S: Store + ?Sized, T>(
             tags.push(tag);
         }
         let count = writes.len();
-        let results = match store.write_batch(writes) {
+        let started = Instant::now();
+        let written = store.write_batch(writes);
+        let took = started.elapsed();
+        let results = match written {
             Ok(written) if written.len() == count => written.into_iter().map(Ok).collect(),
             // A store breaking its contract must not make results go missing.
             Ok(written) => {
@@ -135,7 +140,7 @@ fn run<S: Store + ?Sized, T>(
                 vec![Err(err); count]
             }
         };
-        on_commit(tags.into_iter().zip(results).collect());
+        on_commit(tags.into_iter().zip(results).collect(), took);
     }
 }
 
@@ -170,9 +175,12 @@ mod tests {
     }
 
     /// `on_commit` that forwards every batch to the returned receiver.
-    fn forward<T: Send + 'static>() -> (impl FnMut(Batch<T>) + Send, std_mpsc::Receiver<Batch<T>>) {
+    fn forward<T: Send + 'static>() -> (
+        impl FnMut(Batch<T>, Duration) + Send,
+        std_mpsc::Receiver<Batch<T>>,
+    ) {
         let (batches, received) = std_mpsc::channel();
-        (move |batch| batches.send(batch).unwrap(), received)
+        (move |batch, _| batches.send(batch).unwrap(), received)
     }
 
     async fn join(handle: WriterHandle) -> Result<(), StoreError> {
@@ -189,12 +197,12 @@ mod tests {
         let (release, released) = std_mpsc::channel();
         let (mut forward, batches) = forward();
         let mut first = true;
-        let on_commit = move |batch| {
+        let on_commit = move |batch, took| {
             if std::mem::take(&mut first) {
                 entered.send(()).unwrap();
                 released.recv_timeout(TIMEOUT).unwrap();
             }
-            forward(batch);
+            forward(batch, took);
         };
         let options = WriterOptions {
             max_batch: 100,
@@ -318,7 +326,7 @@ mod tests {
 
     #[tokio::test]
     async fn submit_fails_once_the_thread_is_gone() {
-        let on_commit = |_: Batch<()>| panic!("on_commit failed");
+        let on_commit = |_: Batch<()>, _| panic!("on_commit failed");
         let (writer, handle) =
             Writer::spawn(Arc::new(FakeStore), WriterOptions::default(), on_commit).unwrap();
         let ensure = || Write::EnsureUser {

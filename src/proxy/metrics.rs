@@ -1,0 +1,177 @@
+//! The gateway's metrics (docs/operations.md lists each with its meaning).
+//! Per-frame ones are handles resolved once, when the gateway starts; the
+//! label lookups left are on paths that happen once per connection, call or
+//! error.
+
+use std::collections::HashMap;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+use tonic::Code;
+
+use super::transcode::code_name;
+use crate::metrics::{latency_buckets, register};
+
+/// The label of frames that are not a known action (bad JSON, unknown key).
+const INVALID_ACTION: &str = "invalid";
+
+pub struct GatewayMetrics {
+    pub connections_open: IntGauge,
+    connections: IntCounter,
+    closes: IntCounterVec,
+    frames_in: HashMap<String, IntCounter>,
+    frames_in_invalid: IntCounter,
+    pub frames_out: IntCounter,
+    pub bytes_out: IntCounter,
+    error_frames: IntCounterVec,
+    upstream_calls: IntCounterVec,
+    upstream_call_seconds: HistogramVec,
+    pub upstream_streams_open: IntGauge,
+    upstream_stream_losses: IntCounterVec,
+    slow_consumers: IntCounterVec,
+    pub session_seconds: Histogram,
+}
+
+impl GatewayMetrics {
+    /// Registers the gateway's metrics, with a frame counter for each of
+    /// `actions` (the gateway's).
+    pub fn new<'a>(registry: &Registry, actions: impl Iterator<Item = &'a str>) -> Self {
+        let counter = |name: &str, help: &str| {
+            register(registry, IntCounter::new(name, help).expect("valid metric"))
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| {
+            register(registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let frames = counter_vec(
+            "wsgate_ws_frames_in_total",
+            "Text frames received from browsers, by action",
+            &["action"],
+        );
+        let frames_in = actions
+            .map(|action| (action.to_owned(), frames.with_label_values(&[action])))
+            .collect();
+        GatewayMetrics {
+            connections_open: gauge("wsgate_ws_connections_open", "Open WebSocket connections"),
+            connections: counter(
+                "wsgate_ws_connections_total",
+                "WebSocket connections accepted",
+            ),
+            closes: counter_vec(
+                "wsgate_ws_closes_total",
+                "WebSocket connections ended, by close code sent (none: the peer went away)",
+                &["code"],
+            ),
+            frames_in_invalid: frames.with_label_values(&[INVALID_ACTION]),
+            frames_in,
+            frames_out: counter(
+                "wsgate_ws_frames_out_total",
+                "Text frames written to browsers",
+            ),
+            bytes_out: counter(
+                "wsgate_ws_bytes_out_total",
+                "Bytes of text frames written to browsers",
+            ),
+            error_frames: counter_vec(
+                "wsgate_ws_error_frames_total",
+                "Error frames sent to browsers, by gRPC status code",
+                &["code"],
+            ),
+            upstream_calls: counter_vec(
+                "wsgate_upstream_calls_total",
+                "Unary calls to the upstream service, by method and status code",
+                &["method", "code"],
+            ),
+            upstream_call_seconds: register(
+                registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "wsgate_upstream_call_seconds",
+                        "Latency of unary calls to the upstream service, by method",
+                    )
+                    .buckets(latency_buckets()),
+                    &["method"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_streams_open: gauge(
+                "wsgate_upstream_streams_open",
+                "Open bidirectional streams to the upstream service",
+            ),
+            upstream_stream_losses: counter_vec(
+                "wsgate_upstream_stream_losses_total",
+                "Upstream streams that broke or could not be opened, by status code",
+                &["code"],
+            ),
+            slow_consumers: counter_vec(
+                "wsgate_ws_slow_consumer_closes_total",
+                "Browsers closed (1008) for not reading, by which bound they hit",
+                &["bound"],
+            ),
+            session_seconds: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "wsgate_ws_session_seconds",
+                        "How long WebSocket connections stayed open",
+                    )
+                    .buckets(prometheus::exponential_buckets(1.0, 4.0, 10).unwrap_or_default()),
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+
+    pub fn connected(&self) {
+        self.connections.inc();
+        self.connections_open.inc();
+    }
+
+    /// A connection ended; `code` is the close code sent, if any.
+    pub fn closed(&self, code: Option<u16>, open_for: std::time::Duration) {
+        self.connections_open.dec();
+        let label = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+        self.closes.with_label_values(&[&label]).inc();
+        self.session_seconds.observe(open_for.as_secs_f64());
+    }
+
+    /// A frame for `action`, or one that named none (`None`).
+    pub fn frame_in(&self, action: Option<&str>) {
+        match action.and_then(|a| self.frames_in.get(a)) {
+            Some(counter) => counter.inc(),
+            None => self.frames_in_invalid.inc(),
+        }
+    }
+
+    pub fn error_frame(&self, code: Code) {
+        self.error_frames
+            .with_label_values(&[code_name(code)])
+            .inc();
+    }
+
+    pub fn upstream_call(&self, method: &str, code: Code, took: std::time::Duration) {
+        self.upstream_calls
+            .with_label_values(&[method, code_name(code)])
+            .inc();
+        self.upstream_call_seconds
+            .with_label_values(&[method])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_stream_lost(&self, code: Code) {
+        self.upstream_stream_losses
+            .with_label_values(&[code_name(code)])
+            .inc();
+    }
+
+    /// `bound`: `frames`, `bytes` or `write_timeout`.
+    pub fn slow_consumer(&self, bound: &str) {
+        self.slow_consumers.with_label_values(&[bound]).inc();
+    }
+}
