@@ -181,6 +181,17 @@ impl Proxy {
         Proxy::start_with(proxy::Config::new(upstream)).await
     }
 
+    /// A gateway whose frame rate limit is out of the way, for tests that
+    /// send thousands of frames on one connection as fast as they can.
+    pub async fn start_for_load(upstream: &str) -> Proxy {
+        let config = proxy::Config {
+            max_frames_per_second: 1_000_000,
+            frame_burst: 1_000_000,
+            ..proxy::Config::new(upstream)
+        };
+        Proxy::start_with(config).await
+    }
+
     pub async fn start_with(config: proxy::Config) -> Proxy {
         let pool = wsgate::proto::descriptor_pool();
         let service = pool
