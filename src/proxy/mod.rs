@@ -270,6 +270,16 @@ pub async fn run(
         "http"
     };
     tracing::info!(%local, scheme, upstream = %config.upstream, "WebSocket gateway listening");
+    tracing::info!(
+        handshake_timeout = ?config.handshake_timeout,
+        max_header_bytes = config.max_header_bytes,
+        allowed_origins = config.allowed_origins.len(),
+        max_connections = config.max_connections,
+        max_connections_per_ip = config.max_connections_per_ip,
+        max_frames_per_second = config.max_frames_per_second,
+        frame_burst = config.frame_burst,
+        "edge limits"
+    );
     let edge = serve::Edge {
         handshake_timeout: config.handshake_timeout,
         max_header_bytes: config.max_header_bytes,
