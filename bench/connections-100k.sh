@@ -61,7 +61,7 @@ GRPC=$(await_address "$WORK/server.log" 'gRPC chat server listening' "$SERVER")
 
 PROXY_PIDS=(); URLS=()
 for p in $(seq 1 "$PROXIES"); do
-  RUST_LOG=${PROXY_LOG:-info} "$BIN/wsgate" proxy --listen 127.0.0.1:0 --upstream "http://$GRPC" 2>"$WORK/proxy$p.log" &
+  RUST_LOG=${PROXY_LOG:-info} "$BIN/wsgate" proxy --listen 127.0.0.1:0 --upstream "http://$GRPC" "${WSGATE_BENCH_LIMITS[@]}" 2>"$WORK/proxy$p.log" &
   pid=$!; PIDS+=("$pid"); PROXY_PIDS+=("$pid")
   URLS+=("ws://$(await_address "$WORK/proxy$p.log" 'WebSocket gateway listening' "$pid")/")
 done

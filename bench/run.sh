@@ -88,7 +88,7 @@ ulimit -n "$(ulimit -Hn)"
 # (--pid NAME=PID arguments for the connections scenario).
 start_wsgate() {
   local log=$WORK/wsgate.log db=${1:-$WORK/wsgate-$RANDOM.db}
-  "$BIN/wsgate" --db "$db" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 2>"$log" &
+  "$BIN/wsgate" --db "$db" --listen 127.0.0.1:0 --grpc-listen 127.0.0.1:0 "${WSGATE_BENCH_LIMITS[@]}" 2>"$log" &
   local pid=$!; PIDS+=("$pid")
   WS_URL="ws://$(await_address "$log" 'WebSocket gateway listening' "$pid")/"
   GRPC_URL="http://$(await_address "$log" 'gRPC chat server listening' "$pid")"

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use wsgate::auth::{SignKey, TokenRequest, Verifier, VerifierConfig, VerifyKey};
-use wsgate::proxy::{self, Gateway};
+use wsgate::proxy::{self, Gateway, Origin};
 use wsgate::server;
 use wsgate::storage::{SqliteOptions, SqliteStore, Store, WriterOptions};
 
@@ -37,6 +37,13 @@ const MAX_QUEUE: usize = 1 << 20;
 const MAX_SECONDS: u64 = 24 * 60 * 60;
 /// Most HTTP/2 connections to the upstream: each is a task and buffers.
 const MAX_UPSTREAM_CONNECTIONS: usize = 1024;
+/// Largest connection limit a flag accepts: past ten million, the limit is
+/// the machine's, not ours.
+const MAX_CONNECTION_LIMIT: usize = 10_000_000;
+/// Largest frame rate or burst a flag accepts (per connection).
+const MAX_FRAME_RATE: u32 = 1_000_000;
+/// Largest request head a flag accepts: hyper's own default buffer.
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
 
 /// wsgate: browsers talk to gRPC services over WebSocket.
 ///
@@ -256,6 +263,65 @@ struct GatewayArgs {
           default_value_t = proxy::DEFAULT_UPSTREAM_CONNECTIONS,
           value_parser = upstream_connections)]
     upstream_connections: usize,
+    /// Seconds a connection has to finish its TLS handshake and send a
+    /// request's complete headers; then it is closed.
+    #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", value_name = "SECONDS",
+          default_value_t = proxy::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(),
+          value_parser = seconds)]
+    handshake_timeout: u64,
+    /// Largest request head (request line and headers), in bytes, 8192 or
+    /// more; a larger one gets HTTP 431.
+    #[arg(long, env = "WSGATE_MAX_HEADER_BYTES", value_name = "BYTES",
+          default_value_t = proxy::DEFAULT_MAX_HEADER_BYTES,
+          value_parser = header_bytes)]
+    max_header_bytes: usize,
+    /// PEM certificate chain (the server's certificate first): the gateway
+    /// serves https:// and wss:// on its port. Needs --tls-key.
+    #[arg(
+        long,
+        env = "WSGATE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Needs --tls-cert.
+    #[arg(
+        long,
+        env = "WSGATE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Origins besides the page's own whose pages may open a WebSocket,
+    /// comma-separated (https://app.example.com,http://localhost:3000). A
+    /// page of any other origin gets HTTP 403; a client that sends no Origin
+    /// (not a browser page) is let in.
+    #[arg(long, env = "WSGATE_ALLOWED_ORIGINS", value_name = "ORIGINS",
+          value_delimiter = ',', value_parser = origin)]
+    allowed_origins: Vec<Origin>,
+    /// WebSocket connections open at once, in all; past it, HTTP 503.
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS",
+          default_value_t = proxy::DEFAULT_MAX_CONNECTIONS,
+          value_parser = connection_limit)]
+    max_connections: usize,
+    /// WebSocket connections open at once from one client address (IPv6:
+    /// one /64); past it, HTTP 503. Behind a reverse proxy every client has
+    /// its address: raise this to --max-connections.
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS_PER_IP",
+          default_value_t = proxy::DEFAULT_MAX_CONNECTIONS_PER_IP,
+          value_parser = connection_limit)]
+    max_connections_per_ip: usize,
+    /// Frames per second one connection may send, sustained; a frame over
+    /// the limit gets a RESOURCE_EXHAUSTED error and is not sent on.
+    #[arg(long, env = "WSGATE_MAX_FRAMES_PER_SECOND",
+          default_value_t = proxy::DEFAULT_MAX_FRAMES_PER_SECOND,
+          value_parser = frame_rate)]
+    max_frames_per_second: u32,
+    /// Frames one connection may send at once over --max-frames-per-second.
+    #[arg(long, env = "WSGATE_FRAME_BURST",
+          default_value_t = proxy::DEFAULT_FRAME_BURST,
+          value_parser = frame_rate)]
+    frame_burst: u32,
 }
 
 #[derive(Args)]
@@ -356,12 +422,15 @@ fn init_logging() {
 async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let gateway = Arc::new(build_gateway(&UpstreamArgs::builtin())?);
     let auth = args.server.auth.verifier()?;
+    let metrics = wsgate::metrics::registry();
+    // The upstream is known once the gRPC listener is bound.
+    let mut gateway_config =
+        proxy_config(&args.gateway, String::new(), auth.clone(), metrics.clone())?;
     let store = open_store(&args.server)?;
     let grpc = bind(&args.server.grpc_listen).await?;
     let web = bind(&args.gateway.listen).await?;
     warn_if_open(auth.as_ref(), &[&grpc, &web]);
-    let metrics = wsgate::metrics::registry();
-    let upstream = format!("http://{}", reachable(grpc.local_addr()?));
+    gateway_config.upstream = format!("http://{}", reachable(grpc.local_addr()?));
     let shutdown = shutdown_on_signal();
     serve_metrics(&args.server, &metrics, &shutdown).await?;
     // If either half stops (an error), the other is stopped too.
@@ -375,12 +444,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let gateway = tokio::spawn(stop_all_when_done(
-        proxy::run(
-            web,
-            gateway,
-            proxy_config(&args.gateway, upstream, auth, metrics),
-            shutdown.clone(),
-        ),
+        proxy::run(web, gateway, gateway_config, shutdown.clone()),
         shutdown,
     ));
     let (server, gateway) = tokio::join!(server, gateway);
@@ -432,10 +496,10 @@ async fn serve_metrics(
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let gateway = Arc::new(build_gateway(&args.upstream)?);
     let auth = args.auth.verifier()?;
-    let web = bind(&args.gateway.listen).await?;
-    warn_if_open(auth.as_ref(), &[&web]);
     let metrics = wsgate::metrics::registry();
-    let config = proxy_config(&args.gateway, args.upstream.upstream.clone(), auth, metrics);
+    let config = proxy_config(&args.gateway, args.upstream.upstream.clone(), auth, metrics)?;
+    let web = bind(&args.gateway.listen).await?;
+    warn_if_open(config.auth.as_ref(), &[&web]);
     proxy::run(web, gateway, config, shutdown_on_signal()).await
 }
 
@@ -607,15 +671,29 @@ fn server_config(
     }
 }
 
+/// The gateway's settings; reads the TLS files, if any.
 fn proxy_config(
     args: &GatewayArgs,
     upstream: String,
     auth: Option<Arc<Verifier>>,
     metrics: wsgate::metrics::MetricsRegistry,
-) -> proxy::Config {
-    proxy::Config {
+) -> anyhow::Result<proxy::Config> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(proxy::tls::server_config(cert, key)?),
+        // clap requires both or neither.
+        _ => None,
+    };
+    Ok(proxy::Config {
         auth,
         metrics,
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+        max_header_bytes: args.max_header_bytes,
+        tls,
+        allowed_origins: args.allowed_origins.clone(),
+        max_connections: args.max_connections,
+        max_connections_per_ip: args.max_connections_per_ip,
+        max_frames_per_second: args.max_frames_per_second,
+        frame_burst: args.frame_burst,
         max_frame_bytes: args.max_frame_bytes,
         ping_interval: Duration::from_secs(args.ping_interval),
         outbound_queue: args.outbound_queue,
@@ -623,7 +701,7 @@ fn proxy_config(
         write_timeout: Duration::from_secs(args.write_timeout),
         upstream_connections: args.upstream_connections,
         ..proxy::Config::new(upstream)
-    }
+    })
 }
 
 /// Listens on `addr` (HOST:PORT, checked by [`listen_address`]): on the
@@ -790,6 +868,28 @@ fn upstream_connections(value: &str) -> Result<usize, String> {
     in_range(value, MAX_UPSTREAM_CONNECTIONS)
 }
 
+fn connection_limit(value: &str) -> Result<usize, String> {
+    in_range(value, MAX_CONNECTION_LIMIT)
+}
+
+fn frame_rate(value: &str) -> Result<u32, String> {
+    in_range(value, MAX_FRAME_RATE)
+}
+
+/// A header size limit: hyper cannot read with a buffer under 8 KiB.
+fn header_bytes(value: &str) -> Result<usize, String> {
+    let n = in_range(value, MAX_HEADER_BYTES)?;
+    if n < proxy::MIN_MAX_HEADER_BYTES {
+        return Err(format!("must be at least {}", proxy::MIN_MAX_HEADER_BYTES));
+    }
+    Ok(n)
+}
+
+/// One origin of --allowed-origins: scheme://host[:port].
+fn origin(value: &str) -> Result<Origin, String> {
+    value.parse()
+}
+
 /// The address to dial for a listener: a wildcard address is reached
 /// through loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
@@ -915,6 +1015,21 @@ mod tests {
         ] {
             assert!(ttl(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn edge_limits_are_checked_when_parsed() {
+        assert_eq!(header_bytes("16384"), Ok(16384));
+        assert!(header_bytes("8191").is_err());
+        assert!(header_bytes("0").is_err());
+        assert!(header_bytes("2000000").is_err());
+        assert_eq!(connection_limit("10000000"), Ok(MAX_CONNECTION_LIMIT));
+        assert!(connection_limit("10000001").is_err());
+        assert!(frame_rate("0").is_err());
+        assert_eq!(frame_rate("1000000"), Ok(1_000_000));
+        assert!(origin("https://app.example").is_ok());
+        assert!(origin("app.example").is_err());
+        assert!(origin("https://app.example/path").is_err());
     }
 
     #[test]

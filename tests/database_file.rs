@@ -73,7 +73,8 @@ struct Running {
 impl Running {
     async fn start(db: &Path) -> Running {
         let server = Server::start_with(db, wsgate::server::Config::default()).await;
-        let proxy = Proxy::start(&server.uri()).await;
+        // a_busy_database_stays_serving sends 3,000 frames in a few seconds.
+        let proxy = Proxy::start_for_load(&server.uri()).await;
         let mut ws = proxy.connect().await;
         let echo = ws.say("r", "u", "m1", "stored").await;
         assert_eq!(echo["seq"], "1");

@@ -51,7 +51,15 @@ async fn counters_move_with_traffic() {
         .await;
     alice.recv_until(|f| f["request_id"] == "u").await;
 
+    let foreign =
+        support::Ws::try_connect_with(&gateway.url(), &[("Origin", "https://evil.example")]).await;
+    assert!(foreign.is_err(), "a foreign origin is refused");
+
     let (_, page) = http_get(gateway.addr, "/metrics").await;
+    assert_eq!(
+        metric(&page, r#"wsgate_ws_refused_total{reason="origin"}"#),
+        1.0
+    );
     assert_eq!(metric(&page, "wsgate_ws_connections_open"), 2.0);
     assert_eq!(metric(&page, "wsgate_ws_connections_total"), 2.0);
     assert_eq!(

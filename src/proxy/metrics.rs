@@ -20,6 +20,7 @@ pub struct GatewayMetrics {
     pub connections_open: IntGauge,
     connections: IntCounter,
     closes: IntCounterVec,
+    refused: IntCounterVec,
     frames_in: HashMap<String, IntCounter>,
     frames_in_invalid: IntCounter,
     pub frames_out: IntCounter,
@@ -30,6 +31,8 @@ pub struct GatewayMetrics {
     pub upstream_streams_open: IntGauge,
     upstream_stream_losses: IntCounterVec,
     slow_consumers: IntCounterVec,
+    pub rate_limited: IntCounter,
+    pub rate_closes: IntCounter,
     pub session_seconds: Histogram,
 }
 
@@ -67,6 +70,11 @@ impl GatewayMetrics {
                 "wsgate_ws_closes_total",
                 "WebSocket connections ended, by close code sent (none: the peer went away)",
                 &["code"],
+            ),
+            refused: counter_vec(
+                "wsgate_ws_refused_total",
+                "Upgrade requests refused before the WebSocket opened, by reason",
+                &["reason"],
             ),
             frames_in_invalid: frames.with_label_values(&[INVALID_ACTION]),
             frames_in,
@@ -114,6 +122,14 @@ impl GatewayMetrics {
                 "Browsers closed (1008) for not reading, by which bound they hit",
                 &["bound"],
             ),
+            rate_limited: counter(
+                "wsgate_ws_rate_limited_frames_total",
+                "Frames refused (RESOURCE_EXHAUSTED) for passing the per-connection rate",
+            ),
+            rate_closes: counter(
+                "wsgate_ws_rate_limit_closes_total",
+                "Connections closed (1008) for flooding past the rate limit",
+            ),
             session_seconds: register(
                 registry,
                 Histogram::with_opts(
@@ -142,6 +158,12 @@ impl GatewayMetrics {
     }
 
     /// A frame for `action`, or one that named none (`None`).
+    /// An upgrade refused before it opened: `origin`, `connections`,
+    /// `connections_per_ip`, or an authentication reason.
+    pub fn refused(&self, reason: &str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
     pub fn frame_in(&self, action: Option<&str>) {
         match action.and_then(|a| self.frames_in.get(a)) {
             Some(counter) => counter.inc(),

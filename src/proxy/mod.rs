@@ -15,14 +15,27 @@
 //! - `metrics`: what the gateway counts, for `/metrics`.
 //! - `outbound`: the browser-bound queue (bounded in frames and bytes) and
 //!   writer task (bounded in time) of a session.
+//! - `serve`: the accept loop: TLS, the handshake deadline, the header size
+//!   limit, HTTP/1.1 with upgrades into the router.
+//! - `tls`: the listener's certificate and key.
+//! - `origin`: the Origin check (pure functions).
+//! - `limits`: open-connection counts by key, released on drop.
+//! - `admission`: what an upgrade must pass (origin 403, limits 503).
+//! - `rate`: the per-connection frame rate limit.
 //! - this file: settings, the HTTP routes (page, WebSocket, health), `run`.
 
+mod admission;
 pub mod codec;
 mod events;
 pub mod gateway;
+pub mod limits;
 mod metrics;
+pub mod origin;
 mod outbound;
+pub mod rate;
+mod serve;
 mod session;
+pub mod tls;
 pub mod transcode;
 mod upstream;
 
@@ -36,13 +49,15 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use gateway::Gateway;
+pub use limits::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 use metrics::GatewayMetrics;
+pub use origin::Origin;
+pub use rate::{DEFAULT_FRAME_BURST, DEFAULT_MAX_FRAMES_PER_SECOND};
 use upstream::Upstream;
 
 /// Default largest frame a browser may send, in bytes.
@@ -77,6 +92,20 @@ const WS_READ_BUFFER: usize = 2 * 1024;
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 /// Default HTTP/2 connections to the upstream service.
 pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 4;
+/// Default time a connection has to finish its TLS handshake and send a
+/// request's complete headers. A browser on a slow mobile link sends an
+/// upgrade in well under a second; 10 s is generous for it and stops a
+/// client from holding sockets open with half-sent requests (slowloris).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest request head (request line and headers), in bytes;
+/// larger gets 431. A browser's upgrade is ~500 bytes plus its cookies;
+/// a JSON Web Token in a cookie or in `Sec-WebSocket-Protocol` is 0.5-2 KiB,
+/// and browsers cap one cookie at 4 KiB. 16 KiB holds all of that with
+/// room, and is what nginx's and Node's defaults allow (8-16 KiB), where
+/// hyper alone would buffer ~400 KiB per connection.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Smallest header limit: hyper's read buffer cannot be smaller.
+pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -108,6 +137,22 @@ pub struct Config {
     pub auth: Option<Arc<crate::auth::Verifier>>,
     /// Where the gateway's metrics are registered; `/metrics` shows it.
     pub metrics: prometheus::Registry,
+    /// Time for the TLS handshake and a request's complete headers.
+    pub handshake_timeout: Duration,
+    /// Largest request head, in bytes (at least [`MIN_MAX_HEADER_BYTES`]).
+    pub max_header_bytes: usize,
+    /// TLS on the listener (`https://`, `wss://`); `None`: plain text.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Origins besides the page's own that may open a WebSocket.
+    pub allowed_origins: Vec<Origin>,
+    /// WebSocket sessions open at once, in all.
+    pub max_connections: usize,
+    /// WebSocket sessions open at once from one address (IPv6: one /64).
+    pub max_connections_per_ip: usize,
+    /// Frames per second one connection may send, sustained.
+    pub max_frames_per_second: u32,
+    /// Frames one connection may send at once above that rate.
+    pub frame_burst: u32,
 }
 
 impl Config {
@@ -124,6 +169,14 @@ impl Config {
             unary_timeout: DEFAULT_UNARY_TIMEOUT,
             auth: None,
             metrics: prometheus::Registry::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            tls: None,
+            allowed_origins: Vec::new(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
+            frame_burst: DEFAULT_FRAME_BURST,
         }
     }
 }
@@ -135,6 +188,7 @@ pub struct Context {
     metrics: Arc<GatewayMetrics>,
     shutdown: CancellationToken,
     sessions: TaskTracker,
+    admission: admission::Admission,
 }
 
 /// The gateway's HTTP routes: `GET /` is the WebSocket endpoint for a
@@ -171,6 +225,10 @@ async fn root(
         }
         Err(_) => return asset("text/html; charset=utf-8", INDEX_HTML),
     };
+    let admitted = match admission::admit(&ctx, peer, &headers) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal.into_response(),
+    };
     let max = ctx.config.max_frame_bytes;
     upgrade
         .max_message_size(max)
@@ -179,7 +237,11 @@ async fn root(
         .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let sessions = ctx.sessions.clone();
-            sessions.track_future(session::serve(socket, ctx, peer))
+            // The session holds its places in the connection counts.
+            sessions.track_future(async move {
+                session::serve(socket, ctx, peer).await;
+                drop(admitted);
+            })
         })
 }
 
@@ -213,31 +275,45 @@ pub async fn run(
         config.unary_timeout,
         metrics.clone(),
     )?;
-    tracing::info!(%local, upstream = %config.upstream, "WebSocket gateway listening");
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%local, scheme, upstream = %config.upstream, "WebSocket gateway listening");
+    tracing::info!(
+        handshake_timeout = ?config.handshake_timeout,
+        max_header_bytes = config.max_header_bytes,
+        allowed_origins = config.allowed_origins.len(),
+        max_connections = config.max_connections,
+        max_connections_per_ip = config.max_connections_per_ip,
+        max_frames_per_second = config.max_frames_per_second,
+        frame_burst = config.frame_burst,
+        "edge limits"
+    );
+    let edge = serve::Edge {
+        handshake_timeout: config.handshake_timeout,
+        max_header_bytes: config.max_header_bytes,
+        tls: serve::acceptor(&config.tls),
+    };
     let sessions = TaskTracker::new();
     let ctx = Arc::new(Context {
+        admission: admission::Admission::new(config.max_connections, config.max_connections_per_ip),
         config,
         upstream,
         metrics,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
     });
-    let app = app(ctx).into_make_service_with_connect_info::<SocketAddr>();
-    // Small frames go out at once rather than waiting for Nagle's timer.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let connections = TaskTracker::new();
+    serve::accept_loop(listener, app(ctx), edge, shutdown, connections.clone()).await;
     sessions.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, sessions.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some WebSocket sessions did not close in time");
+    connections.close();
+    let drained = async {
+        tokio::join!(sessions.wait(), connections.wait());
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+        tracing::warn!("some connections did not close in time");
     }
     tracing::info!("WebSocket gateway stopped");
     Ok(())

@@ -13,6 +13,7 @@ use tonic::Code;
 use super::Context;
 use super::gateway::REQUEST_ID;
 use super::outbound::{Limits, ToClient, close_code, spawn_writer};
+use super::rate::{self, FrameRate, Verdict};
 use super::transcode::{Frame, error_json, reply_json, status_json};
 use super::upstream::StreamLink;
 
@@ -36,6 +37,7 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
     let mut link: Option<StreamLink> = None;
     // We ping every interval; a live peer answers well within two.
     let idle_limit = config.ping_interval * 2;
+    let mut rate = FrameRate::new(config.max_frames_per_second, config.frame_burst);
     tracing::debug!("connected");
 
     loop {
@@ -71,6 +73,27 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
             }
             Ok(Some(Ok(message))) => message,
         };
+        // Pings count (each costs a pong); pongs answer ours.
+        if !matches!(message, Message::Pong(_)) {
+            match rate.check() {
+                Verdict::Pass => {}
+                Verdict::Refuse => {
+                    ctx.metrics.rate_limited.inc();
+                    ctx.metrics.error_frame(Code::ResourceExhausted);
+                    match &message {
+                        Message::Text(text) => client.send(rate::refusal(Some(text))).await,
+                        Message::Binary(_) => client.send(rate::refusal(None)).await,
+                        _ => true,
+                    };
+                    continue;
+                }
+                Verdict::Close => {
+                    ctx.metrics.rate_closes.inc();
+                    client.close(close_code::POLICY, &rate::abuse_reason());
+                    break;
+                }
+            }
+        }
         match message {
             Message::Text(text) => {
                 dispatch(text.as_str(), &ctx, &client, &unary_slots, &mut link).await;

@@ -3,6 +3,8 @@
 //! to them with a real WebSocket client and a real gRPC client.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -179,6 +181,17 @@ impl Proxy {
         Proxy::start_with(proxy::Config::new(upstream)).await
     }
 
+    /// A gateway whose frame rate limit is out of the way, for tests that
+    /// send thousands of frames on one connection as fast as they can.
+    pub async fn start_for_load(upstream: &str) -> Proxy {
+        let config = proxy::Config {
+            max_frames_per_second: 1_000_000,
+            frame_burst: 1_000_000,
+            ..proxy::Config::new(upstream)
+        };
+        Proxy::start_with(config).await
+    }
+
     pub async fn start_with(config: proxy::Config) -> Proxy {
         let pool = wsgate::proto::descriptor_pool();
         let service = pool
@@ -244,6 +257,49 @@ impl Ws {
         Ws { inner }
     }
 
+    /// Opens a WebSocket with these extra request headers (e.g. `Origin`):
+    /// the socket, or the error (an HTTP refusal is `Error::Http`).
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            request.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .expect("header name"),
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_str(value)
+                    .expect("header value"),
+            );
+        }
+        let (inner, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time")?;
+        Ok(Ws { inner })
+    }
+
+    /// Opens a WebSocket to `addr` from the local address `from` (any
+    /// 127.x.y.z is this machine): another client IP.
+    pub async fn try_connect_from(
+        from: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client side");
+        let tcp = socket.connect(addr).await.expect("TCP connect");
+        let url = format!("ws://{addr}/");
+        let (inner, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)),
+        )
+        .await
+        .expect("connect in time")?;
+        Ok(Ws { inner })
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.send_text(&frame.to_string()).await;
     }
@@ -254,6 +310,15 @@ impl Ws {
 
     pub async fn send_raw(&mut self, message: Message) {
         self.inner.send(message).await.expect("send");
+    }
+
+    /// Sends a frame on a connection the gateway may be closing: false if
+    /// it could not be sent.
+    pub async fn try_send(&mut self, frame: Value) -> bool {
+        self.inner
+            .send(Message::text(frame.to_string()))
+            .await
+            .is_ok()
     }
 
     /// The next frame other than a resume, as JSON.

@@ -1,0 +1,202 @@
+//! Whether a WebSocket upgrade may go on, decided before the upgrade and
+//! before anything reaches the upstream: the Origin check (403), then the
+//! connection limits (503). Refusals are logged without letting a client
+//! flood the log: its headers are its own to choose.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Context;
+use super::limits::{self, ConnectionLimit, Permit};
+use super::origin;
+
+/// At most one refusal of a kind is logged at info level per this interval,
+/// with the count of those only logged at debug since.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest Origin logged, in bytes.
+const MAX_LOGGED_ORIGIN: usize = 100;
+
+/// The places a session holds while it is open.
+pub(super) struct Admitted {
+    _per_ip: Permit<IpAddr>,
+    _total: Permit<()>,
+}
+
+/// The connection counts and refusal logs every upgrade goes through.
+pub(super) struct Admission {
+    per_ip: ConnectionLimit<IpAddr>,
+    total: ConnectionLimit<()>,
+    origins_log: QuietLog,
+    limits_log: QuietLog,
+}
+
+impl Admission {
+    pub(super) fn new(max_total: usize, max_per_ip: usize) -> Admission {
+        Admission {
+            per_ip: ConnectionLimit::new(max_per_ip),
+            total: ConnectionLimit::new(max_total),
+            origins_log: QuietLog::new(),
+            limits_log: QuietLog::new(),
+        }
+    }
+}
+
+/// Admits the upgrade request, or the HTTP answer that refuses it.
+pub(super) fn admit(
+    ctx: &Context,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refusal> {
+    let config = &ctx.config;
+    let admission = &ctx.admission;
+    let origin = headers.get(header::ORIGIN);
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    if !origin::allowed(
+        origin.map(HeaderValue::as_bytes),
+        host,
+        config.tls.is_some(),
+        &config.allowed_origins,
+    ) {
+        let shown = origin.map(|o| logged(o.as_bytes())).unwrap_or_default();
+        admission.origins_log.log(|suppressed| {
+            tracing::info!(%peer, origin = ?shown, suppressed, "refused a WebSocket from a foreign origin (add it to --allowed-origins if it is yours)");
+        }, || tracing::debug!(%peer, origin = ?shown, "refused a WebSocket from a foreign origin"));
+        ctx.metrics.refused("origin");
+        return Err(refusal(
+            StatusCode::FORBIDDEN,
+            "this page's origin may not open a WebSocket here\n",
+        ));
+    }
+    let per_ip = admission
+        .per_ip
+        .try_acquire(limits::client_key(peer.ip()))
+        .map_err(|full| {
+            admission.limits_log.log(
+                |suppressed| tracing::info!(%peer, max = full.max, suppressed, "refused a WebSocket: too many from one address (--max-connections-per-ip)"),
+                || tracing::debug!(%peer, "refused a WebSocket: too many from one address"),
+            );
+            ctx.metrics.refused("connections_per_ip");
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections from your address\n",
+            )
+        })?;
+    let total = admission.total.try_acquire(()).map_err(|full| {
+        admission.limits_log.log(
+            |suppressed| tracing::warn!(%peer, max = full.max, suppressed, "refused a WebSocket: the gateway is full (--max-connections)"),
+            || tracing::debug!(%peer, "refused a WebSocket: the gateway is full"),
+        );
+        ctx.metrics.refused("connections");
+        refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is at its connection limit; try again later\n",
+        )
+    })?;
+    Ok(Admitted {
+        _per_ip: per_ip,
+        _total: total,
+    })
+}
+
+/// An upgrade turned down, answered with a short plain-text body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub status: StatusCode,
+    pub body: &'static str,
+}
+
+fn refusal(status: StatusCode, body: &'static str) -> Refusal {
+    Refusal { status, body }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            self.body,
+        )
+            .into_response()
+    }
+}
+
+/// At most [`MAX_LOGGED_ORIGIN`] bytes of a header, as text (the `?` in the
+/// log line escapes what is not printable).
+fn logged(value: &[u8]) -> String {
+    let cut = &value[..value.len().min(MAX_LOGGED_ORIGIN)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+/// Logs at info at most once per [`LOG_INTERVAL`], at debug otherwise.
+/// Lock-free: two atomics.
+struct QuietLog {
+    start: Instant,
+    /// Milliseconds since `start` before which info lines are held back.
+    next_info: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl QuietLog {
+    fn new() -> QuietLog {
+        QuietLog {
+            start: Instant::now(),
+            next_info: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls `info` with the count of lines held back since the last one,
+    /// or `debug` if one was logged within the interval.
+    fn log(&self, info: impl FnOnce(u64), debug: impl FnOnce()) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_info.load(Ordering::Relaxed);
+        let interval = u64::try_from(LOG_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if now >= next
+            && self
+                .next_info
+                .compare_exchange(
+                    next,
+                    now.saturating_add(interval),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            info(self.suppressed.swap(0, Ordering::Relaxed));
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            debug();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_refusals_logs_one_info_line_per_interval() {
+        let log = QuietLog::new();
+        let (mut infos, mut debugs) = (Vec::new(), 0);
+        for _ in 0..1000 {
+            log.log(|suppressed| infos.push(suppressed), || debugs += 1);
+        }
+        assert_eq!(infos, vec![0]);
+        assert_eq!(debugs, 999);
+        // Once the interval is over, the next one says how many it held back.
+        log.next_info.store(0, Ordering::Relaxed);
+        log.log(|suppressed| infos.push(suppressed), || debugs += 1);
+        assert_eq!(infos, vec![0, 999]);
+    }
+
+    #[test]
+    fn logged_origins_are_cut_short() {
+        assert_eq!(logged(b"https://a.example"), "https://a.example");
+        assert_eq!(logged(&[b'x'; 5000]).len(), MAX_LOGGED_ORIGIN);
+        assert_eq!(logged(b"\xff"), "\u{fffd}");
+    }
+}
