@@ -189,13 +189,14 @@ impl ClientTls {
         match result {
             Ok(tls) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(%uri, "TLS handshake with the upstream works again");
+                    tracing::info!(host, port, "TLS handshake with the upstream works again");
                 }
                 Ok(TokioIo::new(tls))
             }
             Err(e) => {
                 if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(%uri, error = %e, "TLS handshake with the upstream failed");
+                    tracing::warn!(host, port, error = %e,
+                        "TLS handshake with the upstream failed (logged once until one succeeds)");
                 }
                 Err(e)
             }
