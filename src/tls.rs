@@ -310,3 +310,86 @@ impl ServerCertVerifier for Pinned {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for localhost and its key, PEM.
+    fn self_signed() -> (String, String) {
+        let pair =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        (pair.cert.pem(), pair.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_matching_certificate_and_key_make_a_server_identity() {
+        let (cert, key) = self_signed();
+        let tls = ServerTls::from_pem(cert.as_bytes(), key.as_bytes(), None).expect("valid");
+        assert!(!tls.mutual());
+        let tls = ServerTls::from_pem(cert.as_bytes(), key.as_bytes(), Some(cert.as_bytes()))
+            .expect("valid");
+        assert!(tls.mutual());
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let (cert, _) = self_signed();
+        let (_, other_key) = self_signed();
+        let err = ServerTls::from_pem(cert.as_bytes(), other_key.as_bytes(), None).unwrap_err();
+        assert!(matches!(err, TlsError::Identity(_)), "{err}");
+    }
+
+    #[test]
+    fn each_error_names_the_file_it_is_about() {
+        let (cert, key) = self_signed();
+        let cases = [
+            (
+                ServerTls::from_pem(b"", key.as_bytes(), None),
+                "the certificate file holds no PEM certificate",
+            ),
+            (
+                ServerTls::from_pem(cert.as_bytes(), cert.as_bytes(), None),
+                "the key file holds no PEM private key",
+            ),
+            (
+                ServerTls::from_pem(cert.as_bytes(), key.as_bytes(), Some(b"junk")),
+                "the client CA file holds no PEM certificate",
+            ),
+        ];
+        for (result, expected) in cases {
+            let err = result.expect_err("refused");
+            assert_eq!(err.to_string().split(" (").next(), Some(expected), "{err}");
+        }
+        let err = ClientTls::new(Trust::Roots(key.as_bytes()), None, None).unwrap_err();
+        assert_eq!(err.to_string(), "the CA file holds no PEM certificate");
+    }
+
+    #[test]
+    fn a_server_name_is_a_dns_name_or_an_ip_address() {
+        let (cert, _) = self_signed();
+        for ok in ["localhost", "chat.internal", "10.0.0.5", "::1"] {
+            ClientTls::new(Trust::Roots(cert.as_bytes()), None, Some(ok)).expect(ok);
+        }
+        for bad in ["", "not a name", "a..b"] {
+            let err = ClientTls::new(Trust::Roots(cert.as_bytes()), None, Some(bad)).unwrap_err();
+            assert!(matches!(err, TlsError::ServerName(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_pinned_certificate_is_the_only_one_accepted() {
+        let (cert, _) = self_signed();
+        let (other, _) = self_signed();
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM");
+        let pinned = Pinned {
+            leaf: der(&cert),
+            provider: provider(),
+        };
+        let name = ServerName::try_from("localhost").expect("name");
+        let verify =
+            |c: &CertificateDer<'_>| pinned.verify_server_cert(c, &[], &name, &[], UnixTime::now());
+        assert!(verify(&der(&cert)).is_ok());
+        assert!(verify(&der(&other)).is_err());
+    }
+}
