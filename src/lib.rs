@@ -7,6 +7,8 @@
 //! - [`server`]: the gRPC chat service (`server::run`).
 //! - [`storage`]: the [`storage::Store`] trait, SQLite, the group-commit writer.
 //! - [`proxy`]: the descriptor-driven WebSocket gateway (`proxy::run`).
+//! - [`tls`]: TLS on the gRPC leg: the server's certificate (and client CA),
+//!   the gateway's connector to a TLS upstream.
 //!
 //! Entry points take a bound listener and a shutdown token, so callers (the
 //! binary, the tests) choose the address, and tests bind port 0.
@@ -18,3 +20,4 @@ pub mod proto;
 pub mod proxy;
 pub mod server;
 pub mod storage;
+pub mod tls;

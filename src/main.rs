@@ -19,6 +19,7 @@ use wsgate::auth::{SignKey, TokenRequest, Verifier, VerifierConfig, VerifyKey};
 use wsgate::proxy::{self, Gateway, Origin};
 use wsgate::server;
 use wsgate::storage::{SqliteOptions, SqliteStore, Store, WriterOptions};
+use wsgate::tls::{ClientTls, ServerTls, Trust};
 
 /// jemalloc, with its background threads: after 19,000 connections close,
 /// the process is back from ~650 MB to ~115 MB resident within 15 s, where
@@ -198,6 +199,32 @@ struct ServerArgs {
     /// One server per file: it is locked (FILE.lock) while in use.
     #[arg(long, env = "WSGATE_DB", default_value = "wsgate.db")]
     db: PathBuf,
+    /// PEM certificate chain (leaf first) the gRPC server serves TLS with;
+    /// needs --grpc-tls-key. Unset: plaintext HTTP/2.
+    #[arg(
+        long,
+        env = "WSGATE_GRPC_TLS_CERT",
+        value_name = "FILE",
+        requires = "grpc_tls_key"
+    )]
+    grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(
+        long,
+        env = "WSGATE_GRPC_TLS_KEY",
+        value_name = "FILE",
+        requires = "grpc_tls_cert"
+    )]
+    grpc_tls_key: Option<PathBuf>,
+    /// PEM CA bundle: with it, gRPC clients must present a certificate it
+    /// signed (mutual TLS), or are refused at the handshake.
+    #[arg(
+        long,
+        env = "WSGATE_GRPC_CLIENT_CA",
+        value_name = "FILE",
+        requires = "grpc_tls_cert"
+    )]
+    grpc_client_ca: Option<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
     /// Address to serve the server's Prometheus metrics on, at /metrics
@@ -327,8 +354,8 @@ struct GatewayArgs {
 #[derive(Args)]
 #[command(next_help_heading = "Upstream gRPC service")]
 struct UpstreamArgs {
-    /// Address of the gRPC service: http://HOST:PORT, or just HOST:PORT
-    /// (plaintext HTTP/2 either way; TLS is not supported yet).
+    /// Address of the gRPC service: http://HOST:PORT or just HOST:PORT
+    /// (plaintext HTTP/2), or https://HOST:PORT (TLS; needs --upstream-ca).
     #[arg(
         long,
         env = "WSGATE_UPSTREAM",
@@ -348,6 +375,33 @@ struct UpstreamArgs {
     /// the service has more than one.
     #[arg(long, env = "WSGATE_STREAM_METHOD", value_name = "METHOD")]
     stream_method: Option<String>,
+    /// PEM CA bundle the https:// upstream's certificate must chain to
+    /// (for public CAs, the system's bundle, e.g.
+    /// /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, env = "WSGATE_UPSTREAM_CA", value_name = "FILE")]
+    upstream_ca: Option<PathBuf>,
+    /// PEM client certificate chain presented to the upstream (mutual
+    /// TLS); needs --upstream-key.
+    #[arg(
+        long,
+        env = "WSGATE_UPSTREAM_CERT",
+        value_name = "FILE",
+        requires = "upstream_key"
+    )]
+    upstream_cert: Option<PathBuf>,
+    /// PEM private key of --upstream-cert.
+    #[arg(
+        long,
+        env = "WSGATE_UPSTREAM_KEY",
+        value_name = "FILE",
+        requires = "upstream_cert"
+    )]
+    upstream_key: Option<PathBuf>,
+    /// Name the upstream's certificate must hold, also sent as SNI.
+    /// Default: the host of --upstream (needed when that is an IP address
+    /// and the certificate names a host).
+    #[arg(long, env = "WSGATE_UPSTREAM_SERVER_NAME", value_name = "NAME")]
+    upstream_server_name: Option<String>,
 }
 
 /// An error ends the process with its message and causes, one line, exit
@@ -430,7 +484,25 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let grpc = bind(&args.server.grpc_listen).await?;
     let web = bind(&args.gateway.listen).await?;
     warn_if_open(auth.as_ref(), &[&grpc, &web]);
-    gateway_config.upstream = format!("http://{}", reachable(grpc.local_addr()?));
+    let tls = args.server.tls()?;
+    let grpc_addr = reachable(grpc.local_addr()?);
+    // The gateway dials its own server: with TLS on, over TLS too, trusting
+    // exactly the certificate the server serves (whatever names it holds).
+    (gateway_config.upstream, gateway_config.upstream_tls) = match &args.server.grpc_tls_cert {
+        None => (format!("http://{grpc_addr}"), None),
+        Some(cert) => {
+            if args.server.grpc_client_ca.is_some() {
+                bail!(
+                    "--grpc-client-ca (mutual TLS) needs the gateway to hold a client certificate: \
+                     run `wsgate server` and `wsgate proxy --upstream-cert ... --upstream-key ...`"
+                );
+            }
+            let pem = read_file(cert)?;
+            let client = ClientTls::new(Trust::Exactly(&pem), None, None)
+                .with_context(|| format!("cannot use --grpc-tls-cert {}", cert.display()))?;
+            (format!("https://{grpc_addr}"), Some(client))
+        }
+    };
     let shutdown = shutdown_on_signal();
     serve_metrics(&args.server, &metrics, &shutdown).await?;
     // If either half stops (an error), the other is stopped too.
@@ -438,7 +510,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         server::run(
             grpc,
             store,
-            server_config(&args.server, auth.clone(), metrics.clone()),
+            server_config(&args.server, auth.clone(), metrics.clone(), tls),
             shutdown.clone(),
         ),
         shutdown.clone(),
@@ -464,13 +536,14 @@ async fn stop_all_when_done(
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let auth = args.auth.verifier()?;
+    let tls = args.tls()?;
     let store = open_store(&args)?;
     let grpc = bind(&args.grpc_listen).await?;
     warn_if_open(auth.as_ref(), &[&grpc]);
     let metrics = wsgate::metrics::registry();
     let shutdown = shutdown_on_signal();
     serve_metrics(&args, &metrics, &shutdown).await?;
-    let config = server_config(&args, auth, metrics);
+    let config = server_config(&args, auth, metrics, tls);
     server::run(grpc, store, config, shutdown).await
 }
 
@@ -496,8 +569,12 @@ async fn serve_metrics(
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let gateway = Arc::new(build_gateway(&args.upstream)?);
     let auth = args.auth.verifier()?;
+    let upstream_tls = args.upstream.tls()?;
     let metrics = wsgate::metrics::registry();
-    let config = proxy_config(&args.gateway, args.upstream.upstream.clone(), auth, metrics)?;
+    let config = proxy::Config {
+        upstream_tls,
+        ..proxy_config(&args.gateway, args.upstream.upstream.clone(), auth, metrics)?
+    };
     let web = bind(&args.gateway.listen).await?;
     warn_if_open(config.auth.as_ref(), &[&web]);
     proxy::run(web, gateway, config, shutdown_on_signal()).await
@@ -617,6 +694,10 @@ impl UpstreamArgs {
             descriptor_set: None,
             service: wsgate::proto::CHAT_SERVICE.to_owned(),
             stream_method: None,
+            upstream_ca: None,
+            upstream_cert: None,
+            upstream_key: None,
+            upstream_server_name: None,
         }
     }
 }
@@ -657,14 +738,97 @@ fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(store))
 }
 
+impl ServerArgs {
+    /// `--grpc-tls-cert`/`--grpc-tls-key` (clap has checked that both or
+    /// neither are given) and `--grpc-client-ca`, loaded and checked.
+    fn tls(&self) -> anyhow::Result<Option<ServerTls>> {
+        let (Some(cert), Some(key)) = (&self.grpc_tls_cert, &self.grpc_tls_key) else {
+            return Ok(None);
+        };
+        let ca = self.grpc_client_ca.as_deref().map(read_file).transpose()?;
+        let tls = ServerTls::from_pem(&read_file(cert)?, &read_file(key)?, ca.as_deref())
+            .with_context(|| {
+                let mut files = format!(
+                    "--grpc-tls-cert {}, --grpc-tls-key {}",
+                    cert.display(),
+                    key.display()
+                );
+                if let Some(ca) = &self.grpc_client_ca {
+                    files += &format!(", --grpc-client-ca {}", ca.display());
+                }
+                format!("cannot serve TLS with {files}")
+            })?;
+        tracing::info!(mutual = tls.mutual(), "gRPC TLS ready");
+        Ok(Some(tls))
+    }
+}
+
+impl UpstreamArgs {
+    /// The TLS an `https://` upstream needs; for `http://`, none, and the
+    /// TLS flags are refused rather than silently ignored.
+    fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let https = self.upstream.starts_with("https://");
+        let given = [
+            ("--upstream-ca", self.upstream_ca.is_some()),
+            ("--upstream-cert", self.upstream_cert.is_some()),
+            (
+                "--upstream-server-name",
+                self.upstream_server_name.is_some(),
+            ),
+        ];
+        if !https {
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                bail!(
+                    "{flag} is for TLS, but --upstream {} is plaintext: use https://",
+                    self.upstream
+                );
+            }
+            return Ok(None);
+        }
+        // No implicit trust in every public CA for what is usually the
+        // operator's own service: the operator names the roots.
+        let Some(ca) = &self.upstream_ca else {
+            bail!(
+                "--upstream {} is https:// and needs --upstream-ca FILE: the CA bundle its \
+                 certificate chains to (for a public CA, the system's, e.g. /etc/ssl/certs/ca-certificates.crt)",
+                self.upstream
+            );
+        };
+        let ca_pem = read_file(ca)?;
+        let identity = match (&self.upstream_cert, &self.upstream_key) {
+            (Some(cert), Some(key)) => Some((read_file(cert)?, read_file(key)?)),
+            _ => None,
+        };
+        let tls = ClientTls::new(
+            Trust::Roots(&ca_pem),
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            self.upstream_server_name.as_deref(),
+        )
+        .with_context(|| {
+            let mut files = format!("--upstream-ca {}", ca.display());
+            if let (Some(cert), Some(key)) = (&self.upstream_cert, &self.upstream_key) {
+                files += &format!(
+                    ", --upstream-cert {}, --upstream-key {}",
+                    cert.display(),
+                    key.display()
+                );
+            }
+            format!("cannot use TLS to the upstream with {files}")
+        })?;
+        Ok(Some(tls))
+    }
+}
+
 fn server_config(
     args: &ServerArgs,
     auth: Option<Arc<Verifier>>,
     metrics: wsgate::metrics::MetricsRegistry,
+    tls: Option<ServerTls>,
 ) -> server::Config {
     server::Config {
         auth,
         metrics,
+        tls,
         max_content_bytes: args.max_content_bytes,
         stream_buffer: args.stream_buffer,
         writer: WriterOptions::default(),
@@ -760,11 +924,11 @@ fn listen_address(value: &str) -> Result<String, String> {
     }
 }
 
-/// The upstream's URI: `http://HOST:PORT` as given, or a bare `HOST:PORT`
-/// made into one (without a scheme, every call would fail with a bare
-/// "transport error"). Only plaintext: tonic is built here without TLS.
+/// The upstream's URI: `http://HOST:PORT` or `https://HOST:PORT` as given,
+/// or a bare `HOST:PORT` made into a plaintext one (without a scheme, every
+/// call would fail with a bare "transport error").
 fn upstream_uri(value: &str) -> Result<String, String> {
-    const EXPECTED: &str = "expected http://HOST:PORT or HOST:PORT";
+    const EXPECTED: &str = "expected http://HOST:PORT, https://HOST:PORT or HOST:PORT";
     let uri = if value.contains("://") {
         value.to_owned()
     } else {
@@ -774,12 +938,7 @@ fn upstream_uri(value: &str) -> Result<String, String> {
         .parse()
         .map_err(|e| format!("not an address ({e}): {EXPECTED}"))?;
     match parsed.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "TLS to the upstream is not supported yet: give a plaintext http:// address, or put a TLS proxy in between ({EXPECTED})"
-            ));
-        }
+        Some("http" | "https") => {}
         other => {
             let scheme = other.unwrap_or_default();
             return Err(format!("scheme {scheme:?} is not supported: {EXPECTED}"));
@@ -974,7 +1133,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_upstream_is_plain_http() {
+    fn a_bare_upstream_is_plain_http_and_https_is_accepted() {
         assert_eq!(
             upstream_uri("127.0.0.1:50051").unwrap(),
             "http://127.0.0.1:50051"
@@ -985,9 +1144,13 @@ mod tests {
             upstream_uri("http://chat:50051/").unwrap(),
             "http://chat:50051/"
         );
+        assert_eq!(
+            upstream_uri("https://chat:443").unwrap(),
+            "https://chat:443"
+        );
         for bad in [
-            "https://chat:443",
             "unix:///tmp/s",
+            "https://",
             "http://",
             "chat:1/x",
             "http://chat:1?q",

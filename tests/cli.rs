@@ -77,16 +77,15 @@ async fn a_bare_upstream_address_is_taken_as_http() {
 }
 
 #[test]
-fn an_upstream_other_than_plain_http_is_refused_before_anything_starts() {
+fn an_upstream_other_than_http_or_https_is_refused_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     for (upstream, reason) in [
-        (
-            "https://127.0.0.1:50051",
-            "TLS to the upstream is not supported yet",
-        ),
         ("grpc://127.0.0.1:50051", "scheme \"grpc\" is not supported"),
         ("http://127.0.0.1:50051/api", "without a path"),
-        ("http://", "expected http://HOST:PORT or HOST:PORT"),
+        (
+            "http://",
+            "expected http://HOST:PORT, https://HOST:PORT or HOST:PORT",
+        ),
     ] {
         let finished = refused(&dir, &["proxy", "--upstream", upstream]);
         assert_flag_error(&finished, "--upstream", reason);

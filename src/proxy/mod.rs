@@ -118,8 +118,12 @@ const STYLE_CSS: &str = include_str!("../../web/style.css");
 /// The gateway's settings, validated by the caller.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// URI of the gRPC service, e.g. `http://127.0.0.1:50051`.
+    /// URI of the gRPC service, e.g. `http://127.0.0.1:50051`, or
+    /// `https://...` with [`Config::upstream_tls`] set.
     pub upstream: String,
+    /// TLS to the upstream (`--upstream-ca` and the other `--upstream-*`
+    /// flags); required by an `https://` upstream, refused by `http://`.
+    pub upstream_tls: Option<crate::tls::ClientTls>,
     /// HTTP/2 connections to the upstream, shared by all sessions in turn.
     pub upstream_connections: usize,
     pub max_frame_bytes: usize,
@@ -159,6 +163,7 @@ impl Config {
     pub fn new(upstream: impl Into<String>) -> Self {
         Config {
             upstream: upstream.into(),
+            upstream_tls: None,
             upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             ping_interval: DEFAULT_PING_INTERVAL,
@@ -270,6 +275,7 @@ pub async fn run(
     let metrics = Arc::new(GatewayMetrics::new(&config.metrics, gateway.actions()));
     let upstream = Upstream::new(
         &config.upstream,
+        config.upstream_tls.clone(),
         config.upstream_connections,
         gateway,
         config.unary_timeout,
@@ -280,7 +286,8 @@ pub async fn run(
     } else {
         "http"
     };
-    tracing::info!(%local, scheme, upstream = %config.upstream, "WebSocket gateway listening");
+    tracing::info!(%local, scheme, upstream = %config.upstream,
+        upstream_tls = config.upstream_tls.is_some(), "WebSocket gateway listening");
     tracing::info!(
         handshake_timeout = ?config.handshake_timeout,
         max_header_bytes = config.max_header_bytes,

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use anyhow::bail;
 use bytes::Bytes;
 use prost_reflect::DynamicMessage;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status};
 
 use super::codec::{DynamicCodec, StreamCodec};
@@ -23,6 +24,7 @@ use super::outbound::ToClient;
 use super::transcode::{code_name, error_json};
 use crate::metrics::Tracked;
 use crate::proto::HTTP2_CONNECTION_WINDOW;
+use crate::tls::ClientTls;
 
 /// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -56,14 +58,35 @@ struct Shared {
 impl Upstream {
     /// Prepares `connections` channels without connecting: the gateway
     /// starts, and keeps serving its page, while the upstream is down.
+    /// With `tls`, the URI must be `https://` and every connection is
+    /// opened by [`ClientTls::connect`]; without, it must be `http://`.
     pub fn new(
         uri: &str,
+        tls: Option<ClientTls>,
         connections: usize,
         gateway: Arc<Gateway>,
         unary_timeout: Duration,
         metrics: Arc<GatewayMetrics>,
     ) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(uri.to_owned())?
+        let parsed: Uri = uri.parse()?;
+        let dial = match (parsed.scheme_str(), &tls) {
+            (Some("http"), None) | (Some("https"), Some(_)) => uri.to_owned(),
+            (Some("https"), None) => bail!("an https:// upstream needs TLS settings"),
+            (Some("http"), Some(_)) => bail!("TLS settings given for a plaintext http:// upstream"),
+            _ => bail!("the upstream URI is neither http:// nor https://"),
+        };
+        // tonic refuses a custom connector for an https:// endpoint (it
+        // would add its own TLS): dial an http:// endpoint through ours,
+        // and keep the https:// origin on the requests.
+        let dial = match tls {
+            Some(_) => dial.replacen("https://", "http://", 1),
+            None => dial,
+        };
+        let mut endpoint = Endpoint::from_shared(dial)?;
+        if tls.is_some() {
+            endpoint = endpoint.origin(parsed);
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             // Notices a dead upstream even when no call is active.
@@ -83,7 +106,16 @@ impl Upstream {
             .http2_reset_stream_duration(Duration::from_secs(10))
             .http2_max_local_error_reset_streams(None);
         let channels = (0..connections.max(1))
-            .map(|_| endpoint.connect_lazy())
+            .map(|_| match &tls {
+                None => endpoint.connect_lazy(),
+                Some(tls) => {
+                    let tls = tls.clone();
+                    endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
+                        let tls = tls.clone();
+                        async move { tls.connect(uri).await }
+                    }))
+                }
+            })
             .collect();
         Ok(Upstream {
             shared: Arc::new(Shared {

@@ -52,6 +52,9 @@ const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub struct Config {
     /// Token verification (`--auth jwt`); `None` trusts every client.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// TLS (`--grpc-tls-cert`/`--grpc-tls-key`, `--grpc-client-ca`);
+    /// `None` serves plaintext HTTP/2.
+    pub tls: Option<crate::tls::ServerTls>,
     pub max_content_bytes: usize,
     pub stream_buffer: usize,
     pub writer: WriterOptions,
@@ -63,6 +66,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             auth: None,
+            tls: None,
             max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
             stream_buffer: DEFAULT_STREAM_BUFFER,
             writer: WriterOptions::default(),
@@ -119,9 +123,18 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    tracing::info!(%local, "gRPC chat server listening");
+    let tls = match &config.tls {
+        None => "off",
+        Some(tls) if tls.mutual() => "mutual",
+        Some(_) => "on",
+    };
+    tracing::info!(%local, tls, "gRPC chat server listening");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.tonic())?;
+    }
+    builder
         // Finds dead peers (and keeps NAT entries alive) on idle connections.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -3,6 +3,7 @@
 //! to them with a real WebSocket client and a real gRPC client.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod pki;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
@@ -93,6 +94,8 @@ fn surface(name: &str, result: Result<anyhow::Result<()>, tokio::task::JoinError
 /// A chat server running inside the test process.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Whether it serves TLS ([`Server::start_tls`]).
+    tls: bool,
     task: Task,
     _dir: Option<tempfile::TempDir>,
 }
@@ -120,18 +123,43 @@ impl Server {
     pub async fn start_on(store: Arc<dyn Store>, config: server::Config) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let tls = config.tls.is_some();
         let task = Task::spawn("chat server", |shutdown| {
             server::run(listener, store, config, shutdown).boxed()
         });
         Server {
             addr,
+            tls,
             task,
             _dir: None,
         }
     }
 
+    /// A server serving TLS with these settings, on a fresh database.
+    pub async fn start_tls(tls: wsgate::tls::ServerTls) -> Server {
+        Server::start_configured(server::Config {
+            tls: Some(tls),
+            ..server::Config::default()
+        })
+        .await
+    }
+
+    /// `http://ADDR`, or `https://ADDR` for a TLS server.
     pub fn uri(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// A connection with tonic's own TLS client, or the handshake's error.
+    pub async fn tls_channel(
+        &self,
+        tls: tonic::transport::ClientTlsConfig,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        tonic::transport::Endpoint::from_shared(self.uri())
+            .expect("uri")
+            .tls_config(tls)?
+            .connect()
+            .await
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
