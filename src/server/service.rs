@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::ChatError;
 use super::hub::{Hub, Outbox, StreamEnd, StreamId, Tag};
-use super::session::Session;
+use super::identity::Caller;
+use super::session::{Limits, Session};
 use super::{now_us, validate};
 use crate::proto::chat::{self, chat_service_server::ChatService};
 use crate::storage::{HistoryQuery, Store, StoreError, Write, Writer};
@@ -28,7 +29,7 @@ pub struct ChatServiceImpl {
     pub(super) hub: Arc<Hub>,
     pub(super) writer: Writer<Tag>,
     pub(super) store: Arc<dyn Store>,
-    pub(super) max_content_bytes: usize,
+    pub(super) limits: Limits,
     pub(super) stream_buffer: usize,
     pub(super) shutdown: CancellationToken,
     pub(super) sessions: TaskTracker,
@@ -58,6 +59,9 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::GetUserRequest>,
     ) -> Result<Response<chat::User>, Status> {
+        // Anyone authenticated may read any user: ids, names and presence
+        // are what every member of a shared room sees anyway.
+        Caller::of(&request)?;
         let user_id = request.into_inner().user_id;
         validate::user_id(&user_id)?;
         let online = self.hub.is_online(&user_id);
@@ -79,12 +83,15 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::SetUserNameRequest>,
     ) -> Result<Response<chat::User>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        validate::user_id(&request.user_id)?;
+        // A user renames only itself.
+        let user_id = caller.bind("user_id", &request.user_id)?;
+        validate::user_id(&user_id)?;
         let name = validate::display_name(&request.name)?.to_owned();
         let (reply, done) = oneshot::channel();
         let write = Write::SetUserName {
-            user_id: request.user_id,
+            user_id,
             name,
             now_us: now_us(),
         };
@@ -106,6 +113,7 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<Streaming<chat::ChatStream>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
+        let caller = Caller::of(&request)?;
         let (tx, rx) = mpsc::channel(self.stream_buffer);
         let end = Arc::new(StreamEnd::default());
         let outbox = Outbox::new(StreamId::next(), tx, end.clone());
@@ -113,7 +121,8 @@ impl ChatService for ChatServiceImpl {
             self.hub.clone(),
             self.writer.clone(),
             outbox,
-            self.max_content_bytes,
+            caller,
+            self.limits,
         );
         self.sessions
             .spawn(session.run(request.into_inner(), self.shutdown.clone()));
@@ -136,8 +145,10 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::GetChatHistoryRequest>,
     ) -> Result<Response<chat::ChatHistory>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         validate::room_id(&request.room_id)?;
+        caller.may_enter(&request.room_id)?;
         let query = HistoryQuery {
             room_id: request.room_id,
             limit: validate::history_limit(request.limit),
