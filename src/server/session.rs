@@ -43,8 +43,36 @@ pub struct Session {
     joins: BTreeMap<String, Option<String>>,
     /// Users this stream acts as; each is counted once in the hub's presence.
     users: HashSet<String>,
-    /// Room -> when this stream's last typing frame in it was relayed.
-    typed: HashMap<String, Instant>,
+    typing: TypingThrottle,
+}
+
+/// When this stream last had a typing frame relayed, per room: at most one
+/// per [`TYPING_INTERVAL`] goes through.
+#[derive(Debug, Default)]
+struct TypingThrottle {
+    last: HashMap<String, Instant>,
+}
+
+impl TypingThrottle {
+    /// Whether a typing frame in `room_id` at `now` is relayed (and if so,
+    /// the interval starts again from it).
+    fn allow(&mut self, room_id: &str, now: Instant) -> bool {
+        match self.last.get_mut(room_id) {
+            Some(last) if now.duration_since(*last) < TYPING_INTERVAL => false,
+            Some(last) => {
+                *last = now;
+                true
+            }
+            None => {
+                self.last.insert(room_id.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    fn forget(&mut self, room_id: &str) {
+        self.last.remove(room_id);
+    }
 }
 
 impl Session {
@@ -63,7 +91,7 @@ impl Session {
             limits,
             joins: BTreeMap::new(),
             users: HashSet::new(),
-            typed: HashMap::new(),
+            typing: TypingThrottle::default(),
         }
     }
 
@@ -199,7 +227,7 @@ impl Session {
 
     fn leave_room(&mut self, leave: chat::LeaveRoom) -> Result<(), ChatError> {
         validate::room_id(&leave.room_id)?;
-        self.typed.remove(&leave.room_id);
+        self.typing.forget(&leave.room_id);
         if self.joins.remove(&leave.room_id).is_some() {
             self.hub.leave(&leave.room_id, self.outbox.stream());
             self.push_resume();
@@ -236,17 +264,13 @@ impl Session {
         if !self.joins.contains_key(&typing.room_id) {
             return Err(ChatError::NotJoined(typing.room_id));
         }
-        let now = Instant::now();
-        if let Some(last) = self.typed.get(&typing.room_id)
-            && now.duration_since(*last) < TYPING_INTERVAL
-        {
+        if !self.typing.allow(&typing.room_id, Instant::now()) {
             return Ok(());
         }
         if self
             .hub
             .typing(&typing.room_id, self.outbox.stream(), &typing.user_id)
         {
-            self.typed.insert(typing.room_id, now);
             Ok(())
         } else {
             Err(ChatError::NotJoined(typing.room_id))
@@ -564,6 +588,103 @@ mod tests {
             matches!(h.next().await.event, Some(Event::Error(ref e)) if e.message.contains("empty frame"))
         );
         h.nothing_more();
+    }
+
+    fn alice(rooms: Option<&[&str]>) -> Caller {
+        use crate::auth::Claims;
+        use crate::server::identity::Identity;
+        Caller::User(Arc::new(Identity {
+            claims: Claims {
+                sub: "alice".into(),
+                exp: u64::MAX / 2,
+                nbf: None,
+                iat: None,
+                name: None,
+                rooms: rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            },
+            valid_until: SystemTime::now() + Duration::from_secs(3600),
+        }))
+    }
+
+    async fn refused(h: &mut Harness, event: Event, request_id: &str) -> chat::Error {
+        h.handle(event, request_id).await;
+        let answer = h.next().await;
+        assert_eq!(answer.request_id.as_deref(), Some(request_id));
+        match answer.event {
+            Some(Event::Error(e)) => e,
+            other => panic!("{request_id}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_token_every_frame_acts_as_its_user() {
+        let mut h = harness_as(alice(None), LIMITS);
+        for (i, event) in [
+            join("r", "bob"),
+            message("r", "bob", "m1"),
+            Event::Typing(chat::Typing {
+                room_id: "r".into(),
+                user_id: "bob".into(),
+            }),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let e = refused(&mut h, event, &format!("spoof-{i}")).await;
+            assert_eq!(e.code, chat::Code::PermissionDenied as i32, "{e:?}");
+        }
+        assert!(h.session.joins.is_empty() && h.session.users.is_empty());
+        // An empty user is the token's.
+        h.handle(join("r", ""), "j1").await;
+        let answer = h.next().await;
+        assert!(
+            matches!(answer.event, Some(Event::Presence(ref p)) if p.online == ["alice"]),
+            "{answer:?}"
+        );
+        assert_eq!(h.session.joins["r"].as_deref(), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn the_rooms_claim_and_the_room_limit_refuse_before_anything_changes() {
+        let limits = Limits {
+            max_rooms: 1,
+            ..LIMITS
+        };
+        let mut h = harness_as(alice(Some(&["a", "b"])), limits);
+        let e = refused(&mut h, join("c", ""), "c").await;
+        assert_eq!(e.code, chat::Code::PermissionDenied as i32, "{e:?}");
+        h.handle(join("a", ""), "a").await;
+        let _ = (h.next().await, h.next().await);
+        let e = refused(&mut h, join("b", ""), "b").await;
+        assert_eq!(e.code, chat::Code::ResourceExhausted as i32, "{e:?}");
+        let e = refused(&mut h, message("b", "", "m1"), "m1").await;
+        assert_eq!(e.code, chat::Code::ResourceExhausted as i32, "{e:?}");
+        assert_eq!(h.session.joins.keys().collect::<Vec<_>>(), ["a"]);
+        // Joining a room it is already in is not one more.
+        h.handle(join("a", ""), "a-again").await;
+        assert!(matches!(h.next().await.event, Some(Event::Presence(_))));
+        h.nothing_more();
+    }
+
+    #[test]
+    fn typing_goes_through_once_per_interval_per_room() {
+        let mut throttle = TypingThrottle::default();
+        let t0 = Instant::now();
+        let later = |ms| t0 + Duration::from_millis(ms);
+        assert!(throttle.allow("a", t0));
+        assert!(!throttle.allow("a", later(10)));
+        assert!(throttle.allow("b", later(10)), "each room on its own");
+        assert!(!throttle.allow("a", later(999)));
+        assert!(throttle.allow("a", later(1000)));
+        assert!(
+            !throttle.allow("a", later(1500)),
+            "counted from the last relayed"
+        );
+        throttle.forget("a");
+        assert!(
+            throttle.allow("a", later(1600)),
+            "a room left and joined again"
+        );
     }
 
     #[tokio::test]
