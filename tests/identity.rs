@@ -11,6 +11,7 @@ use tonic::{Code, Streaming};
 
 use support::{Server, TEST_SECRET, WAIT, bearer, test_verifier, token, token_for};
 use wsgate::auth::{Claims, TokenRequest};
+use wsgate::proto::chat::chat_service_client::ChatServiceClient;
 use wsgate::proto::chat::{
     self, ChatMessage, ChatStream, GetChatHistoryRequest, GetUserRequest, JoinRoom, LeaveRoom,
     SetUserNameRequest, Typing, chat_stream::Event,
@@ -580,6 +581,83 @@ async fn a_stream_ends_with_unauthenticated_when_its_token_expires() {
         .into_inner();
     assert_eq!(user.status, chat::UserStatus::Offline as i32);
     server.stop().await;
+}
+
+/// The server's own log, at its most verbose, while tokens come and go:
+/// accepted, refused, expired. No token (nor the secret) is in it.
+#[tokio::test]
+async fn no_token_or_secret_reaches_the_server_log_even_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = std::str::from_utf8(TEST_SECRET).unwrap();
+    let mut command = support::wsgate();
+    command
+        .env("RUST_LOG", "trace")
+        .env("WSGATE_JWT_SECRET", secret)
+        .args(["server", "--auth", "jwt", "--grpc-listen", "127.0.0.1:0"])
+        .arg("--db")
+        .arg(dir.path().join("chat.db"));
+    let server = support::spawn_listening(command, "gRPC chat server listening");
+    let uri = format!("http://{}", server.addr);
+
+    let valid = token_for("alice");
+    let tampered = format!("{}A", &valid[..valid.len() - 1]);
+    let expired = expired_token("alice", 3600);
+    let mut grpc = ChatServiceClient::connect(uri).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut stream = grpc
+        .chat(bearer(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &valid,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(frame(say("room", "", "m1", "hi"), "m1"))
+        .await
+        .unwrap();
+    loop {
+        let frame = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if frame.request_id.as_deref() == Some("m1") {
+            break;
+        }
+    }
+    for token in [&valid, &tampered, &expired] {
+        let _ = grpc
+            .get_user(bearer(
+                GetUserRequest {
+                    user_id: "alice".into(),
+                },
+                token,
+            ))
+            .await;
+    }
+    drop((tx, stream));
+
+    let log = server.kill_and_read_log();
+    assert!(
+        log.iter().any(|line| line.contains("call refused")),
+        "the refusals are logged"
+    );
+    for (what, text) in [
+        ("token", &valid),
+        ("tampered token", &tampered),
+        ("expired token", &expired),
+    ] {
+        // A signature alone would be enough to replay a token.
+        let signature = text.rsplit('.').next().unwrap();
+        assert!(
+            !log.iter().any(|line| line.contains(signature)),
+            "a {what} is in the log"
+        );
+    }
+    assert!(
+        !log.iter().any(|line| line.contains(secret)),
+        "the secret is in the log"
+    );
 }
 
 #[tokio::test]

@@ -489,12 +489,28 @@ pub struct Listening {
     pub addr: SocketAddr,
     /// Its log up to and including that line.
     pub log: Vec<String>,
+    /// Reads its stderr to the end; returns the lines after `log`.
+    reader: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Listening {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the child and returns all it logged, start to end.
+    pub fn kill_and_read_log(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let rest = self
+            .reader
+            .take()
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
+        let mut log = std::mem::take(&mut self.log);
+        log.extend(rest);
+        log
     }
 }
 
@@ -511,23 +527,27 @@ pub fn spawn_listening(mut command: Command, marker: &str) -> Listening {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     let wanted = marker.to_owned();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut tx = Some(tx);
         let mut log = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[wsgate] {line}");
-            if tx.is_some() {
-                log.push(line.clone());
-            }
+            log.push(line.clone());
             if line.contains(&wanted)
                 && let (Some(addr), Some(tx)) = (listen_addr(&line), tx.take())
             {
                 let _ = tx.send((addr, std::mem::take(&mut log)));
             }
         }
+        log
     });
     match rx.recv_timeout(WAIT) {
-        Ok((addr, log)) => Listening { child, addr, log },
+        Ok((addr, log)) => Listening {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        },
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
