@@ -29,8 +29,8 @@ pub enum Caller {
 pub struct Identity {
     pub claims: Claims,
     /// `exp` plus the verifier's leeway: the moment the verifier itself
-    /// would start refusing the token.
-    pub valid_until: SystemTime,
+    /// would start refusing the token (`None`: too far ahead to represent).
+    pub valid_until: Option<SystemTime>,
 }
 
 impl Caller {
@@ -83,16 +83,14 @@ impl Caller {
         }
     }
 
-    /// How long from now the token holds (`None`: no token, forever).
+    /// How long from now the token holds (`None`: no token, or an `exp`
+    /// too far ahead to represent: forever).
     pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
         match self {
             Caller::Anyone => None,
-            Caller::User(identity) => Some(
-                identity
-                    .valid_until
-                    .duration_since(now)
-                    .unwrap_or(Duration::ZERO),
-            ),
+            Caller::User(identity) => identity
+                .valid_until
+                .map(|until| until.duration_since(now).unwrap_or(Duration::ZERO)),
         }
     }
 }
@@ -124,7 +122,10 @@ impl Authenticate {
                 .ok_or(AuthError::Malformed)?,
         };
         let claims = verifier.verify(token)?;
-        let valid_until = UNIX_EPOCH + Duration::from_secs(claims.exp) + verifier.leeway();
+        // Checked: `exp` is the token's to choose, up to u64::MAX.
+        let valid_until = UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .and_then(|exp| exp.checked_add(verifier.leeway()));
         Ok(Caller::User(Arc::new(Identity {
             claims,
             valid_until,
@@ -167,7 +168,7 @@ mod tests {
                 name: None,
                 rooms: rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
             },
-            valid_until: UNIX_EPOCH,
+            valid_until: Some(UNIX_EPOCH),
         }))
     }
 
@@ -259,6 +260,26 @@ mod tests {
         let at = token.len() - 10;
         let swap = if &token[at..=at] == "A" { "B" } else { "A" };
         format!("{}{swap}{}", &token[..at], &token[at + 1..])
+    }
+
+    #[test]
+    fn an_expiry_beyond_the_clock_is_no_panic() {
+        let mut auth = Authenticate::new(Some(verifier(Duration::from_secs(30))));
+        let token = mint(
+            &SignKey::Secret(SECRET.to_vec()),
+            &TokenRequest {
+                user: "alice".into(),
+                ttl: Duration::from_secs(u64::MAX),
+                ..TokenRequest::default()
+            },
+        )
+        .unwrap();
+        let caller = call(&mut auth, Some(&format!("Bearer {token}"))).unwrap();
+        let remaining = caller.remaining(SystemTime::now());
+        assert!(
+            remaining.is_none_or(|left| left > Duration::from_secs(100 * 365 * 86_400)),
+            "{remaining:?}"
+        );
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl Session {
         let expiry = self
             .caller
             .remaining(SystemTime::now())
-            .map(|left| Instant::now() + left);
+            .and_then(|left| Instant::now().checked_add(left));
         let expired = async {
             match expiry {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -602,7 +602,7 @@ mod tests {
                 name: None,
                 rooms: rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
             },
-            valid_until: SystemTime::now() + Duration::from_secs(3600),
+            valid_until: Some(SystemTime::now() + Duration::from_secs(3600)),
         }))
     }
 
