@@ -242,6 +242,12 @@ struct ServerArgs {
     #[arg(long, env = "WSGATE_MAX_CONTENT_BYTES", default_value_t = server::DEFAULT_MAX_CONTENT_BYTES,
           value_parser = at_least_one::<usize>)]
     max_content_bytes: usize,
+    /// Most rooms one Chat stream may be in at once; joining (or sending to)
+    /// one more gets RESOURCE_EXHAUSTED, and the stream stays open.
+    #[arg(long, env = "WSGATE_MAX_ROOMS_PER_STREAM", value_name = "ROOMS",
+          default_value_t = server::DEFAULT_MAX_ROOMS_PER_STREAM,
+          value_parser = at_least_one::<usize>)]
+    max_rooms_per_stream: usize,
     /// Frames queued towards one Chat stream before it counts as too slow
     /// and is ended with RESOURCE_EXHAUSTED.
     #[arg(long, env = "WSGATE_STREAM_BUFFER", default_value_t = server::DEFAULT_STREAM_BUFFER,
@@ -830,6 +836,7 @@ fn server_config(
         metrics,
         tls,
         max_content_bytes: args.max_content_bytes,
+        max_rooms_per_stream: args.max_rooms_per_stream,
         stream_buffer: args.stream_buffer,
         writer: WriterOptions::default(),
     }

@@ -11,6 +11,7 @@
 use tonic::{Code, Status};
 
 use super::validate::Invalid;
+use crate::auth::AuthError;
 use crate::proto::chat;
 use crate::storage::StoreError;
 
@@ -48,6 +49,19 @@ pub enum ChatError {
     /// The stream carried bytes that are not a `ChatStream` message.
     #[error("a message on this stream is not a valid chat.ChatStream ({0}); the stream is closed")]
     Undecodable(String),
+    /// No token, or one the verifier refuses (`--auth jwt`); also a stream
+    /// whose token expired while it was open.
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    /// A frame naming a user other than the token's.
+    #[error("{field} must be empty or your own user id {you:?}: a token acts only as its user")]
+    NotYou { field: &'static str, you: String },
+    /// A room the token's `rooms` claim does not include.
+    #[error("your token does not give access to room {0:?}")]
+    RoomForbidden(String),
+    /// One stream in more rooms than `--max-rooms-per-stream`.
+    #[error("this stream is in {0} rooms, the most one stream may be in; leave one first")]
+    TooManyRooms(usize),
     /// The stream carried a message over the server's size limit.
     #[error("a message on this stream is too large ({0}); the stream is closed")]
     TooLarge(String),
@@ -65,7 +79,11 @@ impl ChatError {
             ChatError::UserNotFound(_) => Code::NotFound,
             ChatError::NotStored(e) | ChatError::Storage(e) => storage_code(e),
             ChatError::ShuttingDown => Code::Unavailable,
-            ChatError::FellBehind | ChatError::TooLarge(_) => Code::ResourceExhausted,
+            ChatError::FellBehind | ChatError::TooLarge(_) | ChatError::TooManyRooms(_) => {
+                Code::ResourceExhausted
+            }
+            ChatError::Unauthenticated(_) => Code::Unauthenticated,
+            ChatError::NotYou { .. } | ChatError::RoomForbidden(_) => Code::PermissionDenied,
         }
     }
 

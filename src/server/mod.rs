@@ -3,6 +3,8 @@
 //! # Layout
 //! - `errors`: what the service refuses or fails at, and the one mapping of
 //!   each to a gRPC status code (unary calls, stream events, stream ends).
+//! - `identity`: who is calling (the forwarded token, verified again) and
+//!   what that lets a call do: the user it acts as, the rooms it may enter.
 //! - `service`: the RPCs.
 //! - `session`: one `Chat` stream (rooms joined, users acted as, frames handled).
 //! - `hub`: rooms, presence, and the fan-out of each committed message.
@@ -14,6 +16,7 @@
 
 mod errors;
 mod hub;
+mod identity;
 mod metrics;
 mod service;
 mod session;
@@ -33,9 +36,12 @@ use crate::proto::{
 };
 use crate::storage::{Store, Writer, WriterOptions};
 use hub::Hub;
+use identity::Authenticate;
 use metrics::ServerMetrics;
 use service::ChatServiceImpl;
+use session::Limits;
 
+pub use session::TYPING_INTERVAL;
 pub use validate::{MAX_HISTORY_LIMIT, MAX_ID_BYTES, MAX_NAME_CHARS};
 
 /// Default largest message content, in bytes.
@@ -43,6 +49,12 @@ pub const DEFAULT_MAX_CONTENT_BYTES: usize = 4096;
 /// Default outbound queue per stream, in frames: about a few seconds of a busy
 /// room, so a client on a slow link rides out a burst without being dropped.
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
+/// Default most rooms one `Chat` stream may be in at once. Far more than a
+/// client shows (a sidebar of channels), and few enough that one stream
+/// cannot make itself a member of every room: each room costs a member entry
+/// in the hub, a snapshot on every resume, and a line (up to ~260 bytes) of
+/// the resume state the gateway keeps and replays.
+pub const DEFAULT_MAX_ROOMS_PER_STREAM: usize = 100;
 /// How often the health check asks the store whether writes are still
 /// durable: a server with no traffic must notice a deleted database too.
 const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -56,6 +68,8 @@ pub struct Config {
     /// `None` serves plaintext HTTP/2.
     pub tls: Option<crate::tls::ServerTls>,
     pub max_content_bytes: usize,
+    /// Most rooms one `Chat` stream may be in (`RESOURCE_EXHAUSTED` past it).
+    pub max_rooms_per_stream: usize,
     pub stream_buffer: usize,
     pub writer: WriterOptions,
     /// Where the server's metrics are registered.
@@ -68,6 +82,7 @@ impl Default for Config {
             auth: None,
             tls: None,
             max_content_bytes: DEFAULT_MAX_CONTENT_BYTES,
+            max_rooms_per_stream: DEFAULT_MAX_ROOMS_PER_STREAM,
             stream_buffer: DEFAULT_STREAM_BUFFER,
             writer: WriterOptions::default(),
             metrics: prometheus::Registry::new(),
@@ -99,7 +114,10 @@ pub async fn run(
         hub,
         writer,
         store: store.clone(),
-        max_content_bytes: config.max_content_bytes,
+        limits: Limits {
+            max_content_bytes: config.max_content_bytes,
+            max_rooms: config.max_rooms_per_stream,
+        },
         stream_buffer: config.stream_buffer,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
@@ -142,7 +160,11 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ChatServiceServer::new(chat))
+        // Health and reflection stay open: load balancers probe them.
+        .add_service(ChatServiceServer::with_interceptor(
+            chat,
+            Authenticate::new(config.auth),
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;
 

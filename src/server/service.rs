@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::ChatError;
 use super::hub::{Hub, Outbox, StreamEnd, StreamId, Tag};
+use super::identity::Caller;
 use super::metrics::ServerMetrics;
-use super::session::Session;
+use super::session::{Limits, Session};
 use super::{now_us, validate};
 use crate::metrics::Tracked;
 use crate::proto::chat::{self, chat_service_server::ChatService};
@@ -30,7 +31,7 @@ pub struct ChatServiceImpl {
     pub(super) hub: Arc<Hub>,
     pub(super) writer: Writer<Tag>,
     pub(super) store: Arc<dyn Store>,
-    pub(super) max_content_bytes: usize,
+    pub(super) limits: Limits,
     pub(super) stream_buffer: usize,
     pub(super) shutdown: CancellationToken,
     pub(super) sessions: TaskTracker,
@@ -61,6 +62,9 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::GetUserRequest>,
     ) -> Result<Response<chat::User>, Status> {
+        // Anyone authenticated may read any user: ids, names and presence
+        // are what every member of a shared room sees anyway.
+        Caller::of(&request)?;
         let user_id = request.into_inner().user_id;
         validate::user_id(&user_id)?;
         let online = self.hub.is_online(&user_id);
@@ -82,12 +86,15 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::SetUserNameRequest>,
     ) -> Result<Response<chat::User>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        validate::user_id(&request.user_id)?;
+        // A user renames only itself.
+        let user_id = caller.bind("user_id", &request.user_id)?;
+        validate::user_id(&user_id)?;
         let name = validate::display_name(&request.name)?.to_owned();
         let (reply, done) = oneshot::channel();
         let write = Write::SetUserName {
-            user_id: request.user_id,
+            user_id,
             name,
             now_us: now_us(),
         };
@@ -109,6 +116,7 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<Streaming<chat::ChatStream>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
+        let caller = Caller::of(&request)?;
         let (tx, rx) = mpsc::channel(self.stream_buffer);
         let end = Arc::new(StreamEnd::default());
         let outbox = Outbox::new(StreamId::next(), tx, end.clone());
@@ -116,7 +124,8 @@ impl ChatService for ChatServiceImpl {
             self.hub.clone(),
             self.writer.clone(),
             outbox,
-            self.max_content_bytes,
+            caller,
+            self.limits,
         );
         self.metrics.streams.inc();
         let open = Tracked::new(&self.metrics.streams_open);
@@ -144,8 +153,10 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::GetChatHistoryRequest>,
     ) -> Result<Response<chat::ChatHistory>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         validate::room_id(&request.room_id)?;
+        caller.may_enter(&request.room_id)?;
         let query = HistoryQuery {
             room_id: request.room_id,
             limit: validate::history_limit(request.limit),

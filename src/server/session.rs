@@ -1,28 +1,78 @@
 //! One `Chat` stream: the rooms it joined, the users it acts as, and what
 //! each frame it sends does.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 
 use super::errors::ChatError;
 use super::hub::{Hub, Outbox, Tag};
+use super::identity::Caller;
 use super::{now_us, validate};
 use crate::proto::chat::{self, ChatStream, chat_stream::Event};
 use crate::storage::{NewMessage, Write, Writer};
+
+/// Typing frames relayed per room per stream: at most one each this long.
+/// Clients send one every few seconds while their user types (some on every
+/// keystroke), and receivers show it for a few seconds after the last: one a
+/// second loses nothing anyone sees, and bounds what a stream can make the
+/// server fan out. Those over it are dropped without an answer: typing is a
+/// hint, and an error per keystroke would only flood the typist.
+pub const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What one stream may do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_content_bytes: usize,
+    pub max_rooms: usize,
+}
 
 pub struct Session {
     hub: Arc<Hub>,
     writer: Writer<Tag>,
     outbox: Outbox,
-    max_content_bytes: usize,
+    /// Who opened the stream: every frame acts as its user.
+    caller: Caller,
+    limits: Limits,
     /// Room -> the user this stream joined it as (`None`: a listener).
     /// Ordered so that the resume state a gateway keeps is stable.
     joins: BTreeMap<String, Option<String>>,
     /// Users this stream acts as; each is counted once in the hub's presence.
     users: HashSet<String>,
+    typing: TypingThrottle,
+}
+
+/// When this stream last had a typing frame relayed, per room: at most one
+/// per [`TYPING_INTERVAL`] goes through.
+#[derive(Debug, Default)]
+struct TypingThrottle {
+    last: HashMap<String, Instant>,
+}
+
+impl TypingThrottle {
+    /// Whether a typing frame in `room_id` at `now` is relayed (and if so,
+    /// the interval starts again from it).
+    fn allow(&mut self, room_id: &str, now: Instant) -> bool {
+        match self.last.get_mut(room_id) {
+            Some(last) if now.duration_since(*last) < TYPING_INTERVAL => false,
+            Some(last) => {
+                *last = now;
+                true
+            }
+            None => {
+                self.last.insert(room_id.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    fn forget(&mut self, room_id: &str) {
+        self.last.remove(room_id);
+    }
 }
 
 impl Session {
@@ -30,30 +80,53 @@ impl Session {
         hub: Arc<Hub>,
         writer: Writer<Tag>,
         outbox: Outbox,
-        max_content_bytes: usize,
+        caller: Caller,
+        limits: Limits,
     ) -> Self {
         Session {
             hub,
             writer,
             outbox,
-            max_content_bytes,
+            caller,
+            limits,
             joins: BTreeMap::new(),
             users: HashSet::new(),
+            typing: TypingThrottle::default(),
         }
     }
 
     /// Serves the stream until the client ends it, vanishes, sends what is
-    /// not a message, falls too far behind, or the server shuts down.
+    /// not a message, falls too far behind, its token expires, or the server
+    /// shuts down.
     /// Membership and presence are undone when the session is dropped,
     /// however it ends.
     #[tracing::instrument(name = "chat_stream", skip_all, fields(stream = ?self.outbox.stream()))]
     pub async fn run(mut self, mut inbound: Streaming<ChatStream>, shutdown: CancellationToken) {
         tracing::debug!("stream opened");
         let end = self.outbox.end().clone();
+        // The server does not trust the gateway to close a stream whose
+        // token ran out: it ends it itself, once its verifier would refuse
+        // the token. A gateway renews a token by opening a new stream.
+        let expiry = self
+            .caller
+            .remaining(SystemTime::now())
+            .and_then(|left| Instant::now().checked_add(left));
+        let expired = async {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = end.aborted() => break,
+                _ = &mut expired => {
+                    tracing::info!("stream ended: its token expired");
+                    end.finish(ChatError::Unauthenticated(crate::auth::AuthError::Expired));
+                    break;
+                }
                 frame = inbound.message() => match frame {
                     Ok(Some(frame)) => self.handle(frame).await,
                     Ok(None) => break,
@@ -99,12 +172,18 @@ impl Session {
         mut message: chat::ChatMessage,
         request_id: Option<String>,
     ) -> Result<(), ChatError> {
-        validate::chat_message(&message, self.max_content_bytes)?;
+        message.sender_id = self.caller.bind("sender_id", &message.sender_id)?;
+        validate::chat_message(&message, self.limits.max_content_bytes)?;
+        self.caller.may_enter(&message.room_id)?;
+        self.room_for(&message.room_id)?;
         // Sending to a room joins it, so the sender gets the echo that
         // confirms its message, and every message after it. The store
-        // registers the sender with the message itself. A stream already in
-        // the room stays in it as whoever it joined as.
-        self.act_as(&message.sender_id);
+        // registers the sender with the message itself (after the name its
+        // token gives it, if any). A stream already in the room stays in it
+        // as whoever it joined as.
+        if self.act_as(&message.sender_id) {
+            self.seed_name(&message.sender_id).await;
+        }
         if !self.joins.contains_key(&message.room_id)
             && self.enter(&message.room_id, Some(&message.sender_id))
         {
@@ -137,7 +216,7 @@ impl Session {
         join: chat::JoinRoom,
         request_id: Option<String>,
     ) -> Result<(), ChatError> {
-        validate::join_room(&join)?;
+        let join = self.admit(join)?;
         let changed = self.join(&join).await;
         self.hub.snapshot(&join.room_id, &self.outbox, request_id);
         if changed {
@@ -148,6 +227,7 @@ impl Session {
 
     fn leave_room(&mut self, leave: chat::LeaveRoom) -> Result<(), ChatError> {
         validate::room_id(&leave.room_id)?;
+        self.typing.forget(&leave.room_id);
         if self.joins.remove(&leave.room_id).is_some() {
             self.hub.leave(&leave.room_id, self.outbox.stream());
             self.push_resume();
@@ -160,9 +240,15 @@ impl Session {
     async fn resume(&mut self, resume: chat::Resume) {
         let mut changed = false;
         for join in resume.joins {
-            if validate::join_room(&join).is_ok() {
-                changed |= self.join(&join).await;
-                self.hub.snapshot(&join.room_id, &self.outbox, None);
+            // A resume comes from the client like any frame: it gets back
+            // only into rooms its token still allows, as its own user.
+            match self.admit(join) {
+                Ok(join) => {
+                    changed |= self.join(&join).await;
+                    self.hub.snapshot(&join.room_id, &self.outbox, None);
+                }
+                Err(ChatError::Invalid(_)) => {}
+                Err(refused) => self.outbox.push_error(refused, None),
             }
         }
         if changed {
@@ -170,9 +256,17 @@ impl Session {
         }
     }
 
-    fn typing(&mut self, typing: chat::Typing) -> Result<(), ChatError> {
+    fn typing(&mut self, mut typing: chat::Typing) -> Result<(), ChatError> {
+        typing.user_id = self.caller.bind("user_id", &typing.user_id)?;
         validate::room_id(&typing.room_id)?;
         validate::user_id(&typing.user_id)?;
+        self.caller.may_enter(&typing.room_id)?;
+        if !self.joins.contains_key(&typing.room_id) {
+            return Err(ChatError::NotJoined(typing.room_id));
+        }
+        if !self.typing.allow(&typing.room_id, Instant::now()) {
+            return Ok(());
+        }
         if self
             .hub
             .typing(&typing.room_id, self.outbox.stream(), &typing.user_id)
@@ -180,6 +274,50 @@ impl Session {
             Ok(())
         } else {
             Err(ChatError::NotJoined(typing.room_id))
+        }
+    }
+
+    /// A join this stream may make: its user bound to the token's, a room
+    /// the token allows, and room for one more room on this stream.
+    fn admit(&self, mut join: chat::JoinRoom) -> Result<chat::JoinRoom, ChatError> {
+        join.user_id = self.caller.bind("user_id", &join.user_id)?;
+        validate::join_room(&join)?;
+        self.caller.may_enter(&join.room_id)?;
+        self.room_for(&join.room_id)?;
+        Ok(join)
+    }
+
+    /// Whether this stream may be in `room_id`: it is already, or it is in
+    /// fewer rooms than the limit. Each room costs the server a member
+    /// entry in the hub and a line of the resume state.
+    fn room_for(&self, room_id: &str) -> Result<(), ChatError> {
+        if self.joins.len() < self.limits.max_rooms || self.joins.contains_key(room_id) {
+            Ok(())
+        } else {
+            Err(ChatError::TooManyRooms(self.limits.max_rooms))
+        }
+    }
+
+    /// The display name the token vouches for, if it is a valid one.
+    fn token_name(&self) -> Option<String> {
+        let name = self.caller.name()?;
+        validate::display_name(name).ok().map(str::to_owned)
+    }
+
+    /// Registers `user_id` with the name its token gives it, before anything
+    /// else registers it under its id. A user the store already knows keeps
+    /// its name: a rename (SetUserName) outlives the next token.
+    async fn seed_name(&self, user_id: &str) {
+        let Some(name) = self.token_name() else {
+            return;
+        };
+        let write = Write::EnsureUser {
+            user_id: user_id.to_owned(),
+            name: Some(name),
+            now_us: now_us(),
+        };
+        if self.writer.submit(write, Tag::User(None)).await.is_err() {
+            tracing::warn!("user not registered: writer stopped");
         }
     }
 
@@ -199,6 +337,7 @@ impl Session {
             // Registering is confirmed to nobody, so nobody waits for it.
             let write = Write::EnsureUser {
                 user_id: user_id.to_owned(),
+                name: self.token_name(),
                 now_us: now_us(),
             };
             if self.writer.submit(write, Tag::User(None)).await.is_err() {
@@ -276,7 +415,16 @@ mod tests {
         _dir: tempfile::TempDir,
     }
 
+    const LIMITS: Limits = Limits {
+        max_content_bytes: 4096,
+        max_rooms: 100,
+    };
+
     fn harness() -> Harness {
+        harness_as(Caller::Anyone, LIMITS)
+    }
+
+    fn harness_as(caller: Caller, limits: Limits) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store =
             SqliteStore::open(&dir.path().join("chat.db"), SqliteOptions::default()).unwrap();
@@ -293,7 +441,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(64);
         let outbox = Outbox::new(StreamId::next(), tx, Arc::default());
         Harness {
-            session: Session::new(hub, writer, outbox, 4096),
+            session: Session::new(hub, writer, outbox, caller, limits),
             rx,
             _writer: handle,
             _dir: dir,
@@ -443,6 +591,103 @@ mod tests {
             matches!(h.next().await.event, Some(Event::Error(ref e)) if e.message.contains("empty frame"))
         );
         h.nothing_more();
+    }
+
+    fn alice(rooms: Option<&[&str]>) -> Caller {
+        use crate::auth::Claims;
+        use crate::server::identity::Identity;
+        Caller::User(Arc::new(Identity {
+            claims: Claims {
+                sub: "alice".into(),
+                exp: u64::MAX / 2,
+                nbf: None,
+                iat: None,
+                name: None,
+                rooms: rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
+            },
+            valid_until: Some(SystemTime::now() + Duration::from_secs(3600)),
+        }))
+    }
+
+    async fn refused(h: &mut Harness, event: Event, request_id: &str) -> chat::Error {
+        h.handle(event, request_id).await;
+        let answer = h.next().await;
+        assert_eq!(answer.request_id.as_deref(), Some(request_id));
+        match answer.event {
+            Some(Event::Error(e)) => e,
+            other => panic!("{request_id}: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_token_every_frame_acts_as_its_user() {
+        let mut h = harness_as(alice(None), LIMITS);
+        for (i, event) in [
+            join("r", "bob"),
+            message("r", "bob", "m1"),
+            Event::Typing(chat::Typing {
+                room_id: "r".into(),
+                user_id: "bob".into(),
+            }),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let e = refused(&mut h, event, &format!("spoof-{i}")).await;
+            assert_eq!(e.code, chat::Code::PermissionDenied as i32, "{e:?}");
+        }
+        assert!(h.session.joins.is_empty() && h.session.users.is_empty());
+        // An empty user is the token's.
+        h.handle(join("r", ""), "j1").await;
+        let answer = h.next().await;
+        assert!(
+            matches!(answer.event, Some(Event::Presence(ref p)) if p.online == ["alice"]),
+            "{answer:?}"
+        );
+        assert_eq!(h.session.joins["r"].as_deref(), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn the_rooms_claim_and_the_room_limit_refuse_before_anything_changes() {
+        let limits = Limits {
+            max_rooms: 1,
+            ..LIMITS
+        };
+        let mut h = harness_as(alice(Some(&["a", "b"])), limits);
+        let e = refused(&mut h, join("c", ""), "c").await;
+        assert_eq!(e.code, chat::Code::PermissionDenied as i32, "{e:?}");
+        h.handle(join("a", ""), "a").await;
+        let _ = (h.next().await, h.next().await);
+        let e = refused(&mut h, join("b", ""), "b").await;
+        assert_eq!(e.code, chat::Code::ResourceExhausted as i32, "{e:?}");
+        let e = refused(&mut h, message("b", "", "m1"), "m1").await;
+        assert_eq!(e.code, chat::Code::ResourceExhausted as i32, "{e:?}");
+        assert_eq!(h.session.joins.keys().collect::<Vec<_>>(), ["a"]);
+        // Joining a room it is already in is not one more.
+        h.handle(join("a", ""), "a-again").await;
+        assert!(matches!(h.next().await.event, Some(Event::Presence(_))));
+        h.nothing_more();
+    }
+
+    #[test]
+    fn typing_goes_through_once_per_interval_per_room() {
+        let mut throttle = TypingThrottle::default();
+        let t0 = Instant::now();
+        let later = |ms| t0 + Duration::from_millis(ms);
+        assert!(throttle.allow("a", t0));
+        assert!(!throttle.allow("a", later(10)));
+        assert!(throttle.allow("b", later(10)), "each room on its own");
+        assert!(!throttle.allow("a", later(999)));
+        assert!(throttle.allow("a", later(1000)));
+        assert!(
+            !throttle.allow("a", later(1500)),
+            "counted from the last relayed"
+        );
+        throttle.forget("a");
+        assert!(
+            throttle.allow("a", later(1600)),
+            "a room left and joined again"
+        );
     }
 
     #[tokio::test]

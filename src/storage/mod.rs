@@ -62,8 +62,13 @@ pub enum Write {
     /// Store a message, registering its sender if new. A message whose
     /// (room_id, sender_id, id) is already stored is not stored again.
     Message(NewMessage),
-    /// Register a user (display name = id) unless already registered.
-    EnsureUser { user_id: String, now_us: i64 },
+    /// Register a user unless already registered, named `name` (a token's
+    /// name claim), or its id without one.
+    EnsureUser {
+        user_id: String,
+        name: Option<String>,
+        now_us: i64,
+    },
     /// Set a user's display name, registering the user if new.
     SetUserName {
         user_id: String,

@@ -401,9 +401,11 @@ fn apply(
     for write in writes {
         written.push(match write {
             Write::Message(message) => write_message(&tx, cache, &mut advanced, message)?,
-            Write::EnsureUser { user_id, now_us } => {
-                Written::User(ensure_user(&tx, cache, user_id, now_us)?)
-            }
+            Write::EnsureUser {
+                user_id,
+                name,
+                now_us,
+            } => Written::User(ensure_user(&tx, cache, user_id, name, now_us)?),
             Write::SetUserName {
                 user_id,
                 name,
@@ -485,6 +487,7 @@ fn ensure_user(
     tx: &Connection,
     cache: &mut Cache,
     user_id: String,
+    name: Option<String>,
     now_us: i64,
 ) -> rusqlite::Result<UserRecord> {
     let existing = tx
@@ -494,10 +497,11 @@ fn ensure_user(
     let user = match existing {
         Some(user) => user,
         None => {
+            let name = name.unwrap_or_else(|| user_id.clone());
             tx.prepare_cached(INSERT_USER)?
-                .execute(params![user_id, user_id, now_us])?;
+                .execute(params![user_id, name, now_us])?;
             UserRecord {
-                name: user_id.clone(),
+                name,
                 id: user_id,
                 created_at_us: now_us,
             }
@@ -709,10 +713,12 @@ mod tests {
                 message("r", "alice", "m1", "x"),
                 Write::EnsureUser {
                     user_id: "alice".into(),
+                    name: None,
                     now_us: 5,
                 },
                 Write::EnsureUser {
                     user_id: "bob".into(),
+                    name: None,
                     now_us: 6,
                 },
                 Write::SetUserName {
@@ -724,6 +730,17 @@ mod tests {
                     user_id: "carol".into(),
                     name: "Carol".into(),
                     now_us: 8,
+                },
+                // A name claim names a new user, and leaves a known one be.
+                Write::EnsureUser {
+                    user_id: "dave".into(),
+                    name: Some("Dave".into()),
+                    now_us: 9,
+                },
+                Write::EnsureUser {
+                    user_id: "bob".into(),
+                    name: Some("Robert".into()),
+                    now_us: 10,
                 },
             ])
             .unwrap();
@@ -737,6 +754,8 @@ mod tests {
         assert_eq!(written[2], Written::User(user("bob", "bob", 6)));
         assert_eq!(written[3], Written::User(user("bob", "Bob", 6)));
         assert_eq!(written[4], Written::User(user("carol", "Carol", 8)));
+        assert_eq!(written[5], Written::User(user("dave", "Dave", 9)));
+        assert_eq!(written[6], Written::User(user("bob", "Bob", 6)));
 
         assert_eq!(
             store.get_user("alice").unwrap(),
@@ -752,6 +771,7 @@ mod tests {
         let written = store
             .write_batch(vec![Write::EnsureUser {
                 user_id: "carol".into(),
+                name: None,
                 now_us: 9,
             }])
             .unwrap();

@@ -270,7 +270,10 @@ mod tests {
         fn write_batch(&self, writes: Vec<Write>) -> Result<Vec<Written>, StoreError> {
             let mut written = Vec::new();
             for write in writes {
-                let Write::EnsureUser { user_id, now_us } = write else {
+                let Write::EnsureUser {
+                    user_id, now_us, ..
+                } = write
+                else {
                     return Err(StoreError::Internal("unexpected write".into()));
                 };
                 match user_id.as_str() {
@@ -304,6 +307,7 @@ mod tests {
         for (i, user) in ["fail", "short", "ok"].into_iter().enumerate() {
             let write = Write::EnsureUser {
                 user_id: user.into(),
+                name: None,
                 now_us: 7,
             };
             writer.submit(write, i).await.unwrap();
@@ -331,6 +335,7 @@ mod tests {
             Writer::spawn(Arc::new(FakeStore), WriterOptions::default(), on_commit).unwrap();
         let ensure = || Write::EnsureUser {
             user_id: "ok".into(),
+            name: None,
             now_us: 7,
         };
         writer.submit(ensure(), ()).await.unwrap();

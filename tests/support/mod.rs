@@ -192,10 +192,86 @@ impl Server {
         (tx, stream)
     }
 
+    /// A server run with `--auth jwt`, verifying tokens signed with
+    /// [`TEST_SECRET`] (and the default 30 s leeway).
+    pub async fn start_with_jwt() -> Server {
+        Server::start_configured(server::Config {
+            auth: Some(test_verifier(wsgate::auth::DEFAULT_LEEWAY)),
+            ..server::Config::default()
+        })
+        .await
+    }
+
+    /// Opens a `Chat` stream sending `authorization: Bearer <token>` (no
+    /// header without a token); or the status the server refused it with.
+    pub async fn chat_as(
+        &self,
+        token: Option<&str>,
+    ) -> Result<
+        (
+            tokio::sync::mpsc::Sender<ChatStream>,
+            tonic::Streaming<ChatStream>,
+        ),
+        tonic::Status,
+    > {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let frames = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let request = match token {
+            Some(token) => bearer(frames, token),
+            None => tonic::Request::new(frames),
+        };
+        let stream = self.grpc().await.chat(request).await?.into_inner();
+        Ok((tx, stream))
+    }
+
     /// Shuts down gracefully and waits until storage is flushed.
     pub async fn stop(self) {
         self.task.stop().await;
     }
+}
+
+/// The HS256 secret identity tests sign and verify tokens with.
+pub const TEST_SECRET: &[u8] = b"integration tests' HS256 secret, 32+ bytes";
+
+/// A verifier of tokens signed with [`TEST_SECRET`], allowing `leeway`.
+pub fn test_verifier(leeway: Duration) -> Arc<wsgate::auth::Verifier> {
+    let config = wsgate::auth::VerifierConfig {
+        keys: vec![wsgate::auth::VerifyKey::Secret(TEST_SECRET.to_vec())],
+        issuer: None,
+        audience: None,
+        leeway,
+    };
+    Arc::new(wsgate::auth::Verifier::new(&config).expect("test verifier"))
+}
+
+/// A token for `user`, signed with [`TEST_SECRET`], valid for an hour.
+pub fn token_for(user: &str) -> String {
+    token(wsgate::auth::TokenRequest {
+        user: user.into(),
+        ..Default::default()
+    })
+}
+
+/// A token signed with [`TEST_SECRET`]; a `ttl` of zero means an hour.
+pub fn token(mut request: wsgate::auth::TokenRequest) -> String {
+    if request.ttl.is_zero() {
+        request.ttl = Duration::from_secs(3600);
+    }
+    wsgate::auth::mint(
+        &wsgate::auth::SignKey::Secret(TEST_SECRET.to_vec()),
+        &request,
+    )
+    .expect("mint")
+}
+
+/// `message` as a request carrying `authorization: Bearer <token>`.
+pub fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("ASCII token");
+    request
+        .metadata_mut()
+        .insert(wsgate::auth::AUTHORIZATION, value);
+    request
 }
 
 /// The gateway running inside the test process.
@@ -506,12 +582,28 @@ pub struct Listening {
     pub addr: SocketAddr,
     /// Its log up to and including that line.
     pub log: Vec<String>,
+    /// Reads its stderr to the end; returns the lines after `log`.
+    reader: Option<std::thread::JoinHandle<Vec<String>>>,
 }
 
 impl Listening {
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the child and returns all it logged, start to end.
+    pub fn kill_and_read_log(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let rest = self
+            .reader
+            .take()
+            .and_then(|reader| reader.join().ok())
+            .unwrap_or_default();
+        let mut log = std::mem::take(&mut self.log);
+        log.extend(rest);
+        log
     }
 }
 
@@ -528,23 +620,27 @@ pub fn spawn_listening(mut command: Command, marker: &str) -> Listening {
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     let wanted = marker.to_owned();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         let mut tx = Some(tx);
         let mut log = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[wsgate] {line}");
-            if tx.is_some() {
-                log.push(line.clone());
-            }
+            log.push(line.clone());
             if line.contains(&wanted)
                 && let (Some(addr), Some(tx)) = (listen_addr(&line), tx.take())
             {
                 let _ = tx.send((addr, std::mem::take(&mut log)));
             }
         }
+        log
     });
     match rx.recv_timeout(WAIT) {
-        Ok((addr, log)) => Listening { child, addr, log },
+        Ok((addr, log)) => Listening {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        },
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
