@@ -107,6 +107,13 @@ async fn counters_move_with_traffic() {
         "{served}"
     );
     assert_eq!(metric(&served, "wsgate_server_messages_stored_total"), 3.0);
+    assert_eq!(
+        metric(
+            &served,
+            r#"wsgate_server_requests_total{code="OK",method="GetUser"}"#
+        ),
+        1.0
+    );
     assert_eq!(metric(&served, "wsgate_server_streams_open"), 2.0);
     // Each message to alice (echo) and bob.
     assert_eq!(

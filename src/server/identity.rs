@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::{Request, Status};
 
 use super::errors::ChatError;
+use super::metrics::ServerMetrics;
 use crate::auth::{AUTHORIZATION, AuthError, Claims, Verifier, bearer};
 
 /// Who a request comes from.
@@ -99,14 +100,15 @@ impl Caller {
 /// request is [`Caller::Anyone`]; with one, a request needs
 /// `authorization: Bearer <jwt>` with a token the verifier accepts, and is
 /// refused with `UNAUTHENTICATED` (the reason, never the token) otherwise.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Authenticate {
     verifier: Option<Arc<Verifier>>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl Authenticate {
-    pub fn new(verifier: Option<Arc<Verifier>>) -> Self {
-        Authenticate { verifier }
+    pub fn new(verifier: Option<Arc<Verifier>>, metrics: Arc<ServerMetrics>) -> Self {
+        Authenticate { verifier, metrics }
     }
 
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, AuthError> {
@@ -141,7 +143,10 @@ impl tonic::service::Interceptor for Authenticate {
                 Ok(request)
             }
             Err(error) => {
-                tracing::info!(reason = error.reason(), "call refused: not authenticated");
+                // Counted, and logged at debug only: a flood of bad tokens
+                // must not flood the log.
+                self.metrics.auth_failure(error.reason());
+                tracing::debug!(reason = error.reason(), "call refused: not authenticated");
                 Err(ChatError::Unauthenticated(error).into())
             }
         }
@@ -157,6 +162,10 @@ mod tests {
     use crate::auth::{SignKey, TokenRequest, VerifierConfig, VerifyKey, mint};
 
     const SECRET: &[u8] = b"a test secret of at least 32 bytes, for unit tests";
+
+    fn metrics() -> Arc<ServerMetrics> {
+        Arc::new(ServerMetrics::new(&prometheus::Registry::new()))
+    }
 
     fn user(sub: &str, rooms: Option<&[&str]>) -> Caller {
         Caller::User(Arc::new(Identity {
@@ -224,7 +233,7 @@ mod tests {
 
     #[test]
     fn the_interceptor_verifies_the_bearer_token() {
-        let mut auth = Authenticate::new(Some(verifier(Duration::from_secs(30))));
+        let mut auth = Authenticate::new(Some(verifier(Duration::from_secs(30))), metrics());
         let token = mint(
             &SignKey::Secret(SECRET.to_vec()),
             &TokenRequest {
@@ -264,7 +273,7 @@ mod tests {
 
     #[test]
     fn an_expiry_beyond_the_clock_is_no_panic() {
-        let mut auth = Authenticate::new(Some(verifier(Duration::from_secs(30))));
+        let mut auth = Authenticate::new(Some(verifier(Duration::from_secs(30))), metrics());
         let token = mint(
             &SignKey::Secret(SECRET.to_vec()),
             &TokenRequest {
@@ -284,7 +293,7 @@ mod tests {
 
     #[test]
     fn without_a_verifier_every_request_is_anyone() {
-        let mut auth = Authenticate::new(None);
+        let mut auth = Authenticate::new(None, metrics());
         assert!(matches!(call(&mut auth, None), Ok(Caller::Anyone)));
         assert!(matches!(
             call(&mut auth, Some("Bearer junk")),

@@ -2,10 +2,12 @@
 //! meaning). Recorded per batch, per stream or per call; the fan-out counts
 //! a batch's deliveries once per batch, not once per member.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tonic::Code;
 
 use super::hub::Committed;
 use crate::metrics::{latency_buckets, register};
+use crate::proxy::transcode::code_name;
 
 pub struct ServerMetrics {
     pub streams_open: IntGauge,
@@ -17,6 +19,9 @@ pub struct ServerMetrics {
     pub commit_seconds: Histogram,
     pub deliveries: IntCounter,
     pub slow_streams: IntCounter,
+    auth_failures: IntCounterVec,
+    error_events: IntCounterVec,
+    requests: IntCounterVec,
 }
 
 impl ServerMetrics {
@@ -29,6 +34,12 @@ impl ServerMetrics {
                 registry,
                 Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                     .expect("valid metric"),
+            )
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
         ServerMetrics {
@@ -64,6 +75,21 @@ impl ServerMetrics {
                 "wsgate_server_fanout_deliveries_total",
                 "Message frames queued to room members' streams",
             ),
+            auth_failures: counter_vec(
+                "wsgate_server_auth_failures_total",
+                "Calls and streams refused (UNAUTHENTICATED) for their token, by reason",
+                &["reason"],
+            ),
+            error_events: counter_vec(
+                "wsgate_server_error_events_total",
+                "Error events sent on Chat streams (a frame refused, a message not stored), by status code",
+                &["code"],
+            ),
+            requests: counter_vec(
+                "wsgate_server_requests_total",
+                "Unary calls answered, by method and status code",
+                &["method", "code"],
+            ),
             slow_streams: counter(
                 "wsgate_server_slow_streams_ended_total",
                 "Streams ended (RESOURCE_EXHAUSTED) for falling behind their room",
@@ -78,5 +104,24 @@ impl ServerMetrics {
         self.messages_failed.inc_by(done.failed);
         self.deliveries.inc_by(done.deliveries);
         self.slow_streams.inc_by(done.slow_ended);
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// An error event sent on a stream (a frame refused, a message not
+    /// stored).
+    pub fn error_event(&self, code: Code) {
+        self.error_events
+            .with_label_values(&[code_name(code)])
+            .inc();
+    }
+
+    /// A unary call answered.
+    pub fn request(&self, method: &str, code: Code) {
+        self.requests
+            .with_label_values(&[method, code_name(code)])
+            .inc();
     }
 }

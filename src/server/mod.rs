@@ -121,7 +121,7 @@ pub async fn run(
         stream_buffer: config.stream_buffer,
         shutdown: shutdown.clone(),
         sessions: sessions.clone(),
-        metrics,
+        metrics: metrics.clone(),
     };
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -163,7 +163,7 @@ pub async fn run(
         // Health and reflection stay open: load balancers probe them.
         .add_service(ChatServiceServer::with_interceptor(
             chat,
-            Authenticate::new(config.auth),
+            Authenticate::new(config.auth, metrics),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await?;

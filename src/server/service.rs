@@ -39,6 +39,15 @@ pub struct ChatServiceImpl {
 }
 
 impl ChatServiceImpl {
+    /// Counts a unary call's outcome.
+    fn answered<T>(&self, method: &str, result: Result<T, Status>) -> Result<T, Status> {
+        let code = result
+            .as_ref()
+            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        self.metrics.request(method, code);
+        result
+    }
+
     /// Runs a blocking storage read off the async worker threads.
     async fn read<T: Send + 'static>(
         &self,
@@ -62,52 +71,60 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::GetUserRequest>,
     ) -> Result<Response<chat::User>, Status> {
-        // Anyone authenticated may read any user: ids, names and presence
-        // are what every member of a shared room sees anyway.
-        Caller::of(&request)?;
-        let user_id = request.into_inner().user_id;
-        validate::user_id(&user_id)?;
-        let online = self.hub.is_online(&user_id);
-        let lookup = user_id.clone();
-        match self.read(move |store| store.get_user(&lookup)).await? {
-            Some(record) => Ok(Response::new(chat::User::from_record(record, online))),
-            // Joined a moment ago, its registration not committed yet.
-            None if online => Ok(Response::new(chat::User {
-                name: user_id.clone(),
-                id: user_id,
-                status: chat::UserStatus::Online as i32,
-                created_at: None,
-            })),
-            None => Err(ChatError::UserNotFound(user_id).into()),
+        let result = async {
+            // Anyone authenticated may read any user: ids, names and presence
+            // are what every member of a shared room sees anyway.
+            Caller::of(&request)?;
+            let user_id = request.into_inner().user_id;
+            validate::user_id(&user_id)?;
+            let online = self.hub.is_online(&user_id);
+            let lookup = user_id.clone();
+            match self.read(move |store| store.get_user(&lookup)).await? {
+                Some(record) => Ok(Response::new(chat::User::from_record(record, online))),
+                // Joined a moment ago, its registration not committed yet.
+                None if online => Ok(Response::new(chat::User {
+                    name: user_id.clone(),
+                    id: user_id,
+                    status: chat::UserStatus::Online as i32,
+                    created_at: None,
+                })),
+                None => Err(ChatError::UserNotFound(user_id).into()),
+            }
         }
+        .await;
+        self.answered("GetUser", result)
     }
 
     async fn set_user_name(
         &self,
         request: Request<chat::SetUserNameRequest>,
     ) -> Result<Response<chat::User>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        // A user renames only itself.
-        let user_id = caller.bind("user_id", &request.user_id)?;
-        validate::user_id(&user_id)?;
-        let name = validate::display_name(&request.name)?.to_owned();
-        let (reply, done) = oneshot::channel();
-        let write = Write::SetUserName {
-            user_id,
-            name,
-            now_us: now_us(),
-        };
-        self.writer
-            .submit(write, Tag::User(Some(reply)))
-            .await
-            .map_err(ChatError::from)?;
-        let record = done
-            .await
-            .map_err(|_| ChatError::ShuttingDown)?
-            .map_err(ChatError::from)?;
-        let online = self.hub.is_online(&record.id);
-        Ok(Response::new(chat::User::from_record(record, online)))
+        let result = async {
+            let caller = Caller::of(&request)?;
+            let request = request.into_inner();
+            // A user renames only itself.
+            let user_id = caller.bind("user_id", &request.user_id)?;
+            validate::user_id(&user_id)?;
+            let name = validate::display_name(&request.name)?.to_owned();
+            let (reply, done) = oneshot::channel();
+            let write = Write::SetUserName {
+                user_id,
+                name,
+                now_us: now_us(),
+            };
+            self.writer
+                .submit(write, Tag::User(Some(reply)))
+                .await
+                .map_err(ChatError::from)?;
+            let record = done
+                .await
+                .map_err(|_| ChatError::ShuttingDown)?
+                .map_err(ChatError::from)?;
+            let online = self.hub.is_online(&record.id);
+            Ok(Response::new(chat::User::from_record(record, online)))
+        }
+        .await;
+        self.answered("SetUserName", result)
     }
 
     type ChatStream = ChatResponseStream;
@@ -139,8 +156,14 @@ impl ChatService for ChatServiceImpl {
         // aborted), then the status the server ends it with, if it does: a
         // client can tell a stream it was cut off from one that just ended.
         let aborted = end.clone();
+        let metrics = self.metrics.clone();
         let outbound = ReceiverStream::new(rx)
-            .map(|frame| Ok(Arc::unwrap_or_clone(frame)))
+            .map(move |frame| {
+                if let Some(chat::chat_stream::Event::Error(error)) = &frame.event {
+                    metrics.error_event(tonic::Code::from(error.code));
+                }
+                Ok(Arc::unwrap_or_clone(frame))
+            })
             .take_until(async move { aborted.aborted().await })
             .chain(
                 stream::once(async move { end.take_error() })
@@ -153,26 +176,30 @@ impl ChatService for ChatServiceImpl {
         &self,
         request: Request<chat::GetChatHistoryRequest>,
     ) -> Result<Response<chat::ChatHistory>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        validate::room_id(&request.room_id)?;
-        caller.may_enter(&request.room_id)?;
-        let query = HistoryQuery {
-            room_id: request.room_id,
-            limit: validate::history_limit(request.limit),
-            before_seq: request.before_seq,
-            after_seq: request.after_seq,
-        };
-        let (room_id, page) = self
-            .read(move |store| {
-                let page = store.history(&query)?;
-                Ok((query.room_id, page))
-            })
-            .await?;
-        Ok(Response::new(chat::ChatHistory {
-            room_id,
-            messages: page.messages.into_iter().map(Into::into).collect(),
-            has_more: page.has_more,
-        }))
+        let result = async {
+            let caller = Caller::of(&request)?;
+            let request = request.into_inner();
+            validate::room_id(&request.room_id)?;
+            caller.may_enter(&request.room_id)?;
+            let query = HistoryQuery {
+                room_id: request.room_id,
+                limit: validate::history_limit(request.limit),
+                before_seq: request.before_seq,
+                after_seq: request.after_seq,
+            };
+            let (room_id, page) = self
+                .read(move |store| {
+                    let page = store.history(&query)?;
+                    Ok((query.room_id, page))
+                })
+                .await?;
+            Ok(Response::new(chat::ChatHistory {
+                room_id,
+                messages: page.messages.into_iter().map(Into::into).collect(),
+                has_more: page.has_more,
+            }))
+        }
+        .await;
+        self.answered("GetChatHistory", result)
     }
 }
