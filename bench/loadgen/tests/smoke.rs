@@ -49,7 +49,15 @@ impl Wsgate {
         let proxy = tokio::spawn(proxy::run(
             ws_listener,
             gateway,
-            proxy::Config::new(format!("http://{grpc}")),
+            // A load generator floods on purpose: the edge limits that protect
+            // a deployment from one client are lifted, as bench/lib.sh does.
+            proxy::Config {
+                max_connections: 1_000_000,
+                max_connections_per_ip: 1_000_000,
+                max_frames_per_second: 1_000_000,
+                frame_burst: 1_000_000,
+                ..proxy::Config::new(format!("http://{grpc}"))
+            },
             shutdown.clone(),
         ));
         Wsgate {
