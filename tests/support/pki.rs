@@ -3,6 +3,7 @@
 //! `127.0.0.1` and `localhost`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -95,6 +96,25 @@ impl Ca {
             config = config.identity(Identity::from_pem(&pair.cert, &pair.key));
         }
         config
+    }
+}
+
+impl Ca {
+    /// A TLS client trusting only this CA, speaking HTTP/1.1 (as a browser
+    /// does to the gateway).
+    pub fn https_client(&self) -> tokio_rustls::TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.issuer.der().clone())
+            .expect("CA into root store");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsConnector::from(Arc::new(config))
     }
 }
 
