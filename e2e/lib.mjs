@@ -13,6 +13,10 @@ import WebSocket from "ws";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const BIN = path.resolve(here, process.env.WSGATE_BIN || "../target/debug/wsgate");
+// The tests fill rooms with scripted clients that send hundreds of frames at
+// once, past the per-connection frame rate a deployment wants (20/s, bursts
+// of 100); the web client's own traffic stays far below it.
+const GATEWAY_ENV = { WSGATE_MAX_FRAMES_PER_SECOND: "10000", WSGATE_FRAME_BURST: "10000" };
 export const CHROMIUM = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 export const SCREENSHOTS = path.join(here, "screenshots");
 
@@ -83,7 +87,10 @@ export class Gate {
     const proc = spawn(
       BIN,
       ["--db", this.db, "--listen", `127.0.0.1:${this.port}`, "--grpc-listen", `127.0.0.1:${this.grpcPort}`],
-      { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } },
+      {
+        stdio: ["ignore", "ignore", "pipe"],
+        env: { ...process.env, ...GATEWAY_ENV, RUST_LOG: process.env.RUST_LOG || "warn" },
+      },
     );
     proc.stderr.on("data", (d) => {
       this.stderr += d;
@@ -153,6 +160,7 @@ export class SplitGate {
     await g.startServer();
     g.proxy = spawn(BIN, ["proxy", "--listen", `127.0.0.1:${g.port}`, "--upstream", `http://127.0.0.1:${g.grpcPort}`], {
       stdio: ["ignore", "ignore", process.env.E2E_VERBOSE ? "inherit" : "ignore"],
+      env: { ...process.env, ...GATEWAY_ENV },
     });
     await waitHealthy(g.url, g.proxy, 15000);
     return g;
