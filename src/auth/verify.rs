@@ -183,6 +183,12 @@ impl Verifier {
         })
     }
 
+    /// The clock skew allowed on `exp` and `nbf`: a token is still accepted
+    /// this long after its `exp`.
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
     /// The claims of `token` if it is signed by one of our keys, with the
     /// algorithm pinned to that key, and valid now.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {

@@ -11,14 +11,19 @@
 //!   distinct frame and shared by the sessions that receive it.
 //! - `upstream`: the shared gRPC connections, unary calls, and each session's
 //!   reconnecting bidirectional stream.
+//! - `credentials`: where a browser's token travels (cookie, subprotocol),
+//!   URL tokens refused, and what becomes gRPC metadata upstream.
+//! - `identity`: a session's token: first-frame sign-in, refresh, expiry.
 //! - `session`: one WebSocket connection's read loop and dispatch.
 //! - `outbound`: the browser-bound queue (bounded in frames and bytes) and
 //!   writer task (bounded in time) of a session.
 //! - this file: settings, the HTTP routes (page, WebSocket, health), `run`.
 
 pub mod codec;
+pub mod credentials;
 mod events;
 pub mod gateway;
+mod identity;
 mod outbound;
 mod session;
 pub mod transcode;
@@ -31,7 +36,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
@@ -74,6 +79,12 @@ const WS_READ_BUFFER: usize = 2 * 1024;
 const WS_WRITE_BUFFER: usize = 8 * 1024;
 /// Default HTTP/2 connections to the upstream service.
 pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 4;
+/// Default name of the cookie that may carry the token at the upgrade.
+pub const DEFAULT_AUTH_COOKIE: &str = "wsgate_token";
+/// Default time a connection without a token at the upgrade has to send
+/// its `auth` frame: a page needs one round trip; a client that sends none
+/// holds a socket for nothing.
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,6 +114,14 @@ pub struct Config {
     pub unary_timeout: Duration,
     /// Token verification (`--auth jwt`); `None` trusts every client.
     pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// The cookie that may carry the token at the upgrade (jwt mode).
+    pub auth_cookie: String,
+    /// How long a connection has to send its first-frame token (jwt mode).
+    pub auth_timeout: Duration,
+    /// Handshake headers passed upstream as metadata (lowercase names).
+    pub forward_headers: Vec<String>,
+    /// Cookies passed upstream as metadata, under their own names.
+    pub forward_cookies: Vec<String>,
 }
 
 impl Config {
@@ -118,6 +137,10 @@ impl Config {
             max_unary_in_flight: DEFAULT_MAX_UNARY_IN_FLIGHT,
             unary_timeout: DEFAULT_UNARY_TIMEOUT,
             auth: None,
+            auth_cookie: DEFAULT_AUTH_COOKIE.to_owned(),
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            forward_headers: Vec::new(),
+            forward_cookies: Vec::new(),
         }
     }
 }
@@ -151,6 +174,7 @@ pub fn app(ctx: Arc<Context>) -> Router {
 async fn root(
     State(ctx): State<Arc<Context>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -162,15 +186,27 @@ async fn root(
         }
         Err(_) => return asset("text/html; charset=utf-8", INDEX_HTML),
     };
+    let presented = match credentials::admit(&ctx.config, &uri, &headers) {
+        Ok(presented) => presented,
+        Err(refused) => return refused,
+    };
+    let base = credentials::forwarded(&ctx.config, &headers, peer);
+    let identity = identity::Identity::new(&ctx.config, base, presented);
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let max = ctx.config.max_frame_bytes;
     upgrade
+        // Answers `wsgate.v1` when offered; a `bearer.` entry is never echoed.
+        .protocols([credentials::SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let sessions = ctx.sessions.clone();
-            sessions.track_future(session::serve(socket, ctx, peer))
+            sessions.track_future(session::serve(socket, ctx, peer, identity, origin))
         })
 }
 
@@ -195,6 +231,13 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    credentials::check(&config).map_err(|e| anyhow::anyhow!(e))?;
+    if config.auth.is_some() && gateway.actions().any(|a| a == identity::AUTH) {
+        anyhow::bail!(
+            "the service has an action named {:?}, a frame key reserved for tokens with --auth jwt",
+            identity::AUTH
+        );
+    }
     let local = listener.local_addr()?;
     let upstream = Upstream::new(
         &config.upstream,

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -55,6 +55,8 @@ struct Shared {
 struct Ending {
     token: CancellationToken,
     frame: Mutex<Option<CloseFrame>>,
+    /// The close code given, for the access log (0: none).
+    code: AtomicU16,
 }
 
 impl Ending {
@@ -65,6 +67,7 @@ impl Ending {
                 code,
                 reason: close_reason(reason).into(),
             });
+            self.code.store(code, Ordering::Relaxed);
             self.token.cancel();
         }
     }
@@ -186,6 +189,14 @@ impl ToClient {
     /// or vanished).
     pub fn finish(&self) {
         self.shared.ending.token.cancel();
+    }
+
+    /// The close code the gateway ended the session with, if it gave one.
+    pub fn close_code(&self) -> Option<u16> {
+        match self.shared.ending.code.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(code),
+        }
     }
 
     /// Resolves when the session is ending.

@@ -7,19 +7,31 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tonic::Code;
+use tonic::metadata::MetadataMap;
 
 use super::Context;
 use super::gateway::REQUEST_ID;
+use super::identity::{Gate, Identity};
 use super::outbound::{Limits, ToClient, close_code, spawn_writer};
 use super::transcode::{Frame, error_json, reply_json, status_json};
 use super::upstream::StreamLink;
 
 /// Serves one upgraded WebSocket until it ends.
 #[tracing::instrument(name = "ws_session", skip_all, fields(peer = %peer))]
-pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketAddr) {
+pub async fn serve(
+    socket: WebSocket,
+    ctx: Arc<Context>,
+    peer: std::net::SocketAddr,
+    mut identity: Identity,
+    origin: Option<String>,
+) {
     let config = &ctx.config;
+    let started = std::time::Instant::now();
+    let origin = origin.as_deref().unwrap_or("-");
+    let metadata = identity.metadata();
+    let mut peer_code: Option<u16> = None;
     let (sink, mut stream) = socket.split();
     let limits = Limits {
         frames: config.outbound_queue,
@@ -34,13 +46,26 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
     let mut link: Option<StreamLink> = None;
     // We ping every interval; a live peer answers well within two.
     let idle_limit = config.ping_interval * 2;
-    tracing::debug!("connected");
+    tracing::info!(
+        sub = identity.sub().unwrap_or("-"),
+        client_ip = %peer.ip(),
+        origin,
+        "connect"
+    );
+    if let Some(welcome) = identity.welcome() {
+        client.send(welcome).await;
+    }
 
     loop {
         let next = tokio::select! {
             _ = client.closed() => break,
             _ = ctx.shutdown.cancelled() => {
                 client.close(close_code::AWAY, "the gateway is shutting down");
+                break;
+            }
+            _ = until(identity.deadline()) => {
+                let (code, reason) = identity.on_deadline();
+                client.close(code, &reason);
                 break;
             }
             next = tokio::time::timeout(idle_limit, stream.next()) => next,
@@ -50,7 +75,12 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
                 client.close(close_code::POLICY, "keepalive timeout: no pong received");
                 break;
             }
-            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                peer_code = Some(frame.map_or(1005, |f| f.code));
+                client.finish();
+                break;
+            }
+            Ok(None) => {
                 client.finish();
                 break;
             }
@@ -70,9 +100,19 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
             Ok(Some(Ok(message))) => message,
         };
         match message {
-            Message::Text(text) => {
-                dispatch(text.as_str(), &ctx, &client, &unary_slots, &mut link).await;
-            }
+            Message::Text(text) => match identity.on_text(text.as_str()) {
+                Gate::Pass => {
+                    let session = (&client, &unary_slots, &metadata);
+                    dispatch(text.as_str(), &ctx, session, &mut link).await;
+                }
+                Gate::Answer(frame) => {
+                    client.send(frame).await;
+                }
+                Gate::Close(code, reason) => {
+                    client.close(code, &reason);
+                    break;
+                }
+            },
             Message::Binary(_) => {
                 let error = error_json(
                     Code::InvalidArgument,
@@ -91,14 +131,39 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
     if writer.await.is_err() {
         tracing::error!("websocket writer task failed");
     }
-    tracing::debug!("disconnected");
+    let (code, by) = match (client.close_code(), peer_code) {
+        (Some(code), _) => (code, "gateway"),
+        (None, Some(code)) => (code, "client"),
+        // Gone without a close frame.
+        (None, None) => (1006, "client"),
+    };
+    tracing::info!(
+        sub = identity.sub().unwrap_or("-"),
+        client_ip = %peer.ip(),
+        origin,
+        duration_ms = started.elapsed().as_millis() as u64,
+        close_code = code,
+        closed_by = by,
+        "disconnect"
+    );
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn dispatch(
     text: &str,
     ctx: &Arc<Context>,
-    client: &ToClient,
-    unary_slots: &Arc<Semaphore>,
+    (client, unary_slots, metadata): (
+        &ToClient,
+        &Arc<Semaphore>,
+        &watch::Receiver<Arc<MetadataMap>>,
+    ),
     link: &mut Option<StreamLink>,
 ) {
     match ctx.upstream.gateway().parse_frame(text) {
@@ -116,8 +181,9 @@ async fn dispatch(
                 return;
             };
             let (method, upstream, client) = (method.clone(), ctx.upstream.clone(), client.clone());
+            let metadata = metadata.borrow().clone();
             tokio::spawn(async move {
-                let frame = match upstream.unary(&method, request).await {
+                let frame = match upstream.unary(&method, request, &metadata).await {
                     Ok(reply) => reply_json(&method, &reply, request_id.as_deref()),
                     Err(status) => status_json(&status, request_id.as_deref()),
                 };
@@ -126,8 +192,9 @@ async fn dispatch(
             });
         }
         Ok(Frame::Stream(frame)) => {
-            let link =
-                link.get_or_insert_with(|| StreamLink::open(ctx.upstream.clone(), client.clone()));
+            let link = link.get_or_insert_with(|| {
+                StreamLink::open(ctx.upstream.clone(), client.clone(), metadata.clone())
+            });
             if let Err(frame) = link.try_send(frame) {
                 let request_id = frame.get_field_by_name(REQUEST_ID);
                 let request_id = request_id.as_ref().and_then(|v| v.as_str());
