@@ -244,6 +244,11 @@ impl Ws {
         Ws { inner }
     }
 
+    /// Wraps a WebSocket opened by the test itself (custom handshake).
+    pub fn from_stream(inner: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Ws {
+        Ws { inner }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.send_text(&frame.to_string()).await;
     }
