@@ -175,3 +175,22 @@ async fn a_refresh_for_another_user_closes_1008() {
     proxy.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_token_that_expires_without_renewal_closes_1008_token_expired() {
+    let server = Server::start().await;
+    let proxy = Proxy::start_with(jwt_config(&server.uri())).await;
+    let short = TokenRequest {
+        user: "alice".into(),
+        ttl: Duration::from_secs(1),
+        ..TokenRequest::default()
+    };
+    let short = mint(&SignKey::Secret(SECRET.to_vec()), &short).expect("mint");
+    let mut ws = proxy.connect().await;
+    ws.send(json!({"auth": {"token": short}})).await;
+    assert_eq!(ws.recv().await["auth"]["sub"], "alice");
+    let (code, reason) = ws.closed_with_reason().await;
+    assert_eq!((code, reason.as_str()), (1008, "token expired"));
+    proxy.stop().await;
+    server.stop().await;
+}

@@ -348,6 +348,19 @@ impl Ws {
         }
     }
 
+    /// Waits for the peer to close and returns the close code and reason.
+    pub async fn closed_with_reason(&mut self) -> (u16, String) {
+        loop {
+            match self.next_message().await {
+                Message::Close(Some(frame)) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Message::Close(None) => return (1005, String::new()),
+                _ => continue,
+            }
+        }
+    }
+
     pub async fn close(mut self) {
         let _ = self.inner.close(None).await;
     }
