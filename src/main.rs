@@ -355,6 +355,25 @@ struct GatewayArgs {
           default_value_t = proxy::DEFAULT_FRAME_BURST,
           value_parser = frame_rate)]
     frame_burst: u32,
+    /// With --auth jwt: the cookie that may carry the token at the upgrade.
+    #[arg(long, env = "WSGATE_AUTH_COOKIE", value_name = "NAME",
+          default_value = proxy::DEFAULT_AUTH_COOKIE, value_parser = proxy::credentials::cookie_name)]
+    auth_cookie: String,
+    /// With --auth jwt: seconds a connection without a token at the upgrade
+    /// has to send {"auth": {"token": ...}}; then it is closed (1008).
+    #[arg(long, env = "WSGATE_AUTH_TIMEOUT", value_name = "SECONDS",
+          default_value_t = proxy::DEFAULT_AUTH_TIMEOUT.as_secs(), value_parser = seconds)]
+    auth_timeout: u64,
+    /// Handshake headers passed upstream as gRPC metadata, comma-separated
+    /// (e.g. x-request-id). No other browser header is passed.
+    #[arg(long, env = "WSGATE_FORWARD_HEADER", value_name = "NAMES",
+          value_delimiter = ',', value_parser = proxy::credentials::forward_name)]
+    forward_header: Vec<String>,
+    /// Cookies passed upstream as gRPC metadata under their own names,
+    /// comma-separated; never the auth cookie.
+    #[arg(long, env = "WSGATE_FORWARD_COOKIE", value_name = "NAMES",
+          value_delimiter = ',', value_parser = proxy::credentials::forward_name)]
+    forward_cookie: Vec<String>,
 }
 
 #[derive(Args)]
@@ -871,6 +890,10 @@ fn proxy_config(
         outbound_queue_bytes: args.outbound_queue_bytes,
         write_timeout: Duration::from_secs(args.write_timeout),
         upstream_connections: args.upstream_connections,
+        auth_cookie: args.auth_cookie.clone(),
+        auth_timeout: Duration::from_secs(args.auth_timeout),
+        forward_headers: args.forward_header.clone(),
+        forward_cookies: args.forward_cookie.clone(),
         ..proxy::Config::new(upstream)
     })
 }

@@ -31,6 +31,7 @@ pub struct GatewayMetrics {
     pub upstream_streams_open: IntGauge,
     upstream_stream_losses: IntCounterVec,
     slow_consumers: IntCounterVec,
+    auth_failures: IntCounterVec,
     pub rate_limited: IntCounter,
     pub rate_closes: IntCounter,
     pub session_seconds: Histogram,
@@ -122,6 +123,11 @@ impl GatewayMetrics {
                 "Browsers closed (1008) for not reading, by which bound they hit",
                 &["bound"],
             ),
+            auth_failures: counter_vec(
+                "wsgate_auth_failures_total",
+                "Tokens refused (at the upgrade, in a first frame or a refresh), by reason",
+                &["reason"],
+            ),
             rate_limited: counter(
                 "wsgate_ws_rate_limited_frames_total",
                 "Frames refused (RESOURCE_EXHAUSTED) for passing the per-connection rate",
@@ -195,5 +201,9 @@ impl GatewayMetrics {
     /// `bound`: `frames`, `bytes` or `write_timeout`.
     pub fn slow_consumer(&self, bound: &str) {
         self.slow_consumers.with_label_values(&[bound]).inc();
+    }
+
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
     }
 }

@@ -11,6 +11,9 @@
 //!   distinct frame and shared by the sessions that receive it.
 //! - `upstream`: the shared gRPC connections, unary calls, and each session's
 //!   reconnecting bidirectional stream.
+//! - `credentials`: where a browser's token travels (cookie, subprotocol),
+//!   URL tokens refused, and what becomes gRPC metadata upstream.
+//! - `identity`: a session's token: first-frame sign-in, refresh, expiry.
 //! - `session`: one WebSocket connection's read loop and dispatch.
 //! - `metrics`: what the gateway counts, for `/metrics`.
 //! - `outbound`: the browser-bound queue (bounded in frames and bytes) and
@@ -26,8 +29,10 @@
 
 mod admission;
 pub mod codec;
+pub mod credentials;
 mod events;
 pub mod gateway;
+mod identity;
 pub mod limits;
 mod metrics;
 pub mod origin;
@@ -46,7 +51,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -106,6 +111,12 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Smallest header limit: hyper's read buffer cannot be smaller.
 pub const MIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Default name of the cookie that may carry the token at the upgrade.
+pub const DEFAULT_AUTH_COOKIE: &str = "wsgate_token";
+/// Default time a connection without a token at the upgrade has to send
+/// its `auth` frame: a page needs one round trip; a client that sends none
+/// holds a socket for nothing.
+pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -157,6 +168,14 @@ pub struct Config {
     pub max_frames_per_second: u32,
     /// Frames one connection may send at once above that rate.
     pub frame_burst: u32,
+    /// The cookie that may carry the token at the upgrade (jwt mode).
+    pub auth_cookie: String,
+    /// How long a connection has to send its first-frame token (jwt mode).
+    pub auth_timeout: Duration,
+    /// Handshake headers passed upstream as metadata (lowercase names).
+    pub forward_headers: Vec<String>,
+    /// Cookies passed upstream as metadata, under their own names.
+    pub forward_cookies: Vec<String>,
 }
 
 impl Config {
@@ -182,6 +201,10 @@ impl Config {
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
             frame_burst: DEFAULT_FRAME_BURST,
+            auth_cookie: DEFAULT_AUTH_COOKIE.to_owned(),
+            auth_timeout: DEFAULT_AUTH_TIMEOUT,
+            forward_headers: Vec::new(),
+            forward_cookies: Vec::new(),
         }
     }
 }
@@ -219,6 +242,7 @@ pub fn app(ctx: Arc<Context>) -> Router {
 async fn root(
     State(ctx): State<Arc<Context>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -234,8 +258,20 @@ async fn root(
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
+    let presented = match credentials::admit(&ctx.config, &ctx.metrics, &uri, &headers) {
+        Ok(presented) => presented,
+        Err(refused) => return refused,
+    };
+    let base = credentials::forwarded(&ctx.config, &headers, peer);
+    let identity = identity::Identity::new(&ctx.config, ctx.metrics.clone(), base, presented);
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let max = ctx.config.max_frame_bytes;
     upgrade
+        // Answers `wsgate.v1` when offered; a `bearer.` entry is never echoed.
+        .protocols([credentials::SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(WS_READ_BUFFER)
@@ -244,7 +280,7 @@ async fn root(
             let sessions = ctx.sessions.clone();
             // The session holds its places in the connection counts.
             sessions.track_future(async move {
-                session::serve(socket, ctx, peer).await;
+                session::serve(socket, ctx, peer, identity, origin).await;
                 drop(admitted);
             })
         })
@@ -271,6 +307,13 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    credentials::check(&config).map_err(|e| anyhow::anyhow!(e))?;
+    if config.auth.is_some() && gateway.actions().any(|a| a == identity::AUTH) {
+        anyhow::bail!(
+            "the service has an action named {:?}, a frame key reserved for tokens with --auth jwt",
+            identity::AUTH
+        );
+    }
     let local = listener.local_addr()?;
     let metrics = Arc::new(GatewayMetrics::new(&config.metrics, gateway.actions()));
     let upstream = Upstream::new(

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -58,6 +58,8 @@ struct Shared {
 struct Ending {
     token: CancellationToken,
     frame: Mutex<Option<CloseFrame>>,
+    /// The close code given, for the access log (0: none).
+    code: AtomicU16,
 }
 
 impl Ending {
@@ -68,6 +70,7 @@ impl Ending {
                 code,
                 reason: close_reason(reason).into(),
             });
+            self.code.store(code, Ordering::Relaxed);
             self.token.cancel();
         }
     }
@@ -193,6 +196,14 @@ impl ToClient {
         self.shared.ending.token.cancel();
     }
 
+    /// The close code the gateway ended the session with, if it gave one.
+    pub fn close_code(&self) -> Option<u16> {
+        match self.shared.ending.code.load(Ordering::Relaxed) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
     /// Resolves when the session is ending.
     pub async fn closed(&self) {
         self.shared.ending.token.cancelled().await
@@ -213,12 +224,11 @@ fn close_reason(reason: &str) -> &str {
 
 /// Creates the queue towards the browser and spawns the task that writes it
 /// to `sink`, pinging every `ping_interval` so that dead peers are noticed.
-/// The task ends with the close code it sent, if it sent one.
 pub fn spawn_writer(
     sink: SplitSink<WebSocket, Message>,
     limits: Limits,
     metrics: Arc<GatewayMetrics>,
-) -> (ToClient, tokio::task::JoinHandle<Option<u16>>) {
+) -> (ToClient, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(limits.frames);
     let shared = Arc::new(Shared {
         ending: Ending::default(),
@@ -234,7 +244,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Utf8Bytes>,
     shared: Arc<Shared>,
     limits: Limits,
-) -> Option<u16> {
+) {
     let ending = &shared.ending;
     let start = Instant::now() + limits.ping_interval;
     let mut ping = tokio::time::interval_at(start, limits.ping_interval);
@@ -259,7 +269,7 @@ async fn write_loop(
             Write::Failed => {
                 // The peer is gone; nothing more can be written.
                 ending.token.cancel();
-                return None;
+                return;
             }
             Write::TimedOut => {
                 let reason = format!(
@@ -280,13 +290,10 @@ async fn write_loop(
     } else {
         limits.write_timeout
     };
-    let frame = ending.take_frame();
-    let code = frame.as_ref().map(|f| f.code);
-    let close = sink.send(Message::Close(frame));
+    let close = sink.send(Message::Close(ending.take_frame()));
     let _ = tokio::time::timeout(grace, close).await;
     // Dropping the sink (and the session's reader dropping the stream)
     // drops the TCP connection, whatever is still unsent.
-    code
 }
 
 /// How a write to the socket went.

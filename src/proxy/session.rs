@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tonic::Code;
+use tonic::metadata::MetadataMap;
 
 use super::Context;
 use super::gateway::REQUEST_ID;
+use super::identity::{Gate, Identity};
 use super::outbound::{Limits, ToClient, close_code, spawn_writer};
 use super::rate::{self, FrameRate, Verdict};
 use super::transcode::{Frame, error_json, reply_json, status_json};
@@ -19,8 +21,18 @@ use super::upstream::StreamLink;
 
 /// Serves one upgraded WebSocket until it ends.
 #[tracing::instrument(name = "ws_session", skip_all, fields(peer = %peer))]
-pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketAddr) {
+pub async fn serve(
+    socket: WebSocket,
+    ctx: Arc<Context>,
+    peer: std::net::SocketAddr,
+    mut identity: Identity,
+    origin: Option<String>,
+) {
     let config = &ctx.config;
+    let started = std::time::Instant::now();
+    let origin = origin.as_deref().unwrap_or("-");
+    let metadata = identity.metadata();
+    let mut peer_code: Option<u16> = None;
     let (sink, mut stream) = socket.split();
     let limits = Limits {
         frames: config.outbound_queue,
@@ -29,7 +41,6 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
         ping_interval: config.ping_interval,
     };
     let (client, writer) = spawn_writer(sink, limits, ctx.metrics.clone());
-    let opened = std::time::Instant::now();
     ctx.metrics.connected();
     let unary_slots = Arc::new(Semaphore::new(config.max_unary_in_flight));
     // Opened at the first stream frame: a page that only reads history costs
@@ -38,13 +49,26 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
     // We ping every interval; a live peer answers well within two.
     let idle_limit = config.ping_interval * 2;
     let mut rate = FrameRate::new(config.max_frames_per_second, config.frame_burst);
-    tracing::debug!("connected");
+    tracing::info!(
+        sub = identity.sub().unwrap_or("-"),
+        client_ip = %peer.ip(),
+        origin,
+        "connect"
+    );
+    if let Some(welcome) = identity.welcome() {
+        client.send(welcome).await;
+    }
 
     loop {
         let next = tokio::select! {
             _ = client.closed() => break,
             _ = ctx.shutdown.cancelled() => {
                 client.close(close_code::AWAY, "the gateway is shutting down");
+                break;
+            }
+            _ = until(identity.deadline()) => {
+                let (code, reason) = identity.on_deadline();
+                client.close(code, &reason);
                 break;
             }
             next = tokio::time::timeout(idle_limit, stream.next()) => next,
@@ -54,7 +78,12 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
                 client.close(close_code::POLICY, "keepalive timeout: no pong received");
                 break;
             }
-            Ok(None) | Ok(Some(Ok(Message::Close(_)))) => {
+            Ok(Some(Ok(Message::Close(frame)))) => {
+                peer_code = Some(frame.map_or(1005, |f| f.code));
+                client.finish();
+                break;
+            }
+            Ok(None) => {
                 client.finish();
                 break;
             }
@@ -95,9 +124,19 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
             }
         }
         match message {
-            Message::Text(text) => {
-                dispatch(text.as_str(), &ctx, &client, &unary_slots, &mut link).await;
-            }
+            Message::Text(text) => match identity.on_text(text.as_str()) {
+                Gate::Pass => {
+                    let session = (&client, &unary_slots, &metadata);
+                    dispatch(text.as_str(), &ctx, session, &mut link).await;
+                }
+                Gate::Answer(frame) => {
+                    client.send(frame).await;
+                }
+                Gate::Close(code, reason) => {
+                    client.close(code, &reason);
+                    break;
+                }
+            },
             Message::Binary(_) => {
                 ctx.metrics.frame_in(None);
                 ctx.metrics.error_frame(Code::InvalidArgument);
@@ -115,19 +154,43 @@ pub async fn serve(socket: WebSocket, ctx: Arc<Context>, peer: std::net::SocketA
 
     // Cancels the upstream stream now, so the service sees the user leave.
     drop(link);
-    let code = writer.await.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "websocket writer task failed");
-        None
-    });
-    ctx.metrics.closed(code, opened.elapsed());
-    tracing::debug!("disconnected");
+    if writer.await.is_err() {
+        tracing::error!("websocket writer task failed");
+    }
+    let (code, by) = match (client.close_code(), peer_code) {
+        (Some(code), _) => (code, "gateway"),
+        (None, Some(code)) => (code, "client"),
+        // Gone without a close frame.
+        (None, None) => (1006, "client"),
+    };
+    ctx.metrics.closed(client.close_code(), started.elapsed());
+    tracing::info!(
+        sub = identity.sub().unwrap_or("-"),
+        client_ip = %peer.ip(),
+        origin,
+        duration_ms = started.elapsed().as_millis() as u64,
+        close_code = code,
+        closed_by = by,
+        "disconnect"
+    );
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn dispatch(
     text: &str,
     ctx: &Arc<Context>,
-    client: &ToClient,
-    unary_slots: &Arc<Semaphore>,
+    (client, unary_slots, metadata): (
+        &ToClient,
+        &Arc<Semaphore>,
+        &watch::Receiver<Arc<MetadataMap>>,
+    ),
     link: &mut Option<StreamLink>,
 ) {
     let metrics = &ctx.metrics;
@@ -149,8 +212,9 @@ async fn dispatch(
                 return;
             };
             let (method, upstream, client) = (method.clone(), ctx.upstream.clone(), client.clone());
+            let metadata = metadata.borrow().clone();
             tokio::spawn(async move {
-                let frame = match upstream.unary(&method, request).await {
+                let frame = match upstream.unary(&method, request, &metadata).await {
                     Ok(reply) => reply_json(&method, &reply, request_id.as_deref()),
                     Err(status) => {
                         upstream.metrics().error_frame(status.code());
@@ -166,8 +230,9 @@ async fn dispatch(
             message: frame,
         }) => {
             metrics.frame_in(Some(action));
-            let link =
-                link.get_or_insert_with(|| StreamLink::open(ctx.upstream.clone(), client.clone()));
+            let link = link.get_or_insert_with(|| {
+                StreamLink::open(ctx.upstream.clone(), client.clone(), metadata.clone())
+            });
             if let Err(frame) = link.try_send(frame) {
                 let request_id = frame.get_field_by_name(REQUEST_ID);
                 let request_id = request_id.as_ref().and_then(|v| v.as_str());

@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::bail;
 use bytes::Bytes;
 use prost_reflect::DynamicMessage;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status};
 
@@ -148,9 +149,10 @@ impl Upstream {
         &self,
         method: &UnaryMethod,
         request: DynamicMessage,
+        metadata: &MetadataMap,
     ) -> Result<DynamicMessage, Status> {
         let started = std::time::Instant::now();
-        let result = self.call(method, request).await;
+        let result = self.call(method, request, metadata).await;
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
         self.shared
             .metrics
@@ -162,12 +164,14 @@ impl Upstream {
         &self,
         method: &UnaryMethod,
         request: DynamicMessage,
+        metadata: &MetadataMap,
     ) -> Result<DynamicMessage, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
         let mut request = Request::new(request);
+        *request.metadata_mut() = metadata.clone();
         request.set_timeout(self.shared.unary_timeout);
         let codec = DynamicCodec::new(method.output.clone());
         let response = grpc.unary(request, method.path.clone(), codec).await?;
@@ -178,12 +182,14 @@ impl Upstream {
         &self,
         method: &StreamMethod,
         requests: mpsc::Receiver<Box<DynamicMessage>>,
+        metadata: &MetadataMap,
     ) -> Result<tonic::Streaming<Bytes>, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("upstream unavailable: {e}")))?;
-        let requests = Request::new(ReceiverStream::new(requests).map(|frame| *frame));
+        let mut requests = Request::new(ReceiverStream::new(requests).map(|frame| *frame));
+        *requests.metadata_mut() = metadata.clone();
         Ok(grpc
             .streaming(requests, method.path.clone(), StreamCodec)
             .await?
@@ -203,10 +209,16 @@ pub struct StreamLink {
 
 impl StreamLink {
     /// Starts the task that keeps the stream open for the session.
-    pub fn open(upstream: Upstream, client: ToClient) -> Self {
+    /// `metadata` goes with each open; when it changes (a refreshed
+    /// token), the stream is re-opened with it and the state replayed.
+    pub fn open(
+        upstream: Upstream,
+        client: ToClient,
+        metadata: watch::Receiver<Arc<MetadataMap>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(LINK_QUEUE);
         let cancel = CancellationToken::new();
-        tokio::spawn(run_link(upstream, rx, client, cancel.clone()));
+        tokio::spawn(run_link(upstream, rx, client, metadata, cancel.clone()));
         StreamLink {
             tx,
             _cancel: cancel.drop_guard(),
@@ -229,6 +241,7 @@ async fn run_link(
     upstream: Upstream,
     mut from_session: mpsc::Receiver<Box<DynamicMessage>>,
     client: ToClient,
+    mut metadata: watch::Receiver<Arc<MetadataMap>>,
     cancel: CancellationToken,
 ) {
     let Some(method) = upstream.gateway().stream() else {
@@ -247,9 +260,10 @@ async fn run_link(
         {
             let _ = up_tx.try_send(Box::new(state));
         }
+        let credentials = metadata.borrow_and_update().clone();
         let opened = tokio::select! {
             _ = cancel.cancelled() => return,
-            opened = upstream.open_stream(method, up_rx) => opened,
+            opened = upstream.open_stream(method, up_rx, &credentials) => opened,
         };
         let lost = match opened {
             Ok(mut inbound) => {
@@ -259,12 +273,14 @@ async fn run_link(
                     outage = false;
                 }
                 backoff = MIN_BACKOFF;
-                loop {
+                let lost = loop {
                     tokio::select! {
                         _ = cancel.cancelled() => return,
+                        // New credentials: re-open now, replaying the state.
+                        Ok(()) = metadata.changed() => break None,
                         frame = from_session.recv() => match frame {
                             Some(frame) => if up_tx.send(frame).await.is_err() {
-                                break Status::unavailable("the request stream closed");
+                                break Some(Status::unavailable("the request stream closed"));
                             },
                             None => return,
                         },
@@ -275,10 +291,14 @@ async fn run_link(
                                     return;
                                 },
                             },
-                            Ok(None) => break Status::unavailable("the service ended the stream"),
-                            Err(status) => break status,
+                            Ok(None) => break Some(Status::unavailable("the service ended the stream")),
+                            Err(status) => break Some(status),
                         },
                     }
+                };
+                match lost {
+                    Some(status) => status,
+                    None => continue,
                 }
             }
             Err(status) => status,

@@ -404,6 +404,11 @@ impl Ws {
         Ok(Ws { inner })
     }
 
+    /// Wraps a WebSocket opened by the test itself (custom handshake).
+    pub fn from_stream(inner: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Ws {
+        Ws { inner }
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.send_text(&frame.to_string()).await;
     }
@@ -507,6 +512,19 @@ impl Ws {
             match self.next_message().await {
                 Message::Close(Some(frame)) => return frame.code.into(),
                 Message::Close(None) => return 1005,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Waits for the peer to close and returns the close code and reason.
+    pub async fn closed_with_reason(&mut self) -> (u16, String) {
+        loop {
+            match self.next_message().await {
+                Message::Close(Some(frame)) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Message::Close(None) => return (1005, String::new()),
                 _ => continue,
             }
         }
