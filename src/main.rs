@@ -487,9 +487,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     result
 }
 
+/// Crates whose trace level logs whole frames: tungstenite prints every
+/// WebSocket message received, which carries tokens (`auth` frames) and
+/// people's messages. Capped whatever RUST_LOG says: no log, at any level,
+/// holds a token.
+const NEVER_TRACED: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for directive in NEVER_TRACED {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

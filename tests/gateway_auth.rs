@@ -3,37 +3,20 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use support::{Proxy, Server, WAIT, Ws};
 use tokio_tungstenite::tungstenite::Error;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use wsgate::auth::{SignKey, TokenRequest, Verifier, VerifierConfig, VerifyKey, mint};
+use wsgate::auth::{SignKey, TokenRequest, mint};
 use wsgate::proxy;
 
-const SECRET: &[u8] = b"a test secret of at least 32 bytes, for gateway_auth";
-
-fn token(user: &str) -> String {
-    let request = TokenRequest {
-        user: user.into(),
-        ttl: Duration::from_secs(3600),
-        ..TokenRequest::default()
-    };
-    mint(&SignKey::Secret(SECRET.to_vec()), &request).expect("mint")
-}
+use support::{TEST_SECRET as SECRET, token_for as token};
 
 fn jwt_config(upstream: &str) -> proxy::Config {
-    let verifier = Verifier::new(&VerifierConfig {
-        keys: vec![VerifyKey::Secret(SECRET.to_vec())],
-        issuer: None,
-        audience: None,
-        leeway: Duration::ZERO,
-    })
-    .expect("verifier");
     proxy::Config {
-        auth: Some(Arc::new(verifier)),
+        auth: Some(support::test_verifier(Duration::ZERO)),
         auth_timeout: Duration::from_millis(300),
         ..proxy::Config::new(upstream)
     }
@@ -193,4 +176,81 @@ async fn a_token_that_expires_without_renewal_closes_1008_token_expired() {
     assert_eq!((code, reason.as_str()), (1008, "token expired"));
     proxy.stop().await;
     server.stop().await;
+}
+
+/// The whole chain in one process as a user runs it: `wsgate --auth jwt`,
+/// where the gateway verifies the browser's token and forwards it, and the
+/// chat server verifies it again and binds the sender. Logged at trace
+/// level, and no token appears in the log.
+#[tokio::test]
+async fn wsgate_all_with_auth_jwt_binds_every_frame_to_the_token_and_never_logs_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, SECRET).expect("write secret");
+    let mut command = support::wsgate();
+    command
+        .env("RUST_LOG", "trace")
+        .args(["--auth", "jwt", "--jwt-leeway", "0", "--jwt-secret-file"])
+        .arg(&secret_file)
+        .arg("--db")
+        .arg(dir.path().join("chat.db"))
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"]);
+    let gateway = support::spawn_listening(command, "WebSocket gateway listening");
+    let url = format!("ws://{}/", gateway.addr);
+    let (alice_token, bob_token) = (token("alice"), token("bob"));
+
+    // Alice by subprotocol, Bob by first frame.
+    let protocols = (
+        "sec-websocket-protocol",
+        format!("wsgate.v1, bearer.{alice_token}"),
+    );
+    let (mut alice, _) = handshake(&url, &[protocols]).await.expect("alice signs in");
+    assert_eq!(alice.recv().await["auth"]["sub"], "alice");
+    let mut bob = Ws::connect(&url).await;
+    bob.send(json!({"auth": {"token": bob_token}})).await;
+    assert_eq!(bob.recv().await["auth"]["sub"], "bob");
+    bob.send(json!({"join_room": {"room_id": "room1"}})).await;
+    bob.recv_until(|f| f.get("presence").is_some()).await;
+
+    // The handout's frame names another sender: refused, the stream goes on.
+    alice
+        .send(json!({"chat_message": {"id": "msg1", "room_id": "room1", "sender_id": "client1", "content": "Hello World !"}, "request_id": "spoof"}))
+        .await;
+    let refused = alice.recv_until(|f| f["request_id"] == "spoof").await;
+    assert_eq!(refused["error"]["code"], "PERMISSION_DENIED", "{refused}");
+    // With the sender left empty, it is filled from the token.
+    alice
+        .send(json!({"chat_message": {"id": "msg1", "room_id": "room1", "sender_id": "", "content": "Hello World !"}, "request_id": "ok"}))
+        .await;
+    let echo = alice.recv_until(|f| f["request_id"] == "ok").await;
+    assert_eq!(echo["chat_message"]["sender_id"], "alice", "{echo}");
+    let delivered = bob.recv_until(|f| f["chat_message"]["id"] == "msg1").await;
+    assert_eq!(delivered["chat_message"]["sender_id"], "alice");
+    // A unary call carries the token too: the server answers it.
+    bob.send(json!({"get_user": {"user_id": "alice"}, "request_id": "who"}))
+        .await;
+    let user = bob.recv_until(|f| f["request_id"] == "who").await;
+    assert_eq!(user["user"]["id"], "alice", "{user}");
+
+    alice.hang_up().await;
+    bob.hang_up().await;
+    let log = gateway.kill_and_read_log().join("\n");
+    assert!(
+        log.contains(r#"connect sub="alice""#),
+        "the access log names the user"
+    );
+    assert!(
+        log.contains(r#"disconnect sub="bob""#),
+        "and the user signed in by a first frame"
+    );
+    for secret in [&alice_token, &bob_token] {
+        // Any part of a token: its signature, its claims.
+        for part in secret.split('.') {
+            assert!(!log.contains(part), "a token part is in the log");
+        }
+    }
+    assert!(
+        !log.contains(std::str::from_utf8(SECRET).unwrap()),
+        "the secret is in the log"
+    );
 }

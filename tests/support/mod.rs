@@ -533,6 +533,16 @@ impl Ws {
     pub async fn close(mut self) {
         let _ = self.inner.close(None).await;
     }
+
+    /// Closes and waits until the peer has dropped the connection: by
+    /// then, the gateway is done with the session (and logged its end).
+    pub async fn hang_up(mut self) {
+        let _ = self.inner.close(None).await;
+        let drained = async { while let Some(Ok(_)) = self.inner.next().await {} };
+        tokio::time::timeout(WAIT, drained)
+            .await
+            .expect("the peer drops the connection");
+    }
 }
 
 /// A chat server in a child process, for tests that kill it.
