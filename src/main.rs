@@ -344,6 +344,13 @@ struct GatewayArgs {
           default_value_t = proxy::DEFAULT_MAX_CONNECTIONS_PER_IP,
           value_parser = connection_limit)]
     max_connections_per_ip: usize,
+    /// With --auth jwt: WebSocket connections one user (a token's `sub`)
+    /// may have open; past it, HTTP 503 (or 1008 after a first-frame
+    /// sign-in).
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS_PER_USER",
+          default_value_t = proxy::DEFAULT_MAX_CONNECTIONS_PER_USER,
+          value_parser = connection_limit)]
+    max_connections_per_user: usize,
     /// Frames per second one connection may send, sustained; a frame over
     /// the limit gets a RESOURCE_EXHAUSTED error and is not sent on.
     #[arg(long, env = "WSGATE_MAX_FRAMES_PER_SECOND",
@@ -893,6 +900,7 @@ fn proxy_config(
         allowed_origins: args.allowed_origins.clone(),
         max_connections: args.max_connections,
         max_connections_per_ip: args.max_connections_per_ip,
+        max_connections_per_user: args.max_connections_per_user,
         max_frames_per_second: args.max_frames_per_second,
         frame_burst: args.frame_burst,
         max_frame_bytes: args.max_frame_bytes,

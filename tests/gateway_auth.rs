@@ -254,3 +254,42 @@ async fn wsgate_all_with_auth_jwt_binds_every_frame_to_the_token_and_never_logs_
         "the secret is in the log"
     );
 }
+
+#[tokio::test]
+async fn a_user_past_max_connections_per_user_is_refused_others_are_not() {
+    let server = Server::start().await;
+    let proxy = Proxy::start_with(proxy::Config {
+        max_connections_per_user: 2,
+        ..jwt_config(&server.uri())
+    })
+    .await;
+    let offer = |user: &str| {
+        vec![(
+            "sec-websocket-protocol",
+            format!("wsgate.v1, bearer.{}", token(user)),
+        )]
+    };
+    let (first, _) = handshake(&proxy.url(), &offer("alice")).await.expect("1st");
+    let (_second, _) = handshake(&proxy.url(), &offer("alice")).await.expect("2nd");
+    // At the upgrade: 503, before anything opens.
+    assert_eq!(
+        handshake(&proxy.url(), &offer("alice")).await.err(),
+        Some(503)
+    );
+    // By first frame: closed once the user is known.
+    let mut late = proxy.connect().await;
+    late.send(json!({"auth": {"token": token("alice")}})).await;
+    let (code, reason) = late.closed_with_reason().await;
+    assert_eq!(code, 1008);
+    assert!(reason.contains("too many connections"), "{reason}");
+    // Another user is not affected, and a place given back is free again.
+    let (mut bob, _) = handshake(&proxy.url(), &offer("bob")).await.expect("bob");
+    assert_eq!(bob.recv().await["auth"]["sub"], "bob");
+    first.hang_up().await;
+    let (mut again, _) = handshake(&proxy.url(), &offer("alice"))
+        .await
+        .expect("a free place");
+    assert_eq!(again.recv().await["auth"]["sub"], "alice");
+    proxy.stop().await;
+    server.stop().await;
+}

@@ -24,20 +24,24 @@ const MAX_LOGGED_ORIGIN: usize = 100;
 pub(super) struct Admitted {
     _per_ip: Permit<IpAddr>,
     _total: Permit<()>,
+    /// jwt mode: the place of the signed-in user, once known.
+    pub(super) user: Option<Permit<String>>,
 }
 
 /// The connection counts and refusal logs every upgrade goes through.
 pub(super) struct Admission {
     per_ip: ConnectionLimit<IpAddr>,
+    per_user: ConnectionLimit<String>,
     total: ConnectionLimit<()>,
     origins_log: QuietLog,
     limits_log: QuietLog,
 }
 
 impl Admission {
-    pub(super) fn new(max_total: usize, max_per_ip: usize) -> Admission {
+    pub(super) fn new(max_total: usize, max_per_ip: usize, max_per_user: usize) -> Admission {
         Admission {
             per_ip: ConnectionLimit::new(max_per_ip),
+            per_user: ConnectionLimit::new(max_per_user),
             total: ConnectionLimit::new(max_total),
             origins_log: QuietLog::new(),
             limits_log: QuietLog::new(),
@@ -99,7 +103,34 @@ pub(super) fn admit(
     Ok(Admitted {
         _per_ip: per_ip,
         _total: total,
+        user: None,
     })
+}
+
+/// A place for one more session of `user` (jwt mode), or the reason there
+/// is none: `--max-connections-per-user` are open.
+pub(super) fn admit_user(ctx: &Context, user: &str) -> Result<Permit<String>, Refusal> {
+    ctx.admission
+        .per_user
+        .try_acquire(user.to_owned())
+        .map_err(|full| {
+            ctx.admission.limits_log.log(
+                |suppressed| {
+                    tracing::info!(
+                        user,
+                        max = full.max,
+                        suppressed,
+                        "refused a WebSocket: too many for one user (--max-connections-per-user)"
+                    )
+                },
+                || tracing::debug!(user, "refused a WebSocket: too many for one user"),
+            );
+            ctx.metrics.refused("connections_per_user");
+            refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections for this user\n",
+            )
+        })
 }
 
 /// An upgrade turned down, answered with a short plain-text body.

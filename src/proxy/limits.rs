@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// taking the whole gateway. Behind a reverse proxy every client has the
 /// proxy's address: raise it to `--max-connections` there.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default most sessions one user (a token's `sub`) may have open, in jwt
+/// mode. A person with a phone, a laptop and a dozen tabs stays well under
+/// it; a leaked token cannot take the gateway with thousands.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 32;
 
 /// Open sessions counted by key, at most `max` per key. Cheap to clone.
 ///

@@ -59,7 +59,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use gateway::Gateway;
-pub use limits::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
+pub use limits::{
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_CONNECTIONS_PER_USER,
+};
 use metrics::GatewayMetrics;
 pub use origin::Origin;
 pub use rate::{DEFAULT_FRAME_BURST, DEFAULT_MAX_FRAMES_PER_SECOND};
@@ -164,6 +166,8 @@ pub struct Config {
     pub max_connections: usize,
     /// WebSocket sessions open at once from one address (IPv6: one /64).
     pub max_connections_per_ip: usize,
+    /// WebSocket sessions one user (a token's `sub`) may have open (jwt mode).
+    pub max_connections_per_user: usize,
     /// Frames per second one connection may send, sustained.
     pub max_frames_per_second: u32,
     /// Frames one connection may send at once above that rate.
@@ -199,6 +203,7 @@ impl Config {
             allowed_origins: Vec::new(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             max_frames_per_second: DEFAULT_MAX_FRAMES_PER_SECOND,
             frame_burst: DEFAULT_FRAME_BURST,
             auth_cookie: DEFAULT_AUTH_COOKIE.to_owned(),
@@ -254,7 +259,7 @@ async fn root(
         }
         Err(_) => return asset("text/html; charset=utf-8", INDEX_HTML),
     };
-    let admitted = match admission::admit(&ctx, peer, &headers) {
+    let mut admitted = match admission::admit(&ctx, peer, &headers) {
         Ok(admitted) => admitted,
         Err(refusal) => return refusal.into_response(),
     };
@@ -264,6 +269,12 @@ async fn root(
     };
     let base = credentials::forwarded(&ctx.config, &headers, peer);
     let identity = identity::Identity::new(&ctx.config, ctx.metrics.clone(), base, presented);
+    if let Some(user) = identity.sub() {
+        match admission::admit_user(&ctx, user) {
+            Ok(place) => admitted.user = Some(place),
+            Err(refusal) => return refusal.into_response(),
+        }
+    }
     let origin = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
@@ -279,10 +290,9 @@ async fn root(
         .on_upgrade(move |socket| {
             let sessions = ctx.sessions.clone();
             // The session holds its places in the connection counts.
-            sessions.track_future(async move {
-                session::serve(socket, ctx, peer, identity, origin).await;
-                drop(admitted);
-            })
+            sessions.track_future(session::serve(
+                socket, ctx, peer, identity, origin, admitted,
+            ))
         })
 }
 
@@ -348,7 +358,11 @@ pub async fn run(
     };
     let sessions = TaskTracker::new();
     let ctx = Arc::new(Context {
-        admission: admission::Admission::new(config.max_connections, config.max_connections_per_ip),
+        admission: admission::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+            config.max_connections_per_user,
+        ),
         config,
         upstream,
         metrics,

@@ -12,6 +12,7 @@ use tonic::Code;
 use tonic::metadata::MetadataMap;
 
 use super::Context;
+use super::admission::{Admitted, admit_user};
 use super::gateway::REQUEST_ID;
 use super::identity::{Gate, Identity};
 use super::outbound::{Limits, ToClient, close_code, spawn_writer};
@@ -27,6 +28,8 @@ pub async fn serve(
     peer: std::net::SocketAddr,
     mut identity: Identity,
     origin: Option<String>,
+    // Its places in the connection counts, given back when it ends.
+    mut admitted: Admitted,
 ) {
     let config = &ctx.config;
     let started = std::time::Instant::now();
@@ -130,6 +133,19 @@ pub async fn serve(
                     dispatch(text.as_str(), &ctx, session, &mut link).await;
                 }
                 Gate::Answer(frame) => {
+                    // A first-frame sign-in: now the user is known, count it.
+                    if admitted.user.is_none()
+                        && let Some(user) = identity.sub()
+                    {
+                        match admit_user(&ctx, user) {
+                            Ok(place) => admitted.user = Some(place),
+                            Err(_) => {
+                                let reason = "too many connections for this user";
+                                client.close(close_code::POLICY, reason);
+                                break;
+                            }
+                        }
+                    }
                     client.send(frame).await;
                 }
                 Gate::Close(code, reason) => {
