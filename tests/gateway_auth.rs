@@ -293,3 +293,66 @@ async fn a_user_past_max_connections_per_user_is_refused_others_are_not() {
     proxy.stop().await;
     server.stop().await;
 }
+
+/// A token signed with the test secret from hand-written header and claims.
+fn handmade(header: &str, claims: &str, secret: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let message = format!("{}.{}", b64.encode(header), b64.encode(claims));
+    let key = jsonwebtoken::EncodingKey::from_secret(secret).expect("key");
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .expect("sign");
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn expired_foreign_audience_alg_none_and_key_confusion_tokens_get_401() {
+    use base64::Engine as _;
+    let server = Server::start().await;
+    let proxy = Proxy::start_with(jwt_config(&server.uri())).await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let hs256 = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let claims = format!(r#"{{"sub":"mallory","exp":{}}}"#, now + 60);
+    let refused = [
+        // Expired (the test gateway allows no leeway).
+        handmade(
+            hs256,
+            &format!(r#"{{"sub":"mallory","exp":{}}}"#, now - 5),
+            SECRET,
+        ),
+        // For another service.
+        handmade(
+            hs256,
+            &format!(r#"{{"sub":"mallory","exp":{},"aud":"billing"}}"#, now + 60),
+            SECRET,
+        ),
+        // Unsigned.
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(&claims)
+        ),
+        // An RS256 header over an HMAC signature made with the secret.
+        {
+            let mut token = handmade(r#"{"alg":"RS256","typ":"JWT"}"#, &claims, SECRET);
+            token.push('A');
+            token
+        },
+    ];
+    for token in refused {
+        let offer = format!("wsgate.v1, bearer.{token}");
+        let answer = handshake(&proxy.url(), &[("sec-websocket-protocol", offer)]).await;
+        assert_eq!(answer.err(), Some(401), "{token}");
+    }
+    // The same shapes, valid, are let in: the refusals are about the flaw.
+    let good = handmade(hs256, &claims, SECRET);
+    let offer = format!("wsgate.v1, bearer.{good}");
+    let (mut ws, _) = handshake(&proxy.url(), &[("sec-websocket-protocol", offer)])
+        .await
+        .expect("a valid token signs in");
+    assert_eq!(ws.recv().await["auth"]["sub"], "mallory");
+    proxy.stop().await;
+    server.stop().await;
+}
