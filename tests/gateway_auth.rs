@@ -356,3 +356,87 @@ async fn expired_foreign_audience_alg_none_and_key_confusion_tokens_get_401() {
     proxy.stop().await;
     server.stop().await;
 }
+
+/// An HTTP/2 "upstream" that records the headers of each call it gets and
+/// answers every one with `UNIMPLEMENTED`: what the gateway sends upstream,
+/// seen from the other side.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<axum::http::HeaderMap>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (seen, calls) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service = hyper::service::service_fn(
+                move |request: axum::http::Request<hyper::body::Incoming>| {
+                    let _ = seen.send(request.headers().clone());
+                    async {
+                        axum::http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .header("grpc-status", "12")
+                            .body(String::new())
+                    }
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test]
+async fn the_token_the_client_address_and_allow_listed_headers_reach_the_upstream() {
+    let (upstream, mut calls) = recording_upstream().await;
+    let proxy = Proxy::start_with(proxy::Config {
+        forward_headers: vec!["x-request-id".into()],
+        forward_cookies: vec!["session".into()],
+        ..jwt_config(&format!("http://{upstream}"))
+    })
+    .await;
+    let alice = token("alice");
+    let headers = [
+        (
+            "sec-websocket-protocol",
+            format!("wsgate.v1, bearer.{alice}"),
+        ),
+        ("x-request-id", "req-42".to_owned()),
+        ("x-forwarded-for", "6.6.6.6".to_owned()),
+        ("x-not-listed", "nope".to_owned()),
+        ("cookie", "session=s1; other=o2".to_owned()),
+    ];
+    let (mut ws, _) = handshake(&proxy.url(), &headers).await.expect("signed in");
+    assert_eq!(ws.recv().await["auth"]["sub"], "alice");
+    ws.send(json!({"get_user": {"user_id": "bob"}, "request_id": "u"}))
+        .await;
+    let answer = ws.recv_until(|f| f["request_id"] == "u").await;
+    assert_eq!(answer["error"]["code"], "UNIMPLEMENTED", "{answer}");
+
+    let call = tokio::time::timeout(WAIT, calls.recv())
+        .await
+        .expect("a call in time")
+        .expect("a call");
+    let header = |name: &str| {
+        call.get(name)
+            .map(|v| v.to_str().expect("ascii").to_owned())
+    };
+    assert_eq!(header("authorization"), Some(format!("Bearer {alice}")));
+    assert_eq!(
+        header("x-forwarded-for").as_deref(),
+        Some("127.0.0.1"),
+        "the peer, not the browser's claim"
+    );
+    assert_eq!(header("x-request-id").as_deref(), Some("req-42"));
+    assert_eq!(header("session").as_deref(), Some("s1"));
+    for absent in ["x-not-listed", "cookie", "other", "sec-websocket-protocol"] {
+        assert_eq!(header(absent), None, "{absent} is not passed upstream");
+    }
+    proxy.stop().await;
+}
