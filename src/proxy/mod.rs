@@ -25,6 +25,7 @@
 //! - `limits`: open-connection counts by key, released on drop.
 //! - `admission`: what an upgrade must pass (origin 403, limits 503).
 //! - `rate`: the per-connection frame rate limit.
+//! - `quiet_log`: log lines that could flood, at most one per interval.
 //! - this file: settings, the HTTP routes (page, WebSocket, health), `run`.
 
 mod admission;
@@ -37,6 +38,7 @@ pub mod limits;
 mod metrics;
 pub mod origin;
 mod outbound;
+mod quiet_log;
 pub mod rate;
 mod serve;
 mod session;

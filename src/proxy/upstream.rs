@@ -22,6 +22,7 @@ use super::events::{Event, Events};
 use super::gateway::{Gateway, StreamMethod, UnaryMethod};
 use super::metrics::GatewayMetrics;
 use super::outbound::ToClient;
+use super::quiet_log::QuietLog;
 use super::transcode::{code_name, error_json};
 use crate::metrics::Tracked;
 use crate::proto::HTTP2_CONNECTION_WINDOW;
@@ -54,6 +55,10 @@ struct Shared {
     events: Events,
     unary_timeout: Duration,
     metrics: Arc<GatewayMetrics>,
+    /// An outage is noticed by every session at once: one line, not one
+    /// per session.
+    lost_log: QuietLog,
+    restored_log: QuietLog,
 }
 
 impl Upstream {
@@ -126,6 +131,8 @@ impl Upstream {
                 events: Events::default(),
                 unary_timeout,
                 metrics,
+                lost_log: QuietLog::new(),
+                restored_log: QuietLog::new(),
             }),
         })
     }
@@ -269,7 +276,10 @@ async fn run_link(
             Ok(mut inbound) => {
                 let _open = Tracked::new(&upstream.shared.metrics.upstream_streams_open);
                 if outage {
-                    tracing::info!("upstream stream restored");
+                    upstream.shared.restored_log.log(
+                        |suppressed| tracing::info!(suppressed, "upstream stream restored"),
+                        || tracing::debug!("upstream stream restored"),
+                    );
                     outage = false;
                 }
                 backoff = MIN_BACKOFF;
@@ -306,7 +316,10 @@ async fn run_link(
         upstream.shared.metrics.upstream_stream_lost(lost.code());
         if !outage {
             outage = true;
-            tracing::warn!(code = ?lost.code(), message = lost.message(), "upstream stream lost");
+            upstream.shared.lost_log.log(
+                |suppressed| tracing::warn!(code = ?lost.code(), message = lost.message(), suppressed, "upstream stream lost"),
+                || tracing::debug!(code = ?lost.code(), message = lost.message(), "upstream stream lost"),
+            );
             let message = format!(
                 "upstream stream lost ({}: {}); reconnecting",
                 code_name(lost.code()),
