@@ -13,8 +13,8 @@ use support::{Server, TEST_SECRET, WAIT, bearer, test_verifier, token, token_for
 use wsgate::auth::{Claims, TokenRequest};
 use wsgate::proto::chat::chat_service_client::ChatServiceClient;
 use wsgate::proto::chat::{
-    self, ChatMessage, ChatStream, GetChatHistoryRequest, GetUserRequest, JoinRoom, LeaveRoom,
-    SetUserNameRequest, Typing, chat_stream::Event,
+    self, ChatHistory, ChatMessage, ChatStream, GetChatHistoryRequest, GetUserRequest, JoinRoom,
+    LeaveRoom, SetUserNameRequest, Typing, chat_stream::Event,
 };
 use wsgate::server;
 
@@ -132,6 +132,21 @@ impl Chat {
             }
         }
     }
+}
+
+/// The newest page of `room`, read with `token`.
+async fn history_as(server: &Server, room: &str, token: &str) -> ChatHistory {
+    let request = GetChatHistoryRequest {
+        room_id: room.into(),
+        ..Default::default()
+    };
+    server
+        .grpc()
+        .await
+        .get_chat_history(bearer(request, token))
+        .await
+        .expect("history")
+        .into_inner()
 }
 
 fn seconds_now() -> u64 {
@@ -261,19 +276,7 @@ async fn an_empty_sender_or_user_is_filled_from_the_token() {
     let echo = alice.say("room", "", "m1", "who am I").await;
     assert_eq!(echo.sender_id, "alice");
 
-    let history = server
-        .grpc()
-        .await
-        .get_chat_history(bearer(
-            GetChatHistoryRequest {
-                room_id: "room".into(),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let history = history_as(&server, "room", &token).await;
     assert_eq!(history.messages.len(), 1);
     assert_eq!(history.messages[0].sender_id, "alice");
     server.stop().await;
@@ -400,19 +403,7 @@ async fn a_forged_message_no_longer_suppresses_the_victims() {
     };
     assert_eq!(seen.content, "the real one");
 
-    let history = server
-        .grpc()
-        .await
-        .get_chat_history(bearer(
-            GetChatHistoryRequest {
-                room_id: "room".into(),
-                ..Default::default()
-            },
-            &bob_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let history = history_as(&server, "room", &bob_token).await;
     let stored: Vec<_> = history
         .messages
         .iter()

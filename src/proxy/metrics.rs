@@ -21,7 +21,9 @@ pub struct GatewayMetrics {
     connections: IntCounter,
     closes: IntCounterVec,
     refused: IntCounterVec,
-    frames_in: HashMap<String, IntCounter>,
+    /// Looked up once per frame: foldhash, as the events cache, not SipHash
+    /// (action names are the service's, not the client's to choose).
+    frames_in: HashMap<String, IntCounter, foldhash::fast::RandomState>,
     frames_in_invalid: IntCounter,
     pub frames_out: IntCounter,
     pub bytes_out: IntCounter,
