@@ -126,8 +126,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The web client, embedded so the binary serves it with no build step.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
-/// The web client's script (an ES module) and style sheet.
+/// The web client's scripts (ES modules) and style sheet.
 const APP_JS: &str = include_str!("../../web/app.js");
+const AUTH_JS: &str = include_str!("../../web/auth.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 
 /// The gateway's settings, validated by the caller.
@@ -236,6 +237,10 @@ pub fn app(ctx: Arc<Context>) -> Router {
         .route(
             "/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/auth.js",
+            get(|| async { asset("text/javascript; charset=utf-8", AUTH_JS) }),
         )
         .route(
             "/style.css",
