@@ -336,7 +336,8 @@ export async function openChat(browser, gate, { name, room, viewport, colorSchem
 }
 
 export function waitConnected(page, timeout = 15000) {
-  return page.locator('#status[data-state="connected"]').waitFor({ timeout });
+  // Attached, not visible: on a phone the status sits in the closed drawer.
+  return page.locator('#status[data-state="connected"]').waitFor({ state: "attached", timeout });
 }
 
 /** Types into the composer and presses Enter. */
