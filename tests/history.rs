@@ -125,6 +125,7 @@ async fn catching_up_page_by_page_after_a_seq_has_no_gap_or_duplicate() {
                 limit: 50,
                 after_seq: Some(after),
                 before_seq: 0,
+                changed_since: None,
             })
             .await
             .unwrap()

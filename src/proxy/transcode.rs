@@ -514,6 +514,7 @@ mod tests {
                     content: "Hello World !".into(),
                     timestamp: None,
                     seq: 0,
+                    ..Default::default()
                 })),
                 request_id: None,
             }
@@ -559,6 +560,7 @@ mod tests {
                 limit: 10,
                 before_seq: 99,
                 after_seq: None,
+                changed_since: None,
             }
         );
 
@@ -638,20 +640,23 @@ mod tests {
             ),
             (
                 r#"{"foo": {}, "request_id": "r1"}"#,
-                "unknown action \"foo\"; expected one of: chat_message, join_room, leave_room, \
-                 error, presence, typing, get_user, set_user_name, get_chat_history",
+                "unknown action \"foo\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
+                 edit_message, delete_message, message_changed, user_renamed, get_user, \
+                 set_user_name, get_chat_history, list_rooms",
                 Some("r1"),
             ),
             (
                 r#"{"resume": {"joins": []}}"#,
-                "unknown action \"resume\"; expected one of: chat_message, join_room, \
-                 leave_room, error, presence, typing, get_user, set_user_name, get_chat_history",
+                "unknown action \"resume\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
+                 edit_message, delete_message, message_changed, user_renamed, get_user, \
+                 set_user_name, get_chat_history, list_rooms",
                 None,
             ),
             (
                 r#"{"ChatMessage": {}}"#,
-                "unknown action \"ChatMessage\"; expected one of: chat_message, join_room, \
-                 leave_room, error, presence, typing, get_user, set_user_name, get_chat_history",
+                "unknown action \"ChatMessage\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
+                 edit_message, delete_message, message_changed, user_renamed, get_user, \
+                 set_user_name, get_chat_history, list_rooms",
                 None,
             ),
             (
@@ -861,11 +866,12 @@ mod tests {
                 room_id: "r1".into(),
                 messages: vec![],
                 has_more: false,
+                revision: 0,
             },
         );
         assert_eq!(
             reply_json(history, &reply, None),
-            r#"{"chat_history":{"room_id":"r1","messages":[],"has_more":false}}"#
+            r#"{"chat_history":{"room_id":"r1","messages":[],"has_more":false,"revision":"0"}}"#
         );
     }
 
@@ -896,17 +902,18 @@ mod tests {
                     nanos: 500_000_000,
                 }),
                 seq: 7,
+                ..Default::default()
             })),
             request_id: None,
         };
         assert_eq!(
             event_json(&to_dynamic("chat.ChatStream", &event)),
-            r#"{"chat_message":{"id":"m1","room_id":"r1","sender_id":"u1","content":"hi","timestamp":"2023-11-14T22:13:20.500Z","seq":"7"}}"#
+            r#"{"chat_message":{"id":"m1","room_id":"r1","sender_id":"u1","content":"hi","timestamp":"2023-11-14T22:13:20.500Z","seq":"7","deleted":false,"revision":"0"}}"#
         );
         event.request_id = Some("r1".into());
         assert_eq!(
             event_json(&to_dynamic("chat.ChatStream", &event)),
-            r#"{"chat_message":{"id":"m1","room_id":"r1","sender_id":"u1","content":"hi","timestamp":"2023-11-14T22:13:20.500Z","seq":"7"},"request_id":"r1"}"#
+            r#"{"chat_message":{"id":"m1","room_id":"r1","sender_id":"u1","content":"hi","timestamp":"2023-11-14T22:13:20.500Z","seq":"7","deleted":false,"revision":"0"},"request_id":"r1"}"#
         );
         // Present-but-empty is not unset: an explicit "" is kept.
         event.request_id = Some(String::new());

@@ -1,4 +1,5 @@
-//! Who is in which room, who is online, and the fan-out of stored messages.
+//! Who is in which room, who is online, and the fan-out of stored messages,
+//! of edits and deletions, and of renames.
 //!
 //! The hub is in-memory state shared by every `Chat` stream. It never does
 //! I/O while holding its locks: fan-out is a `try_send` per member into that
@@ -7,7 +8,7 @@
 //! the writer thread costs a reference count per member, and each stream's
 //! own task makes the copy tonic encodes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::errors::ChatError;
 use crate::proto::chat::{self, ChatStream, chat_stream::Event};
 use crate::storage::{StoreError, StoredMessage, UserRecord, Written};
+
+/// Where a user write's result goes: the caller waiting for it, if any.
+pub type UserReply = oneshot::Sender<Result<UserRecord, StoreError>>;
 
 /// Identifies one `Chat` stream for as long as the process lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +148,8 @@ pub struct Committed {
     pub stored: u64,
     pub duplicates: u64,
     pub failed: u64,
+    /// Messages edited or deleted.
+    pub changed: u64,
     /// Message frames queued to members (the sender's echo included).
     pub deliveries: u64,
     /// Members ended for falling behind by this batch.
@@ -158,7 +164,17 @@ pub enum Tag {
         request_id: Option<String>,
     },
     /// A user write; the caller may wait for the result.
-    User(Option<oneshot::Sender<Result<UserRecord, StoreError>>>),
+    User(Option<UserReply>),
+    /// A rename (SetUserName): announced to the user's rooms once stored.
+    Rename(UserReply),
+    /// An edit or deletion of message `seq` of `room_id` from this stream;
+    /// `request_id` goes on its confirmation.
+    Change {
+        origin: Outbox,
+        request_id: Option<String>,
+        room_id: String,
+        seq: u64,
+    },
 }
 
 struct Member {
@@ -309,6 +325,48 @@ impl Hub {
         self.state().online.contains_key(user_id)
     }
 
+    /// How many users are in each room now (listeners not counted).
+    pub fn member_counts<'a>(&self, rooms: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+        let state = self.state();
+        rooms
+            .into_iter()
+            .map(|room_id| {
+                let members = state.rooms.get(room_id).into_iter().flatten();
+                let users: HashSet<&str> = members.filter_map(|m| m.user_id.as_deref()).collect();
+                users.len()
+            })
+            .collect()
+    }
+
+    /// Tells every stream in a room where `user` is present its new name,
+    /// once per stream however many of those rooms it is in. Renames are
+    /// rare, so a walk of every room beats keeping a user -> rooms index
+    /// up to date on every join and leave.
+    fn renamed(&self, user: &UserRecord) {
+        let frame = Arc::new(ChatStream {
+            event: Some(Event::UserRenamed(chat::UserRenamed {
+                user_id: user.id.clone(),
+                name: user.name.clone(),
+            })),
+            request_id: None,
+        });
+        let state = self.state();
+        let mut told = HashSet::new();
+        for members in state.rooms.values() {
+            if !members
+                .iter()
+                .any(|m| m.user_id.as_deref() == Some(&user.id))
+            {
+                continue;
+            }
+            for member in members {
+                if told.insert(member.outbox.stream) {
+                    member.outbox.push_shared(frame.clone());
+                }
+            }
+        }
+    }
+
     /// Called on the writer thread after each commit, in commit order: this
     /// is what gives every member of a room the same order as the history.
     pub fn committed(&self, results: Vec<(Tag, Result<Written, StoreError>)>) -> Committed {
@@ -330,19 +388,75 @@ impl Hub {
                 }
                 (Tag::User(reply), result) => {
                     if let Some(reply) = reply {
-                        let user = result.and_then(|w| match w {
-                            Written::User(u) => Ok(u),
-                            other => Err(StoreError::Internal(format!(
-                                "unexpected write result {other:?}"
-                            ))),
-                        });
                         // The caller may have given up waiting; nothing to do then.
-                        let _ = reply.send(user);
+                        let _ = reply.send(user_result(result));
                     }
                 }
-                (Tag::Message { origin, request_id }, Ok(Written::User(_))) => {
+                (Tag::Rename(reply), result) => {
+                    let user = user_result(result);
+                    if let Ok(user) = &user {
+                        self.renamed(user);
+                    }
+                    let _ = reply.send(user);
+                }
+                (
+                    Tag::Change {
+                        origin, request_id, ..
+                    },
+                    Ok(Written::Changed(msg)),
+                ) => {
+                    done.changed += 1;
+                    let room_id = msg.room_id.clone();
+                    self.fan_out_frame(
+                        &room_id,
+                        changed_frame(msg),
+                        &origin,
+                        request_id,
+                        &mut done,
+                    );
+                }
+                (
+                    Tag::Change {
+                        origin, request_id, ..
+                    },
+                    Ok(Written::Unchanged(msg)),
+                ) => {
+                    // Nothing changed for anyone else: only the asker hears.
+                    let mut frame = changed_frame(msg);
+                    frame.request_id = request_id;
+                    origin.push(frame);
+                }
+                (
+                    Tag::Change {
+                        origin,
+                        request_id,
+                        room_id,
+                        seq,
+                    },
+                    Ok(Written::Refused(refused)),
+                ) => {
+                    origin.push_error(ChatError::refused_change(refused, room_id, seq), request_id);
+                }
+                (
+                    Tag::Change {
+                        origin, request_id, ..
+                    },
+                    result,
+                ) => {
+                    let error = match result {
+                        Err(e) => {
+                            tracing::error!(error = %e, "change not stored");
+                            e
+                        }
+                        Ok(other) => {
+                            StoreError::Internal(format!("unexpected write result {other:?}"))
+                        }
+                    };
+                    origin.push_error(ChatError::ChangeNotStored(error), request_id);
+                }
+                (Tag::Message { origin, request_id }, Ok(other)) => {
                     done.failed += 1;
-                    let bug = StoreError::Internal("unexpected write result".into());
+                    let bug = StoreError::Internal(format!("unexpected write result {other:?}"));
                     origin.push_error(ChatError::NotStored(bug), request_id);
                 }
             }
@@ -360,7 +474,19 @@ impl Hub {
         done: &mut Committed,
     ) {
         let room_id = msg.room_id.clone();
-        let frame = message_frame(msg, None);
+        self.fan_out_frame(&room_id, message_frame(msg, None), origin, request_id, done);
+    }
+
+    /// Sends `frame` to every member of `room_id`, and to `origin` with its
+    /// `request_id` whether or not it is still a member.
+    fn fan_out_frame(
+        &self,
+        room_id: &str,
+        frame: ChatStream,
+        origin: &Outbox,
+        request_id: Option<String>,
+        done: &mut Committed,
+    ) {
         // The sender's copy differs only by its request_id (if it gave one).
         let own = request_id.map(|id| {
             let mut own = frame.clone();
@@ -375,7 +501,7 @@ impl Hub {
             done.deliveries += 1;
             done.slow_ended += u64::from(outbox.push_shared(frame));
         };
-        for member in state.rooms.get(&room_id).into_iter().flatten() {
+        for member in state.rooms.get(room_id).into_iter().flatten() {
             if member.outbox.stream == origin.stream {
                 deliver(&member.outbox, own.clone());
                 origin_served = true;
@@ -407,6 +533,22 @@ fn presence(
             snapshot,
         })),
         request_id,
+    }
+}
+
+fn user_result(result: Result<Written, StoreError>) -> Result<UserRecord, StoreError> {
+    result.and_then(|w| match w {
+        Written::User(u) => Ok(u),
+        other => Err(StoreError::Internal(format!(
+            "unexpected write result {other:?}"
+        ))),
+    })
+}
+
+fn changed_frame(msg: StoredMessage) -> ChatStream {
+    ChatStream {
+        event: Some(Event::MessageChanged(chat::ChatMessage::from(msg))),
+        request_id: None,
     }
 }
 
@@ -469,6 +611,9 @@ mod tests {
             content: "hi".into(),
             timestamp_us: 1,
             seq,
+            edited_us: None,
+            deleted: false,
+            revision: 0,
         }
     }
 
