@@ -195,7 +195,7 @@ async fn an_unknown_room_has_an_empty_history_and_every_field_is_present() {
         .await;
     assert_eq!(
         page["chat_history"],
-        json!({"room_id": "nowhere", "messages": [], "has_more": false})
+        json!({"room_id": "nowhere", "messages": [], "has_more": false, "revision": "0"})
     );
     system.stop().await;
 }
