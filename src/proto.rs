@@ -91,7 +91,9 @@ pub fn timestamp_from_us(us: i64) -> prost_types::Timestamp {
 }
 
 impl From<StoredMessage> for chat::ChatMessage {
+    /// `deleted` and `revision` only on a message that changed.
     fn from(m: StoredMessage) -> Self {
+        let changed = m.revision > 0;
         chat::ChatMessage {
             id: m.id,
             room_id: m.room_id,
@@ -100,8 +102,8 @@ impl From<StoredMessage> for chat::ChatMessage {
             timestamp: Some(timestamp_from_us(m.timestamp_us)),
             seq: m.seq,
             edited_at: m.edited_us.map(timestamp_from_us),
-            deleted: m.deleted,
-            revision: m.revision,
+            deleted: changed.then_some(m.deleted),
+            revision: changed.then_some(m.revision),
         }
     }
 }
