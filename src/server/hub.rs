@@ -342,7 +342,7 @@ impl Hub {
     /// once per stream however many of those rooms it is in. Renames are
     /// rare, so a walk of every room beats keeping a user -> rooms index
     /// up to date on every join and leave.
-    fn renamed(&self, user: &UserRecord) {
+    fn renamed(&self, user: &UserRecord, done: &mut Committed) {
         let frame = Arc::new(ChatStream {
             event: Some(Event::UserRenamed(chat::UserRenamed {
                 user_id: user.id.clone(),
@@ -361,7 +361,7 @@ impl Hub {
             }
             for member in members {
                 if told.insert(member.outbox.stream) {
-                    member.outbox.push_shared(frame.clone());
+                    done.slow_ended += u64::from(member.outbox.push_shared(frame.clone()));
                 }
             }
         }
@@ -395,7 +395,7 @@ impl Hub {
                 (Tag::Rename(reply), result) => {
                     let user = user_result(result);
                     if let Ok(user) = &user {
-                        self.renamed(user);
+                        self.renamed(user, &mut done);
                     }
                     let _ = reply.send(user);
                 }
@@ -713,6 +713,113 @@ mod tests {
         assert!(!hub.typing("r", outsider.outbox.stream(), "eve"));
         assert!(!hub.typing("nowhere", ada.outbox.stream(), "ada"));
         assert!(bob.frames().is_empty());
+    }
+
+    fn change_tag(origin: &Outbox, request_id: &str) -> Tag {
+        Tag::Change {
+            origin: origin.clone(),
+            request_id: Some(request_id.into()),
+            room_id: "r".into(),
+            seq: 1,
+        }
+    }
+
+    fn changed(mut msg: StoredMessage, revision: u64) -> StoredMessage {
+        msg.content = "edited".into();
+        msg.revision = revision;
+        msg
+    }
+
+    #[test]
+    fn a_change_reaches_the_room_and_its_asker_alone_hears_a_no_op_or_a_refusal() {
+        let hub = Hub::default();
+        let (mut ada, mut bob, mut outsider) = (probe(16), probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        hub.join("r", &bob.outbox, Some("bob"));
+        ada.frames();
+        let done = hub.committed(vec![(
+            change_tag(&ada.outbox, "e1"),
+            Ok(Written::Changed(changed(stored("r", 1), 1))),
+        )]);
+        assert_eq!((done.changed, done.deliveries), (1, 2));
+        let seen = |p: &mut Probe| -> Vec<(Option<String>, u64, Option<u64>)> {
+            p.frames()
+                .into_iter()
+                .filter_map(|f| match f.event {
+                    Some(Event::MessageChanged(m)) => Some((f.request_id, m.seq, m.revision)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(seen(&mut ada), [(Some("e1".to_owned()), 1, Some(1))]);
+        assert_eq!(seen(&mut bob), [(None, 1, Some(1))]);
+
+        hub.committed(vec![(
+            change_tag(&ada.outbox, "e2"),
+            Ok(Written::Unchanged(changed(stored("r", 1), 1))),
+        )]);
+        assert_eq!(seen(&mut ada), [(Some("e2".to_owned()), 1, Some(1))]);
+        assert!(bob.frames().is_empty(), "a no-op is nobody else's news");
+
+        hub.committed(vec![(
+            change_tag(&outsider.outbox, "e3"),
+            Ok(Written::Refused(crate::storage::ChangeRefused::NotSender)),
+        )]);
+        let frames = outsider.frames();
+        let Some(Event::Error(e)) = &frames[0].event else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(e.code, chat::Code::PermissionDenied as i32);
+        assert_eq!(frames[0].request_id.as_deref(), Some("e3"));
+        assert!(ada.frames().is_empty() && bob.frames().is_empty());
+    }
+
+    #[test]
+    fn a_rename_reaches_each_stream_sharing_a_room_once() {
+        let hub = Hub::default();
+        let (mut ada, mut bob, mut listener, mut cy) = (probe(16), probe(16), probe(16), probe(16));
+        for room in ["r1", "r2"] {
+            hub.join(room, &ada.outbox, Some("ada"));
+            hub.join(room, &bob.outbox, Some("bob"));
+        }
+        hub.join("r2", &listener.outbox, None);
+        hub.join("r3", &cy.outbox, Some("cy"));
+        let (reply, _answer) = oneshot::channel();
+        let renamed = UserRecord {
+            id: "ada".into(),
+            name: "Ada L.".into(),
+            created_at_us: 1,
+        };
+        hub.committed(vec![(Tag::Rename(reply), Ok(Written::User(renamed)))]);
+        let renames = |p: &mut Probe| -> Vec<String> {
+            p.frames()
+                .into_iter()
+                .filter_map(|f| match f.event {
+                    Some(Event::UserRenamed(r)) => Some(format!("{}={}", r.user_id, r.name)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            renames(&mut bob),
+            ["ada=Ada L."],
+            "two shared rooms, one frame"
+        );
+        assert_eq!(renames(&mut ada), ["ada=Ada L."]);
+        assert_eq!(renames(&mut listener), ["ada=Ada L."]);
+        assert!(renames(&mut cy).is_empty(), "shares no room");
+    }
+
+    #[test]
+    fn member_counts_are_distinct_users_without_listeners() {
+        let hub = Hub::default();
+        let (ada, ada_too, bob, listener) = (probe(16), probe(16), probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        hub.join("r", &ada_too.outbox, Some("ada"));
+        hub.join("r", &bob.outbox, Some("bob"));
+        hub.join("r", &listener.outbox, None);
+        hub.join("quiet", &listener.outbox, None);
+        assert_eq!(hub.member_counts(["r", "quiet", "nowhere"]), [2, 0, 0]);
     }
 
     #[test]
