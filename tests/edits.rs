@@ -7,7 +7,7 @@ mod support;
 use serde_json::{Value, json};
 use tonic::Code;
 
-use support::{Server, System, WAIT, Ws, bearer, token_for};
+use support::{Proxy, Server, System, WAIT, Ws, bearer, token_for};
 use wsgate::proto::chat::{
     ChatMessage, ChatStream, DeleteMessage, EditMessage, GetChatHistoryRequest, chat_stream::Event,
 };
@@ -454,5 +454,56 @@ async fn the_same_catch_up_over_grpc_reads_revisions_as_numbers() {
         (seq, Some(1))
     );
     assert!(page.messages[0].edited_at.is_some());
+    server.stop().await;
+}
+
+/// A WebSocket through a `--auth jwt` gateway, signed in by its first frame.
+async fn signed_in(proxy: &Proxy, user: &str) -> Ws {
+    let mut ws = proxy.connect().await;
+    ws.send(json!({"auth": {"token": token_for(user)}})).await;
+    assert_eq!(ws.recv().await["auth"]["sub"], user);
+    ws
+}
+
+#[tokio::test]
+async fn through_a_jwt_gateway_another_users_message_is_refused_as_json() {
+    let server = Server::start_with_jwt().await;
+    let proxy = Proxy::start_with(wsgate::proxy::Config {
+        auth: Some(support::test_verifier(std::time::Duration::ZERO)),
+        ..wsgate::proxy::Config::new(server.uri())
+    })
+    .await;
+    let mut alice = signed_in(&proxy, "alice").await;
+    let mut bob = signed_in(&proxy, "bob").await;
+    alice.join("r", "alice").await;
+    bob.join("r", "bob").await;
+    let seq = alice.say("r", "alice", "m1", "mine").await["seq"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // As himself: not his message; as alice: not him.
+    let refused = edit(&mut bob, "r", &seq, "", "yours now").await;
+    assert_eq!(error_code(&refused), "PERMISSION_DENIED", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not yours")
+    );
+    let refused = delete(&mut bob, "r", &seq, "alice").await;
+    assert_eq!(error_code(&refused), "PERMISSION_DENIED", "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sender_id")
+    );
+
+    // Alice leaves sender_id empty: the server fills it from her token.
+    let answer = edit(&mut alice, "r", &seq, "", "mine, edited").await;
+    assert_eq!(answer["message_changed"]["sender_id"], "alice", "{answer}");
+    assert_eq!(next_change(&mut bob).await["content"], "mine, edited");
+    proxy.stop().await;
     server.stop().await;
 }
