@@ -1,0 +1,483 @@
+// Rendering of the message list, at the cost of what changed. Each room has
+// its own <ol>, built once and kept while the room is not shown; the shown
+// one carries id="messages". A live message inserts one element (and redraws
+// the one after it if its grouping changed), an older page one fragment, a
+// confirmation replaces the pending element in place, a rename rewrites that
+// user's headers. Changes to a room not shown wait until it is shown.
+// Reads the store; never changes it (asks for older pages through `onWantOlder`).
+
+import { dayKey, dayLabel, groupsWith, hue, linkParts, whenOf } from "./format.js";
+
+const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
+const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "long", day: "numeric" });
+
+/** Within this many pixels of the end counts as "at the bottom" (stick to new messages). */
+const BOTTOM_SLACK_PX = 48;
+/** Closer than this to the top asks for the older page. */
+const LOAD_OLDER_PX = 120;
+
+/** The "you" badge beside the user's own name. */
+export function youBadge() {
+  const you = document.createElement("span");
+  you.className = "you";
+  you.textContent = "you";
+  return you;
+}
+
+/** Appends `text` to `el`, with http(s) links made clickable; never parses HTML. */
+export function appendText(el, text) {
+  for (const part of linkParts(text)) {
+    if (part.url) {
+      const a = document.createElement("a");
+      a.href = part.url;
+      a.textContent = part.url;
+      a.rel = "noopener noreferrer";
+      a.target = "_blank";
+      el.append(a);
+    } else {
+      el.append(document.createTextNode(part.text));
+    }
+  }
+}
+
+/**
+ * `dom`: {scroller, list (the initial #messages), empty, note, jump};
+ * `isOpen()`: whether the connection is up (for "Sending…").
+ */
+export function createMessageList({ store, dom, isOpen, onWantOlder }) {
+  const { userId } = store.state;
+  const views = new Map(); // room name -> view
+  let shown = null; // the view in the scroller
+  const template = dom.list;
+
+  // ---------- elements ----------
+
+  function senderHeader(li, m) {
+    const name = store.nameOf(m.sender_id);
+    const avatar = li.querySelector(".avatar");
+    if (avatar) avatar.textContent = (name.trim()[0] || "?").toUpperCase();
+    const who = li.querySelector(".who");
+    if (who) who.textContent = name;
+  }
+
+  function messageEl(entry) {
+    const { msg: m, grouped, pending, failed } = entry;
+    const li = document.createElement("li");
+    li.className = "msg";
+    if (m.sender_id === userId) li.classList.add("mine");
+    if (grouped) li.classList.add("grouped");
+    if (pending) li.classList.add("pending");
+    if (failed) li.classList.add("failed");
+    if (m.seq) li.dataset.seq = String(m.seq);
+    li.dataset.id = m.id;
+    li.dataset.sender = m.sender_id;
+
+    const when = whenOf(m);
+    const time = document.createElement("time");
+    time.dateTime = when.toISOString();
+    time.textContent = timeFmt.format(when);
+    time.title = fullFmt.format(when);
+
+    const body = document.createElement("div");
+    body.className = "body";
+    if (grouped) {
+      time.className = "gutter-time";
+      li.append(time);
+    } else {
+      const avatar = document.createElement("span");
+      avatar.className = "avatar";
+      avatar.setAttribute("aria-hidden", "true");
+      avatar.style.setProperty("--h", hue(m.sender_id));
+      li.append(avatar);
+      const meta = document.createElement("div");
+      meta.className = "meta";
+      const who = document.createElement("span");
+      who.className = "who";
+      meta.append(who);
+      if (m.sender_id === userId) meta.append(youBadge());
+      meta.append(time);
+      body.append(meta);
+    }
+    const text = document.createElement("div");
+    text.className = "text";
+    appendText(text, m.content);
+    body.append(text);
+    if (pending || failed) body.append(sendState(entry));
+    li.append(body);
+    if (!grouped) senderHeader(li, m);
+    return li;
+  }
+
+  function sendState(entry) {
+    const st = document.createElement("div");
+    st.className = "send-state";
+    if (entry.failed) {
+      const err = document.createElement("span");
+      err.className = "send-error";
+      err.textContent = `Not sent: ${entry.msg.error}`;
+      const retry = document.createElement("button");
+      retry.type = "button";
+      retry.className = "btn link";
+      retry.textContent = "Retry";
+      retry.dataset.action = "retry";
+      const discard = document.createElement("button");
+      discard.type = "button";
+      discard.className = "btn link";
+      discard.textContent = "Discard";
+      discard.dataset.action = "discard";
+      st.append(err, " ", retry, " ", discard);
+    } else {
+      st.textContent = isOpen() ? "Sending…" : "Waiting for connection…";
+    }
+    return st;
+  }
+
+  function daySep(m) {
+    const sep = document.createElement("li");
+    sep.className = "day";
+    sep.textContent = dayLabel(whenOf(m), new Date(), (d) => dayFmt.format(d));
+    return sep;
+  }
+
+  // ---------- a room's list ----------
+  // view.entries: confirmed messages by seq, then the pending ones in outbox
+  // order; each {key, msg, pending, failed, grouped, day, el, sep}.
+
+  function newView(room) {
+    const ol = template.cloneNode(false);
+    ol.removeAttribute("id");
+    const view = { room, ol, entries: [], confirmed: 0, queued: [], outboxStale: false, scrollTop: null };
+    views.set(room, view);
+    insertRun(view, 0, store.messagesOf(room).map(confirmedEntry));
+    syncPending(view);
+    return view;
+  }
+
+  const confirmedEntry = (msg) => ({ key: msg.seq, msg, pending: false, failed: false });
+  const pendingEntry = (item) => ({
+    key: `p:${item.id}`,
+    msg: { ...item, sender_id: userId },
+    pending: item.state === "pending",
+    failed: item.state === "failed",
+  });
+
+  /** Grouping and day separator of `entry` after `prev`; (re)builds its element if they changed. */
+  function place(entry, prev) {
+    const day = dayKey(entry.msg);
+    const needSep = !prev || prev.day !== day;
+    const grouped = !needSep && groupsWith(prev.msg, entry.msg, { failed: entry.failed });
+    let changed = false;
+    if (!entry.el || entry.grouped !== grouped) {
+      entry.grouped = grouped;
+      const el = messageEl(entry);
+      if (entry.el && entry.el.parentNode) entry.el.replaceWith(el);
+      entry.el = el;
+      changed = true;
+    }
+    entry.day = day;
+    if (needSep && !entry.sep) {
+      entry.sep = daySep(entry.msg);
+      if (entry.el.parentNode) entry.el.before(entry.sep);
+      changed = true;
+    } else if (!needSep && entry.sep) {
+      entry.sep.remove();
+      entry.sep = null;
+      changed = true;
+    }
+    return changed;
+  }
+
+  const firstNode = (entry) => entry.sep || entry.el;
+
+  /** Inserts entries (in order) at `index` as one fragment, then re-places the entry after them. */
+  function insertRun(view, index, run) {
+    if (!run.length) return;
+    const frag = document.createDocumentFragment();
+    let prev = view.entries[index - 1] || null;
+    for (const e of run) {
+      place(e, prev);
+      if (e.sep) frag.append(e.sep);
+      frag.append(e.el);
+      prev = e;
+    }
+    const next = view.entries[index];
+    view.ol.insertBefore(frag, next ? firstNode(next) : null);
+    view.entries.splice(index, 0, ...run);
+    if (!run[0].pending && !run[0].failed) view.confirmed += run.length;
+    if (next) place(next, prev);
+  }
+
+  function removeAt(view, index) {
+    const [e] = view.entries.splice(index, 1);
+    e.sep?.remove();
+    e.el.remove();
+    if (!e.pending && !e.failed) view.confirmed -= 1;
+    const next = view.entries[index];
+    if (next) place(next, view.entries[index - 1] || null);
+  }
+
+  /** Index where a confirmed message of this seq goes (binary search over the confirmed part). */
+  function confirmedIndex(view, seq) {
+    let lo = 0;
+    let hi = view.confirmed;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (view.entries[mid].key < seq) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** Index of the pending entry of outbox item `id`, or -1. */
+  function pendingIndex(view, id) {
+    const key = `p:${id}`;
+    for (let k = view.confirmed; k < view.entries.length; k++) if (view.entries[k].key === key) return k;
+    return -1;
+  }
+
+  /** New stored messages (sorted by seq), wherever they fall: runs of them go in as fragments. */
+  function addMessages(view, added) {
+    const mine = (m) => m.sender_id === userId && view.entries.length > view.confirmed;
+    let i = 0;
+    while (i < added.length) {
+      const m = added[i];
+      const at = confirmedIndex(view, m.seq);
+      const p = mine(m) ? pendingIndex(view, m.id) : -1;
+      // The confirmation of the first pending message, where it already stands.
+      if (p === view.confirmed && at === view.confirmed) {
+        confirmInPlace(view, view.entries[p], m);
+        i += 1;
+        continue;
+      }
+      if (p >= 0) removeAt(view, p);
+      // The messages that go to the same place form one fragment.
+      const bound = at < view.confirmed ? view.entries[at].key : Infinity;
+      let j = i + 1;
+      while (j < added.length && added[j].seq < bound && !(mine(added[j]) && pendingIndex(view, added[j].id) >= 0)) j += 1;
+      insertRun(view, at, added.slice(i, j).map(confirmedEntry));
+      i = j;
+    }
+  }
+
+  function confirmInPlace(view, entry, msg) {
+    entry.key = msg.seq;
+    entry.msg = msg;
+    entry.pending = false;
+    entry.failed = false;
+    entry.grouped = undefined; // rebuilt: the pending element is replaced where it stands
+    place(entry, view.entries[view.confirmed - 1] || null);
+    view.confirmed += 1;
+    const next = view.entries[view.confirmed];
+    if (next) place(next, entry);
+  }
+
+  /** The pending part follows the outbox: removed, failed/pending again, or new ones appended. */
+  function syncPending(view) {
+    const items = store.outboxOf(view.room);
+    const want = new Map(items.map((o) => [`p:${o.id}`, o]));
+    for (let k = view.entries.length - 1; k >= view.confirmed; k--) {
+      if (!want.has(view.entries[k].key)) removeAt(view, k);
+    }
+    for (let k = view.confirmed; k < view.entries.length; k++) {
+      const e = view.entries[k];
+      const o = want.get(e.key);
+      want.delete(e.key);
+      const failed = o.state === "failed";
+      if (e.failed !== failed || e.msg.error !== o.error) {
+        e.failed = failed;
+        e.pending = !failed;
+        e.msg = { ...o, sender_id: userId };
+        e.grouped = undefined; // rebuilt in place
+        place(e, view.entries[k - 1] || null);
+        const next = view.entries[k + 1];
+        if (next) place(next, e);
+      }
+    }
+    const fresh = [...want.values()].map(pendingEntry);
+    if (fresh.length) insertRun(view, view.entries.length, fresh);
+    return fresh.length > 0;
+  }
+
+  // ---------- scrolling ----------
+
+  const atBottom = () => {
+    const s = dom.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < BOTTOM_SLACK_PX;
+  };
+
+  /**
+   * Runs a change to the shown list keeping today's rules: at the bottom
+   * stays at the bottom; content added above keeps what is read in place;
+   * `fn` returns {appended, toBottom}: `toBottom` scrolls down (own message).
+   */
+  function changeShown(fn) {
+    const s = dom.scroller;
+    const wasAtBottom = atBottom();
+    const fromBottom = s.scrollHeight - s.scrollTop;
+    const firstBefore = shown.entries[0];
+    const result = fn();
+    if (result.toBottom || wasAtBottom) s.scrollTop = s.scrollHeight;
+    else if (shown.entries[0] !== firstBefore) s.scrollTop = s.scrollHeight - fromBottom;
+    if (result.appended && !wasAtBottom && !result.toBottom) dom.jump.hidden = false;
+    if (!dom.jump.hidden && atBottom()) dom.jump.hidden = true;
+    renderChrome();
+    return result;
+  }
+
+  /** Asks for older pages while the list does not fill the view. */
+  function fillUp() {
+    const r = store.currentRoom();
+    const s = dom.scroller;
+    if (r && r.hasOlder && r.lastSeq !== null && !r.loadingOlder && s.scrollHeight <= s.clientHeight + 40) {
+      onWantOlder(r.name);
+    }
+  }
+
+  // ---------- what is around the list ----------
+
+  function renderChrome() {
+    const r = store.currentRoom();
+    const empty = dom.empty;
+    const hasPending = r ? store.state.outbox.some((o) => o.room_id === r.name) : false;
+    let text = null;
+    if (!r) text = "Join a room from the side list to start chatting.";
+    else if (r.lastSeq === null && !r.bySeq.size) text = isOpen() ? "Loading messages…" : "Messages will load once connected.";
+    else if (!r.bySeq.size && !hasPending) text = `This is the start of #${r.name}. Say hello!`;
+    empty.hidden = text === null;
+    if (text !== null && empty.textContent !== text) empty.textContent = text;
+
+    const note = dom.note;
+    if (!r || r.lastSeq === null || !r.bySeq.size) {
+      note.hidden = true;
+    } else {
+      note.hidden = false;
+      const t = r.loadingOlder
+        ? "Loading older messages…"
+        : r.hasOlder
+          ? "Scroll up for older messages"
+          : `This is the beginning of #${r.name}.`;
+      if (note.textContent !== t) note.textContent = t;
+    }
+  }
+
+  // ---------- switching rooms ----------
+
+  function show(room) {
+    const s = dom.scroller;
+    if (shown) {
+      shown.scrollTop = atBottom() ? null : s.scrollTop;
+      shown.ol.removeAttribute("id");
+    }
+    const view = room === null ? null : views.get(room) || newView(room);
+    const ol = view ? view.ol : template.cloneNode(false);
+    ol.id = "messages";
+    const current = shown ? shown.ol : dom.list;
+    if (current !== ol) current.replaceWith(ol);
+    dom.list = ol;
+    shown = view;
+    if (view) flushQueued(view);
+    if (view && view.scrollTop !== null) s.scrollTop = view.scrollTop;
+    else s.scrollTop = s.scrollHeight;
+    dom.jump.hidden = true;
+    renderChrome();
+    fillUp();
+  }
+
+  function flushQueued(view) {
+    const queued = view.queued;
+    view.queued = [];
+    for (const added of queued) addMessages(view, added);
+    if (view.outboxStale) {
+      view.outboxStale = false;
+      syncPending(view);
+    }
+  }
+
+  // ---------- store events ----------
+
+  store.subscribe((ev) => {
+    switch (ev.type) {
+      case "current":
+        show(ev.room);
+        break;
+      case "messages": {
+        const view = views.get(ev.room);
+        if (!view) break; // built from the store when first shown
+        if (view !== shown) {
+          view.queued.push(ev.added);
+          break;
+        }
+        const lastBefore = view.entries[view.confirmed - 1];
+        changeShown(() => {
+          addMessages(view, ev.added);
+          return { appended: view.entries[view.confirmed - 1] !== lastBefore };
+        });
+        fillUp();
+        break;
+      }
+      case "outbox": {
+        const view = views.get(ev.room);
+        if (!view) break;
+        if (view !== shown) {
+          view.outboxStale = true;
+          break;
+        }
+        // A new pending message is the user's own: show it.
+        changeShown(() => ({ appended: false, toBottom: syncPending(view) }));
+        break;
+      }
+      case "name":
+        for (const view of views.values()) rename(view, ev.id);
+        break;
+      case "room":
+        if (ev.room === store.state.current) {
+          renderChrome();
+          if (shown) fillUp();
+        }
+        break;
+      case "rooms":
+        for (const name of [...views.keys()]) if (!store.room(name)) views.delete(name);
+        break;
+      case "connection":
+        if (shown) for (let k = shown.confirmed; k < shown.entries.length; k++) refreshSendState(shown.entries[k]);
+        renderChrome();
+        break;
+      default:
+        break;
+    }
+  });
+
+  function rename(view, id) {
+    const sel = `li.msg[data-sender="${CSS.escape(id)}"]:not(.grouped)`;
+    for (const li of view.ol.querySelectorAll(sel)) senderHeader(li, { sender_id: id });
+  }
+
+  function refreshSendState(entry) {
+    if (!entry.pending) return;
+    const st = entry.el.querySelector(".send-state");
+    const text = isOpen() ? "Sending…" : "Waiting for connection…";
+    if (st && st.textContent !== text) st.textContent = text;
+  }
+
+  // ---------- the user ----------
+
+  dom.scroller.addEventListener("scroll", () => {
+    if (!dom.jump.hidden && atBottom()) dom.jump.hidden = true;
+    const r = store.currentRoom();
+    if (r && dom.scroller.scrollTop < LOAD_OLDER_PX) onWantOlder(r.name);
+  });
+  dom.jump.addEventListener("click", () => {
+    dom.scroller.scrollTop = dom.scroller.scrollHeight;
+    dom.jump.hidden = true;
+  });
+
+  return {
+    show,
+    /** Scrolls to the newest message (after sending). */
+    toBottom() {
+      dom.scroller.scrollTop = dom.scroller.scrollHeight;
+      dom.jump.hidden = true;
+    },
+  };
+}
