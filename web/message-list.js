@@ -1,6 +1,7 @@
 // Rendering of the message list, at the cost of what changed. Each room has
-// its own <ol>, built once and kept while the room is not shown; the shown
-// one carries id="messages". A live message inserts one element (and redraws
+// its own <ol>, built once and kept in the page while the room is not shown
+// (class "away": content-visibility hidden, so the browser keeps its layout
+// and showing it again costs little); the shown one carries id="messages". A live message inserts one element (and redraws
 // the one after it if its grouping changed), an older page one fragment, a
 // confirmation replaces the pending element in place, a rename rewrites that
 // user's headers. Changes to a room not shown wait until it is shown.
@@ -365,16 +366,19 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   function show(room) {
     const s = dom.scroller;
-    if (shown) {
-      shown.scrollTop = atBottom() ? null : s.scrollTop;
-      shown.ol.removeAttribute("id");
-    }
+    if (shown) shown.scrollTop = atBottom() ? null : s.scrollTop;
     const view = room === null ? null : views.get(room) || newView(room);
-    const ol = view ? view.ol : template.cloneNode(false);
-    ol.id = "messages";
-    const current = shown ? shown.ol : dom.list;
-    if (current !== ol) current.replaceWith(ol);
-    dom.list = ol;
+    const ol = view ? view.ol : template;
+    if (ol !== dom.list) {
+      dom.list.removeAttribute("id");
+      dom.list.classList.add("away");
+      dom.list.setAttribute("aria-hidden", "true");
+      if (!ol.isConnected) template.parentNode.append(ol);
+      ol.classList.remove("away");
+      ol.removeAttribute("aria-hidden");
+      ol.id = "messages";
+      dom.list = ol;
+    }
     shown = view;
     if (view) flushQueued(view);
     if (view && view.scrollTop !== null) s.scrollTop = view.scrollTop;
@@ -437,7 +441,11 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
         }
         break;
       case "rooms":
-        for (const name of [...views.keys()]) if (!store.room(name)) views.delete(name);
+        for (const [name, view] of views) {
+          if (store.room(name)) continue;
+          view.ol.remove();
+          views.delete(name);
+        }
         break;
       case "connection":
         if (shown) for (let k = shown.confirmed; k < shown.entries.length; k++) refreshSendState(shown.entries[k]);
