@@ -3,6 +3,7 @@
 
 use std::marker::PhantomData;
 
+use tonic::Code;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::ProstCodec;
 
@@ -119,8 +120,36 @@ impl chat::User {
     }
 }
 
+/// The canonical name of a gRPC status code, as in `google.rpc.Code` (and
+/// chat.proto's `Code`, so stream errors and gateway errors read alike).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
+    use super::{code_name, descriptor_pool};
+
     #[test]
     fn timestamps_split_into_seconds_and_nanos() {
         let t = super::timestamp_from_us(1_700_000_000_123_456);
@@ -143,5 +172,22 @@ mod tests {
             methods,
             ["GetUser", "SetUserName", "Chat", "GetChatHistory"]
         );
+    }
+
+    #[test]
+    fn code_names_match_google_rpc_code() {
+        // chat.proto's `Code` enum copies google.rpc.Code.
+        let codes = descriptor_pool()
+            .get_enum_by_name("chat.Code")
+            .expect("chat.Code");
+        for value in codes.values() {
+            assert_eq!(
+                code_name(Code::from_i32(value.number())),
+                value.name(),
+                "{}",
+                value.number()
+            );
+        }
+        assert_eq!(codes.values().len(), 17);
     }
 }

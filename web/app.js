@@ -4,6 +4,8 @@
 // Layout (one concept per module):
 //   app.js            this file: builds the parts, wires the page's controls
 //   connection.js     the WebSocket: reconnect with backoff, calls by request_id
+//   session.js        signing in (--auth jwt): auth frames, renewal, the signed-out panel
+//   auth.js           tokens: sign-in links, the app's token endpoint, close reasons
 //   chat.js           the chat protocol: frames -> store, user actions -> frames
 //   store.js          the state (rooms, messages, outbox, names, presence); emits what changed
 //   persist.js        what is kept across visits (localStorage)
@@ -13,6 +15,7 @@
 //   format.js         pure helpers: links, days, grouping, typing text
 //   backoff.js        retry delays
 
+import * as auth from "./auth.js";
 import { createChat } from "./chat.js";
 import { createConnection } from "./connection.js";
 import { normalizeRoom } from "./format.js";
@@ -20,11 +23,13 @@ import { createMessageList } from "./message-list.js";
 import { KEYS, createPersist } from "./persist.js";
 import { createPresenceView } from "./presence-view.js";
 import { createRoomList } from "./room-list.js";
+import { createSession } from "./session.js";
 import { createStore } from "./store.js";
 
 const $ = (id) => document.getElementById(id);
 
 const persist = createPersist();
+// With `--auth jwt` the id is the token's `sub`, learnt when signing in (session.js).
 const userId = persist.get(KEYS.userId, null) || crypto.randomUUID();
 persist.set(KEYS.userId, userId);
 const userName = persist.get(KEYS.userName, null) || `guest-${userId.slice(0, 4)}`;
@@ -42,9 +47,15 @@ function announce(text) {
 }
 
 const conn = createConnection({
-  onOpen: () => chat.onOpen(),
-  onFrame: (frame) => chat.onFrame(frame),
-  onClose: () => chat.onClose(),
+  onOpen: (socket) => session.signIn(socket),
+  onFrame: (frame) => session.onFrame(frame) || chat.onFrame(frame),
+  onDrop: () => {
+    session.onDrop();
+    chat.onClose();
+  },
+  onClose: (ev) => session.onClose(ev),
+  mayReconnect: () => session.mayReconnect(),
+  waitText: (text, neverOpened) => session.waitText(text, neverOpened),
   onStatus: (state, text) => store.setConnection(state, text),
 });
 
@@ -55,6 +66,8 @@ const chat = createChat({
   newId: () => crypto.randomUUID(),
   isVisible: () => document.visibilityState === "visible",
 });
+
+const session = createSession({ store, conn, onConnected: (signedIn) => chat.onOpen(signedIn), $ });
 
 // ---------- views ----------
 
@@ -90,7 +103,8 @@ function renderStatus() {
   $("head-status-text").textContent = text;
   $("head-status").title = text;
   if (prev && state !== prev) {
-    announce(state === "connected" ? "Connected" : state === "offline" ? "Offline" : "Connection lost, reconnecting");
+    const said = { connected: "Connected", offline: "Offline", "signed-out": "Signed out" };
+    announce(said[state] || "Connection lost, reconnecting");
   }
   $("retry").hidden = state !== "reconnecting" && state !== "offline";
 }
@@ -100,7 +114,9 @@ store.subscribe((ev) => {
     renderHead();
     closeDrawer();
   } else if (ev.type === "connection") renderStatus();
-  else if (ev.type === "name" && ev.id === userId) $("name").value = store.state.userName;
+  else if ((ev.type === "name" && ev.id === store.state.userId) || ev.type === "identity") {
+    $("name").value = store.state.userName;
+  }
 });
 
 setInterval(() => conn.updateReconnectText(), 1000);
@@ -194,6 +210,8 @@ function wire() {
     $("content").focus();
   });
   addEventListener("hashchange", () => {
+    // A sign-in link opened in this tab.
+    if (auth.takeTokenFromUrl()) session.signInAgain();
     const name = roomFromHash();
     if (name && name !== store.state.current) chat.joinRoom(name);
   });
@@ -234,6 +252,7 @@ function wire() {
 function start() {
   wire();
   renderStatus();
+  auth.takeTokenFromUrl(); // before the fragment is read as a room name
   // Rooms: the saved list, the rooms of unsent messages, and the one in the URL.
   for (const name of persist.get(KEYS.rooms, [])) if (typeof name === "string" && name) store.addRoom(name);
   for (const o of store.state.outbox) store.addRoom(o.room_id);

@@ -18,7 +18,8 @@ const TYPING_SEND_EVERY_MS = 3000;
  * readers; `newId()`: message ids; `isVisible()`: whether the page is seen.
  */
 export function createChat({ store, conn, announce = () => {}, newId, isVisible = () => true }) {
-  const { userId } = store.state;
+  // The own id is read at each use: signing in (--auth jwt) may change it.
+  const me = () => store.state.userId;
   const rooms = new Map(); // room name -> {catching, catchAgain, retryTimer, retryAttempt}
   const sync = (name) => {
     let s = rooms.get(name);
@@ -38,7 +39,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
 
   /** Looks a name up if it is unknown or stale; the store announces any change. */
   function wantName(id) {
-    if (typeof id !== "string" || id === userId || lookingUp.has(id) || !conn.isOpen()) return;
+    if (typeof id !== "string" || id === me() || lookingUp.has(id) || !conn.isOpen()) return;
     const at = fresh.get(id);
     if (at !== undefined && Date.now() - at < NAME_TTL_MS) return;
     lookingUp.add(id);
@@ -92,10 +93,11 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
 
   // ---------- frames ----------
 
-  function onOpen() {
+  /** The connection is up and signed in (`signedIn`: with a token, the server holds the name). */
+  function onOpen(signedIn = false) {
     // Others may have renamed themselves meanwhile.
     fresh.clear();
-    conn.call("set_user_name", { user_id: userId, name: store.state.userName }).catch(() => {});
+    if (!signedIn) conn.call("set_user_name", { user_id: me(), name: store.state.userName }).catch(() => {});
     flushOutbox(true);
     for (const name of store.state.rooms.keys()) enterRoom(name);
     wantNamesShown();
@@ -111,8 +113,14 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
   function onFrame(frame) {
     if (frame.error) onError(frame.error, frame.request_id);
     else if (frame.chat_message) onChatMessage(frame.chat_message);
-    else if (frame.presence) onPresence(frame.presence);
-    else if (frame.typing) onTyping(frame.typing);
+    else if (frame.presence) {
+      onPresence(frame.presence);
+      // A snapshot nobody asked for: the gateway re-opened the stream (after a
+      // renewal, or the service coming back), and what was said meanwhile
+      // reaches us only through history.
+      const p = frame.presence;
+      if (p && p.snapshot && store.room(p.room_id)) catchUp(p.room_id);
+    } else if (frame.typing) onTyping(frame.typing);
   }
 
   function onError(error, rid) {
@@ -160,7 +168,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     timers.delete(id);
   }
   function onTyping(t) {
-    if (!t || typeof t.user_id !== "string" || t.user_id === userId || !store.room(t.room_id)) return;
+    if (!t || typeof t.user_id !== "string" || t.user_id === me() || !store.room(t.room_id)) return;
     clearTypingTimer(t.room_id, t.user_id);
     if (!typingTimers.has(t.room_id)) typingTimers.set(t.room_id, new Map());
     typingTimers.get(t.room_id).set(
@@ -183,14 +191,14 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     const now = Date.now();
     if (lastTypingSent.room === room && now - lastTypingSent.at < TYPING_SEND_EVERY_MS) return;
     lastTypingSent = { room, at: now };
-    conn.send({ typing: { room_id: room, user_id: userId } });
+    conn.send({ typing: { room_id: room, user_id: me() } });
   }
 
   // ---------- rooms & history ----------
 
   /** Messages of others: unread when not shown, and read out to screen readers. */
   function noteNew(room, msgs) {
-    const others = msgs.filter((m) => m.sender_id !== userId);
+    const others = msgs.filter((m) => m.sender_id !== me());
     if (!others.length) return;
     if (room !== store.state.current || !isVisible()) store.addUnread(room, others.length);
     const last = others[others.length - 1];
@@ -207,7 +215,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
    */
   function enterRoom(name) {
     conn
-      .call("join_room", { room_id: name, user_id: userId })
+      .call("join_room", { room_id: name, user_id: me() })
       .then((f) => {
         if (f.presence) onPresence(f.presence);
       })
@@ -333,7 +341,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
   function transmit(item) {
     store.markSent(item);
     return conn.send({
-      chat_message: { id: item.id, room_id: item.room_id, sender_id: userId, content: item.content },
+      chat_message: { id: item.id, room_id: item.room_id, sender_id: me(), content: item.content },
       request_id: `s:${item.id}`,
     });
   }
@@ -359,7 +367,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
   }
 
   async function setName(name) {
-    const a = await conn.call("set_user_name", { user_id: userId, name });
+    const a = await conn.call("set_user_name", { user_id: me(), name });
     store.setUserName((a.user && a.user.name) || name);
   }
 

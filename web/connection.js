@@ -8,8 +8,12 @@ import { backoffDelay } from "./backoff.js";
 const CALL_TIMEOUT_MS = 35000;
 
 /**
- * `hooks`: onOpen(), onFrame(frame) for frames that answer no call,
- * onClose(), onStatus(state, text). `WebSocketImpl` and `url` are for tests.
+ * `hooks`: onOpen(socket) once the upgrade is through (the caller signs in,
+ * then says "connected"); onFrame(frame) for frames that answer no call;
+ * onDrop() when the connection is forgotten (what was in flight has failed);
+ * onClose(event) after a close the page did not ask for, returning false to
+ * stay closed (signed out); onStatus(state, text); waitText(text,
+ * neverOpened) may reword the countdown. `WebSocketImpl` and `url` are for tests.
  */
 export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = globalThis.WebSocket } = {}) {
   let ws = null;
@@ -18,6 +22,8 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
   let reconnectAt = 0;
   let nextRequest = 1;
   const pending = new Map(); // request_id -> {resolve, reject, timer}
+  let opened = false; // the current socket got past its upgrade
+  let neverOpened = 0; // sockets in a row that closed before opening
 
   const isOpen = () => ws !== null && ws.readyState === WebSocketImpl.OPEN;
 
@@ -30,8 +36,8 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
     ws = socket;
     socket.onopen = () => {
       attempt = 0;
-      hooks.onStatus("connected", "Connected");
-      hooks.onOpen();
+      opened = true;
+      hooks.onOpen(socket);
     };
     socket.onmessage = (ev) => {
       let frame;
@@ -42,17 +48,39 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
       }
       if (frame && typeof frame === "object") onFrame(frame);
     };
-    socket.onclose = () => {
+    socket.onclose = (ev) => {
       if (ws !== socket) return;
-      ws = null;
-      for (const [, p] of pending) {
-        clearTimeout(p.timer);
-        p.reject({ code: "UNAVAILABLE", message: "connection closed" });
-      }
-      pending.clear();
-      scheduleReconnect();
-      hooks.onClose();
+      drop();
+      if (hooks.onClose(ev) !== false) scheduleReconnect();
     };
+  }
+
+  /** Forgets the connection (closing it if still open): what was in flight fails. */
+  function drop() {
+    const socket = ws;
+    ws = null;
+    if (socket && socket.readyState <= WebSocketImpl.OPEN) socket.close(1000);
+    neverOpened = opened ? 0 : neverOpened + 1;
+    opened = false;
+    for (const [, p] of pending) {
+      clearTimeout(p.timer);
+      p.reject({ code: "UNAVAILABLE", message: "connection closed" });
+    }
+    pending.clear();
+    hooks.onDrop?.();
+  }
+
+  /** No more reconnecting until `restart` (signed out). */
+  function stop() {
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+  }
+
+  /** Starts over at once, dropping the connection there is (a new sign-in). */
+  function restart() {
+    if (ws) drop();
+    attempt = 0;
+    connect();
   }
 
   function onFrame(frame) {
@@ -81,13 +109,15 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
   function updateReconnectText() {
     if (ws || !reconnectTimer) return;
     const secs = Math.max(0, Math.ceil((reconnectAt - Date.now()) / 1000));
+    let text = secs > 1 ? `Reconnecting in ${secs}s…` : "Reconnecting…";
+    if (hooks.waitText) text = hooks.waitText(text, neverOpened);
     if (globalThis.navigator?.onLine === false) hooks.onStatus("offline", "Offline — waiting for the network");
-    else hooks.onStatus("reconnecting", secs > 1 ? `Reconnecting in ${secs}s…` : "Reconnecting…");
+    else hooks.onStatus("reconnecting", text);
   }
 
   /** Skips the backoff (the network is back, the tab is visible again, "Retry now"). */
   function reconnectNow() {
-    if (!ws) {
+    if (!ws && hooks.mayReconnect?.() !== false) {
       attempt = Math.min(attempt, 1);
       connect();
     }
@@ -115,7 +145,7 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
     });
   }
 
-  return { connect, reconnectNow, updateReconnectText, isOpen, send, call };
+  return { connect, reconnectNow, updateReconnectText, isOpen, send, call, drop, stop, restart, isCurrent: (s) => s === ws };
 }
 
 function defaultUrl() {

@@ -47,7 +47,8 @@ export function appendText(el, text) {
  * `isOpen()`: whether the connection is up (for "Sending…").
  */
 export function createMessageList({ store, dom, isOpen, onWantOlder }) {
-  const { userId } = store.state;
+  // The own id is read at each use: signing in (--auth jwt) may change it.
+  const me = () => store.state.userId;
   const views = new Map(); // room name -> view
   let shown = null; // the view in the scroller
   const template = dom.list;
@@ -66,7 +67,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     const { msg: m, grouped, pending, failed } = entry;
     const li = document.createElement("li");
     li.className = "msg";
-    if (m.sender_id === userId) li.classList.add("mine");
+    if (m.sender_id === me()) li.classList.add("mine");
     if (grouped) li.classList.add("grouped");
     if (pending) li.classList.add("pending");
     if (failed) li.classList.add("failed");
@@ -96,7 +97,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       const who = document.createElement("span");
       who.className = "who";
       meta.append(who);
-      if (m.sender_id === userId) meta.append(youBadge());
+      if (m.sender_id === me()) meta.append(youBadge());
       meta.append(time);
       body.append(meta);
     }
@@ -158,7 +159,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   const confirmedEntry = (msg) => ({ key: msg.seq, msg, pending: false, failed: false });
   const pendingEntry = (item) => ({
     key: `p:${item.id}`,
-    msg: { ...item, sender_id: userId },
+    msg: { ...item, sender_id: me() },
     pending: item.state === "pending",
     failed: item.state === "failed",
   });
@@ -239,7 +240,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   /** New stored messages (sorted by seq), wherever they fall: runs of them go in as fragments. */
   function addMessages(view, added) {
-    const mine = (m) => m.sender_id === userId && view.entries.length > view.confirmed;
+    const mine = (m) => m.sender_id === me() && view.entries.length > view.confirmed;
     let i = 0;
     while (i < added.length) {
       const m = added[i];
@@ -288,7 +289,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       if (e.failed !== failed || e.msg.error !== o.error) {
         e.failed = failed;
         e.pending = !failed;
-        e.msg = { ...o, sender_id: userId };
+        e.msg = { ...o, sender_id: me() };
         e.grouped = undefined; // rebuilt in place
         place(e, view.entries[k - 1] || null);
         const next = view.entries[k + 1];
@@ -308,17 +309,35 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   };
 
   /**
+   * Whether the view follows the newest message. Kept apart from atBottom():
+   * messages off screen have an estimated height (content-visibility) that
+   * becomes their real one when they come into view, which can grow the list
+   * below the reader without any scroll; a ResizeObserver then scrolls down
+   * again. Only a scroll (the reader's, or ours) changes it.
+   */
+  let stuck = true;
+  const stick = () => {
+    dom.scroller.scrollTop = dom.scroller.scrollHeight;
+    stuck = true;
+  };
+  const resized = new ResizeObserver(() => {
+    if (stuck && !atBottom()) dom.scroller.scrollTop = dom.scroller.scrollHeight;
+  });
+  resized.observe(dom.scroller);
+  resized.observe(dom.list);
+
+  /**
    * Runs a change to the shown list keeping today's rules: at the bottom
    * stays at the bottom; content added above keeps what is read in place;
    * `fn` returns {appended, toBottom}: `toBottom` scrolls down (own message).
    */
   function changeShown(fn) {
     const s = dom.scroller;
-    const wasAtBottom = atBottom();
+    const wasAtBottom = stuck || atBottom();
     const fromBottom = s.scrollHeight - s.scrollTop;
     const firstBefore = shown.entries[0];
     const result = fn();
-    if (result.toBottom || wasAtBottom) s.scrollTop = s.scrollHeight;
+    if (result.toBottom || wasAtBottom) stick();
     else if (shown.entries[0] !== firstBefore) s.scrollTop = s.scrollHeight - fromBottom;
     if (result.appended && !wasAtBottom && !result.toBottom) dom.jump.hidden = false;
     if (!dom.jump.hidden && atBottom()) dom.jump.hidden = true;
@@ -366,7 +385,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   function show(room) {
     const s = dom.scroller;
-    if (shown) shown.scrollTop = atBottom() ? null : s.scrollTop;
+    if (shown) shown.scrollTop = stuck || atBottom() ? null : s.scrollTop;
     const view = room === null ? null : views.get(room) || newView(room);
     const ol = view ? view.ol : template;
     if (ol !== dom.list) {
@@ -377,12 +396,16 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       ol.classList.remove("away");
       ol.removeAttribute("aria-hidden");
       ol.id = "messages";
+      resized.unobserve(dom.list);
+      resized.observe(ol);
       dom.list = ol;
     }
     shown = view;
     if (view) flushQueued(view);
-    if (view && view.scrollTop !== null) s.scrollTop = view.scrollTop;
-    else s.scrollTop = s.scrollHeight;
+    if (view && view.scrollTop !== null) {
+      s.scrollTop = view.scrollTop;
+      stuck = false;
+    } else stick();
     dom.jump.hidden = true;
     renderChrome();
     fillUp();
@@ -434,6 +457,17 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       case "name":
         for (const view of views.values()) rename(view, ev.id);
         break;
+      case "identity": {
+        // Signed in as someone else: which messages are "mine" changed everywhere.
+        for (const view of views.values()) if (view !== shown) view.ol.remove();
+        const room = store.state.current;
+        const old = shown;
+        views.clear();
+        shown = null;
+        show(room);
+        if (old && old.ol !== dom.list) old.ol.remove();
+        break;
+      }
       case "room":
         if (ev.room === store.state.current) {
           renderChrome();
@@ -471,12 +505,13 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   // ---------- the user ----------
 
   dom.scroller.addEventListener("scroll", () => {
-    if (!dom.jump.hidden && atBottom()) dom.jump.hidden = true;
+    stuck = atBottom();
+    if (!dom.jump.hidden && stuck) dom.jump.hidden = true;
     const r = store.currentRoom();
     if (r && dom.scroller.scrollTop < LOAD_OLDER_PX) onWantOlder(r.name);
   });
   dom.jump.addEventListener("click", () => {
-    dom.scroller.scrollTop = dom.scroller.scrollHeight;
+    stick();
     dom.jump.hidden = true;
   });
 
@@ -484,7 +519,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     show,
     /** Scrolls to the newest message (after sending). */
     toBottom() {
-      dom.scroller.scrollTop = dom.scroller.scrollHeight;
+      stick();
       dom.jump.hidden = true;
     },
   };

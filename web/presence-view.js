@@ -5,13 +5,14 @@ import { typingText } from "./format.js";
 import { youBadge } from "./message-list.js";
 
 export function createPresenceView({ store, dom }) {
-  const { userId } = store.state;
+  // The own id is read at each use: signing in (--auth jwt) may change it.
+  const me = () => store.state.userId;
 
   /** Display names of a set of ids, the own user first, then alphabetical. */
   function sortedNames(ids) {
     return [...ids]
       .map((id) => ({ id, name: store.nameOf(id) }))
-      .sort((a, b) => (b.id === userId) - (a.id === userId) || a.name.localeCompare(b.name));
+      .sort((a, b) => (b.id === me()) - (a.id === me()) || a.name.localeCompare(b.name));
   }
 
   function renderPresence() {
@@ -26,7 +27,7 @@ export function createPresenceView({ store, dom }) {
     const people = sortedNames(r.online);
     dom.count.textContent = `${people.length} online`;
     const summary = box.querySelector("summary");
-    const all = people.map((p) => (p.id === userId ? `${p.name} (you)` : p.name));
+    const all = people.map((p) => (p.id === me() ? `${p.name} (you)` : p.name));
     summary.title = all.join(", ");
     summary.setAttribute("aria-label", `${people.length} online: ${all.join(", ")}`);
     const frag = document.createDocumentFragment();
@@ -40,7 +41,7 @@ export function createPresenceView({ store, dom }) {
       label.className = "presence-name";
       label.textContent = p.name;
       li.append(dot, label);
-      if (p.id === userId) li.append(youBadge());
+      if (p.id === me()) li.append(youBadge());
       frag.append(li);
     }
     dom.list.replaceChildren(frag);
@@ -54,7 +55,7 @@ export function createPresenceView({ store, dom }) {
 
   store.subscribe((ev) => {
     const r = store.currentRoom();
-    if (ev.type === "current") {
+    if (ev.type === "current" || ev.type === "identity") {
       renderPresence();
       renderTyping();
     } else if (ev.type === "presence" && ev.room === store.state.current) renderPresence();

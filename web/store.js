@@ -14,6 +14,7 @@
 //   presence   {room}          who is online in a room changed
 //   typing     {room}          who is typing in a room changed
 //   connection                 the connection state changed
+//   identity                   the own user id changed (signed in as someone else)
 
 import { KEYS } from "./persist.js";
 import { shortId } from "./format.js";
@@ -29,7 +30,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
   };
 
   const state = {
-    userId,
+    userId, // the own id; with --auth jwt, the token's `sub` (adoptIdentity)
     userName,
     /** Room name -> room; the Map's order is the side list's order. */
     rooms: new Map(),
@@ -40,6 +41,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     connection: { state: "connecting", text: "Connecting…" },
   };
   state.names.set(userId, userName);
+  const me = () => state.userId;
 
   const saveOutbox = () => persist.set(KEYS.outbox, state.outbox);
   const saveRooms = () => persist.set(KEYS.rooms, [...state.rooms.keys()]);
@@ -187,7 +189,8 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
 
     /** Queues a message typed by the user; returns the outbox item. */
     queue(room, content, id, now = Date.now()) {
-      const item = { id, room_id: room, content, created: now, state: "pending" };
+      // `sender`: who typed it, so another user signing in on this browser does not send it.
+      const item = { id, room_id: room, sender: me(), content, created: now, state: "pending" };
       state.outbox.push(item);
       saveOutbox();
       emit({ type: "outbox", room });
@@ -201,7 +204,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     confirmOutbox(msgs, announce = true) {
       let rooms = null;
       for (const m of msgs) {
-        if (m.sender_id !== userId) continue;
+        if (m.sender_id !== me()) continue;
         const i = state.outbox.findIndex((o) => o.id === m.id && o.room_id === m.room_id);
         if (i < 0) continue;
         state.outbox.splice(i, 1);
@@ -252,7 +255,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
 
     /** A user's display name, or a short form of the id until it is known. */
     nameOf(id) {
-      if (id === userId) return state.userName;
+      if (id === me()) return state.userName;
       return state.names.has(id) ? state.names.get(id) : shortId(id);
     },
     knowsName: (id) => state.names.has(id) && state.names.get(id) !== id,
@@ -260,7 +263,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     /** A user is called `name` from now on (looked up, or announced by the server). */
     renameUser(id, name) {
       if (typeof id !== "string" || typeof name !== "string" || !name) return;
-      if (id === userId) {
+      if (id === me()) {
         api.setUserName(name);
         return;
       }
@@ -274,9 +277,25 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     setUserName(name) {
       if (state.userName === name) return;
       state.userName = name;
-      state.names.set(userId, name);
+      state.names.set(me(), name);
       persist.set(KEYS.userName, name);
-      emit({ type: "name", id: userId });
+      emit({ type: "name", id: me() });
+    },
+
+    /**
+     * Signed in as `sub` (--auth jwt): the own id changes. What another user
+     * of this browser typed is not sent as this one. Views redraw (identity).
+     */
+    adoptIdentity(sub, name) {
+      if (sub === state.userId) return;
+      state.userId = sub;
+      persist.set(KEYS.userId, sub);
+      state.outbox = state.outbox.filter((o) => !o.sender || o.sender === sub);
+      saveOutbox();
+      state.userName = name;
+      state.names.set(sub, name);
+      persist.set(KEYS.userName, name);
+      emit({ type: "identity" });
     },
 
     // ---------- presence & typing ----------
@@ -300,7 +319,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
 
     setTyping(name, id, on) {
       const r = state.rooms.get(name);
-      if (!r || id === userId || r.typing.has(id) === on) return;
+      if (!r || id === me() || r.typing.has(id) === on) return;
       if (on) r.typing.add(id);
       else r.typing.delete(id);
       emit({ type: "typing", room: name });

@@ -149,7 +149,8 @@ pub struct Config {
     pub unary_timeout: Duration,
     /// Token verification (`--auth jwt`); `None` trusts every client.
     pub auth: Option<Arc<crate::auth::Verifier>>,
-    /// Where the gateway's metrics are registered; `/metrics` shows it.
+    /// Where the gateway's metrics are registered. Not on the public port:
+    /// the binary serves it on `--metrics-listen` (`crate::metrics::serve`).
     pub metrics: prometheus::Registry,
     /// Time for the TLS handshake and a request's complete headers.
     pub handshake_timeout: Duration,
@@ -223,15 +224,14 @@ pub struct Context {
 
 /// The gateway's HTTP routes: `GET /` is the WebSocket endpoint for a
 /// WebSocket upgrade and the web client otherwise; `GET /healthz` is a
-/// liveness probe; `GET /metrics` the Prometheus metrics.
+/// liveness probe. Metrics are not served here: what a stranger could read
+/// on the public port, they are not shown (`--metrics-listen`).
 pub fn app(ctx: Arc<Context>) -> Router {
-    let metrics = crate::metrics::routes(ctx.config.metrics.clone());
     Router::new()
         .route("/", get(root))
         .merge(web::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctx)
-        .merge(metrics)
 }
 
 async fn root(

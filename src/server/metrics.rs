@@ -7,7 +7,7 @@ use tonic::Code;
 
 use super::hub::Committed;
 use crate::metrics::{latency_buckets, register};
-use crate::proxy::transcode::code_name;
+use crate::proto::code_name;
 
 pub struct ServerMetrics {
     pub streams_open: IntGauge,

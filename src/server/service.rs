@@ -81,9 +81,11 @@ impl ChatService for ChatServiceImpl {
             let lookup = user_id.clone();
             match self.read(move |store| store.get_user(&lookup)).await? {
                 Some(record) => Ok(Response::new(chat::User::from_record(record, online))),
-                // Joined a moment ago, its registration not committed yet.
+                // Joined a moment ago, its registration (and the name its
+                // token gives it) not committed yet: no name rather than a
+                // made-up one, so the client asks again.
                 None if online => Ok(Response::new(chat::User {
-                    name: user_id.clone(),
+                    name: String::new(),
                     id: user_id,
                     status: chat::UserStatus::Online as i32,
                     created_at: None,

@@ -33,10 +33,11 @@ class FakeSocket {
 function setup(t) {
   t.mock.timers.enable({ apis: ["setTimeout"] });
   FakeSocket.made = [];
-  const log = { frames: [], status: [], opened: 0, closed: 0 };
+  const log = { frames: [], status: [], opened: 0, closed: 0, dropped: 0 };
   const conn = createConnection(
     {
       onOpen: () => log.opened++,
+      onDrop: () => log.dropped++,
       onFrame: (f) => log.frames.push(f),
       onClose: () => log.closed++,
       onStatus: (s) => log.status.push(s),
@@ -50,7 +51,8 @@ function setup(t) {
 test("a call resolves with its answer; other frames go to onFrame", async (t) => {
   const { conn, log, socket } = setup(t);
   socket().open();
-  assert.deepEqual(log.status, ["connecting", "connected"]);
+  assert.deepEqual(log.status, ["connecting"], "connected is the caller's to say, after signing in");
+  assert.equal(log.opened, 1);
   const answer = conn.call("get_user", { user_id: "u1" });
   const sent = socket().sent[0];
   assert.deepEqual(sent.get_user, { user_id: "u1" });
@@ -77,6 +79,7 @@ test("a close fails waiting calls and reconnects after a backoff", async (t) => 
   socket().close();
   await assert.rejects(answer, { code: "UNAVAILABLE" });
   assert.equal(log.closed, 1);
+  assert.equal(log.dropped, 1);
   assert.equal(log.status.at(-1), "reconnecting");
   assert.equal(FakeSocket.made.length, 1);
   t.mock.timers.tick(250);
@@ -91,4 +94,20 @@ test("a call with no answer times out", async (t) => {
   const answer = conn.call("get_user", {});
   t.mock.timers.tick(35000);
   await assert.rejects(answer, { code: "DEADLINE_EXCEEDED" });
+});
+
+test("a close the caller answers false to stays closed until restart", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
+  FakeSocket.made = [];
+  const conn = createConnection(
+    { onOpen() {}, onFrame() {}, onClose: () => false, onStatus() {} },
+    { url: "ws://test/", WebSocketImpl: FakeSocket },
+  );
+  conn.connect();
+  FakeSocket.made[0].open();
+  FakeSocket.made[0].close();
+  t.mock.timers.tick(20000);
+  assert.equal(FakeSocket.made.length, 1, "no reconnect while signed out");
+  conn.restart();
+  assert.equal(FakeSocket.made.length, 2);
 });
