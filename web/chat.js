@@ -121,6 +121,8 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
       const p = frame.presence;
       if (p && p.snapshot && store.room(p.room_id)) catchUp(p.room_id);
     } else if (frame.typing) onTyping(frame.typing);
+    // A rename announced by the server is one line here: store.renameUser(id, name)
+    // (the message list, the online list and the typing line follow it).
   }
 
   function onError(error, rid) {

@@ -327,22 +327,37 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   resized.observe(dom.list);
 
   /**
-   * Runs a change to the shown list keeping today's rules: at the bottom
-   * stays at the bottom; content added above keeps what is read in place;
+   * Runs a change to the shown list keeping today's rules: following the
+   * newest stays following; content added above keeps what is read in place;
    * `fn` returns {appended, toBottom}: `toBottom` scrolls down (own message).
+   * Reads no layout unless content goes above the reader (`above`): a burst
+   * of messages then costs one layout per frame, not one per message; the
+   * scroll down happens once, before the next paint.
    */
-  function changeShown(fn) {
+  function changeShown(fn, { above = false } = {}) {
     const s = dom.scroller;
-    const wasAtBottom = stuck || atBottom();
-    const fromBottom = s.scrollHeight - s.scrollTop;
-    const firstBefore = shown.entries[0];
+    const wasStuck = stuck;
+    const fromBottom = above && !wasStuck ? s.scrollHeight - s.scrollTop : 0;
     const result = fn();
-    if (result.toBottom || wasAtBottom) stick();
-    else if (shown.entries[0] !== firstBefore) s.scrollTop = s.scrollHeight - fromBottom;
-    if (result.appended && !wasAtBottom && !result.toBottom) dom.jump.hidden = false;
-    if (!dom.jump.hidden && atBottom()) dom.jump.hidden = true;
+    if (result.toBottom || wasStuck) {
+      stuck = true;
+      afterFrame();
+    } else if (above) s.scrollTop = s.scrollHeight - fromBottom;
+    if (result.appended && !wasStuck && !result.toBottom) dom.jump.hidden = false;
     renderChrome();
     return result;
+  }
+
+  let frameQueued = false;
+  /** Before the next paint: follow the newest message if following, and fill the view. */
+  function afterFrame() {
+    if (frameQueued) return;
+    frameQueued = true;
+    requestAnimationFrame(() => {
+      frameQueued = false;
+      if (stuck) dom.scroller.scrollTop = dom.scroller.scrollHeight;
+      fillUp();
+    });
   }
 
   /** Asks for older pages while the list does not fill the view. */
@@ -436,11 +451,15 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
           break;
         }
         const lastBefore = view.entries[view.confirmed - 1];
-        changeShown(() => {
-          addMessages(view, ev.added);
-          return { appended: view.entries[view.confirmed - 1] !== lastBefore };
-        });
-        fillUp();
+        const first = view.entries[0];
+        changeShown(
+          () => {
+            addMessages(view, ev.added);
+            return { appended: view.entries[view.confirmed - 1] !== lastBefore };
+          },
+          { above: !!first && ev.added[0].seq < (first.pending || first.failed ? Infinity : first.key) },
+        );
+        afterFrame();
         break;
       }
       case "outbox": {
@@ -471,7 +490,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       case "room":
         if (ev.room === store.state.current) {
           renderChrome();
-          if (shown) fillUp();
+          if (shown) afterFrame();
         }
         break;
       case "rooms":
@@ -505,7 +524,8 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   // ---------- the user ----------
 
   dom.scroller.addEventListener("scroll", () => {
-    stuck = atBottom();
+    // A scroll down is due before the next paint: this event predates it.
+    if (!(frameQueued && stuck)) stuck = atBottom();
     if (!dom.jump.hidden && stuck) dom.jump.hidden = true;
     const r = store.currentRoom();
     if (r && dom.scroller.scrollTop < LOAD_OLDER_PX) onWantOlder(r.name);
