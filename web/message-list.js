@@ -15,6 +15,8 @@ const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "lon
 
 /** Within this many pixels of the end counts as "at the bottom" (stick to new messages). */
 const BOTTOM_SLACK_PX = 48;
+/** Entries per chunk of the list, for live messages (see chunk()). */
+const CHUNK = 100;
 /** Closer than this to the top asks for the older page. */
 const LOAD_OLDER_PX = 120;
 
@@ -151,7 +153,8 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     ol.removeAttribute("id");
     const view = { room, ol, entries: [], confirmed: 0, queued: [], outboxStale: false, scrollTop: null };
     views.set(room, view);
-    insertRun(view, 0, store.messagesOf(room).map(confirmedEntry));
+    const all = store.messagesOf(room).map(confirmedEntry);
+    for (let i = 0; i < all.length; i += CHUNK) insertRun(view, view.entries.length, all.slice(i, i + CHUNK));
     syncPending(view);
     return view;
   }
@@ -192,6 +195,21 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   const firstNode = (entry) => entry.sep || entry.el;
 
+  /**
+   * The list is made of chunks (an <li> holding an <ol> of up to CHUNK
+   * entries; an older page is one chunk): a layout after one message then
+   * walks the chunks and one chunk, not every message of the room.
+   */
+  function chunk(content) {
+    const li = document.createElement("li");
+    li.className = "chunk";
+    const ol = document.createElement("ol");
+    ol.className = "chunk-list";
+    ol.append(content);
+    li.append(ol);
+    return li;
+  }
+
   /** Inserts entries (in order) at `index` as one fragment, then re-places the entry after them. */
   function insertRun(view, index, run) {
     if (!run.length) return;
@@ -204,7 +222,13 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       prev = e;
     }
     const next = view.entries[index];
-    view.ol.insertBefore(frag, next ? firstNode(next) : null);
+    if (next && index > 0) next.el.parentNode.insertBefore(frag, firstNode(next));
+    else if (next) view.ol.prepend(chunk(frag)); // an older page: a chunk of its own, above
+    else {
+      const last = view.ol.lastElementChild?.firstElementChild;
+      if (last && last.childElementCount < CHUNK) last.append(frag);
+      else view.ol.append(chunk(frag));
+    }
     view.entries.splice(index, 0, ...run);
     if (!run[0].pending && !run[0].failed) view.confirmed += run.length;
     if (next) place(next, prev);
@@ -212,8 +236,10 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   function removeAt(view, index) {
     const [e] = view.entries.splice(index, 1);
+    const list = e.el.parentNode;
     e.sep?.remove();
     e.el.remove();
+    if (list && !list.firstChild) list.parentNode.remove(); // the chunk is empty
     if (!e.pending && !e.failed) view.confirmed -= 1;
     const next = view.entries[index];
     if (next) place(next, view.entries[index - 1] || null);
@@ -321,8 +347,43 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     stuck = true;
   };
   const resized = new ResizeObserver(() => {
-    if (stuck && !atBottom()) dom.scroller.scrollTop = dom.scroller.scrollHeight;
+    if (stuck) {
+      if (!atBottom()) dom.scroller.scrollTop = dom.scroller.scrollHeight;
+    } else keepAnchor();
   });
+
+  /**
+   * While reading (not following), the message at the top of the view stays
+   * where it is when heights above it become known or a page lands above:
+   * done here rather than by the browser's scroll anchoring (off for the
+   * scroller), which does not see into lists whose heights are estimates.
+   */
+  let anchor = null; // {el, id, top}
+  function takeAnchor() {
+    const box = dom.scroller.getBoundingClientRect();
+    anchor = null;
+    // The middle of the view: a page landing above regroups the message at
+    // its seam, which then changes height; what is below the seam holds still.
+    for (const dy of [box.height / 2, 80, 40, 4]) {
+      const hit = document.elementFromPoint(box.left + box.width / 2, box.top + dy);
+      let el = hit && hit.closest ? hit.closest("li.msg, li.day") : null;
+      if (el && el.classList.contains("day")) el = el.nextElementSibling;
+      if (el && dom.list.contains(el)) {
+        anchor = { el, id: el.dataset.id, top: el.getBoundingClientRect().top };
+        return;
+      }
+    }
+  }
+  function keepAnchor() {
+    if (!anchor) return;
+    // Regrouping replaces an element: follow the message, not the node.
+    if (!anchor.el.isConnected) {
+      anchor.el = dom.list.querySelector(`li.msg[data-id="${CSS.escape(anchor.id || "")}"]`);
+      if (!anchor.el) return void (anchor = null);
+    }
+    const d = anchor.el.getBoundingClientRect().top - anchor.top;
+    if (Math.abs(d) >= 1) dom.scroller.scrollTop += d;
+  }
   resized.observe(dom.scroller);
   resized.observe(dom.list);
 
@@ -337,12 +398,12 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   function changeShown(fn, { above = false } = {}) {
     const s = dom.scroller;
     const wasStuck = stuck;
-    const fromBottom = above && !wasStuck ? s.scrollHeight - s.scrollTop : 0;
+    if (above && !wasStuck) takeAnchor();
     const result = fn();
     if (result.toBottom || wasStuck) {
       stuck = true;
       afterFrame();
-    } else if (above) s.scrollTop = s.scrollHeight - fromBottom;
+    } else if (above) keepAnchor();
     if (result.appended && !wasStuck && !result.toBottom) dom.jump.hidden = false;
     renderChrome();
     return result;
@@ -420,6 +481,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     if (view && view.scrollTop !== null) {
       s.scrollTop = view.scrollTop;
       stuck = false;
+      takeAnchor();
     } else stick();
     dom.jump.hidden = true;
     renderChrome();
@@ -526,6 +588,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   dom.scroller.addEventListener("scroll", () => {
     // A scroll down is due before the next paint: this event predates it.
     if (!(frameQueued && stuck)) stuck = atBottom();
+    if (!stuck) takeAnchor();
     if (!dom.jump.hidden && stuck) dom.jump.hidden = true;
     const r = store.currentRoom();
     if (r && dom.scroller.scrollTop < LOAD_OLDER_PX) onWantOlder(r.name);
