@@ -83,7 +83,12 @@ function instrument() {
     true,
   );
   const seen = (el, now) => {
-    if (!(el instanceof Element) || !el.isConnected || !el.classList.contains("msg")) return;
+    if (!(el instanceof Element) || !el.isConnected) return;
+    // A container of messages (the client may add them in groups): look inside.
+    if (!el.classList.contains("msg")) {
+      if (el.firstElementChild) for (const m of el.querySelectorAll("li.msg")) seen(m, now);
+      return;
+    }
     const w = b.waits.get(el.dataset.id);
     if (w && w.t0 && (!w.confirmed || !el.classList.contains("pending"))) {
       b.waits.delete(el.dataset.id);
