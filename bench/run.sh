@@ -12,7 +12,8 @@
 #   --runs N  runs of each scenario (default 3; medians are reported)
 #   --only    run only these benchmarks (names as in the table: pingpong,
 #             saturation, latency_1k, rooms_100x100, connections, ingest,
-#             history); a partial run writes its table to $BENCH_OUT only
+#             history; and client, the web client in headless Chromium:
+#             bench/client.mjs); a partial run writes its table to $BENCH_OUT only
 #             and leaves BENCHMARKS.md alone
 #
 # Exit status 1 when any run failed (wsgate-bench exited non-zero: a setup
@@ -193,6 +194,23 @@ if wanted history; then
       history --grpc @GRPC@ --room bench-history --fill "$HISTORY_FILL" \
       --requests "$HISTORY_REQUESTS" --limit 50 --concurrency 1
   done
+fi
+
+# The web client in headless Chromium (bench/client.mjs): its own figures,
+# printed and kept in $OUT/client.json; BENCHMARKS.md's client section is
+# written by hand from them. Needs Chromium and e2e/'s packages
+# (scripts/e2e.sh installs both).
+if wanted client; then
+  log "client (web client in headless Chromium)"
+  client_args=()
+  [[ $MODE == smoke ]] && client_args=(--smoke)
+  if [[ ! -d e2e/node_modules ]]; then
+    FAILED+=("client: e2e/node_modules missing (run scripts/e2e.sh once, or: cd e2e && npm ci)")
+  elif ! WSGATE_BIN="$BIN/wsgate" node bench/client.mjs "${client_args[@]}" > "$OUT/client.json"; then
+    FAILED+=("client: bench/client.mjs failed (its output is above)")
+  else
+    cat "$OUT/client.json" >&2
+  fi
 fi
 
 log "report"

@@ -2,7 +2,9 @@
 # Runs every test of the project:
 #  1. Rust unit and integration tests (the real server and gateway on
 #     ephemeral loopback ports, real WebSocket and gRPC clients);
-#  2. browser end-to-end tests of the web client in headless Chromium
+#  2. unit tests of the web client's pure modules (`node --test web/test/`,
+#     no browser, no packages);
+#  3. browser end-to-end tests of the web client in headless Chromium
 #     (scripts/e2e.sh installs Chromium and the npm packages if missing).
 # Usage: scripts/test.sh [extra cargo test args]
 #        scripts/test.sh -h|--help   prints this and exits
@@ -16,4 +18,5 @@ for arg in "$@"; do
   esac
 done
 cargo test --locked --workspace --all-targets "$@"
+node --test web/test/
 scripts/e2e.sh

@@ -45,6 +45,7 @@ mod session;
 pub mod tls;
 pub mod transcode;
 mod upstream;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +54,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -123,13 +124,6 @@ pub const DEFAULT_AUTH_COOKIE: &str = "wsgate_token";
 pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for sessions to say goodbye.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The web client, embedded so the binary serves it with no build step.
-const INDEX_HTML: &str = include_str!("../../web/index.html");
-/// The web client's scripts (ES modules) and style sheet.
-const APP_JS: &str = include_str!("../../web/app.js");
-const AUTH_JS: &str = include_str!("../../web/auth.js");
-const STYLE_CSS: &str = include_str!("../../web/style.css");
 
 /// The gateway's settings, validated by the caller.
 #[derive(Debug, Clone)]
@@ -235,18 +229,7 @@ pub struct Context {
 pub fn app(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/", get(root))
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/auth.js",
-            get(|| async { asset("text/javascript; charset=utf-8", AUTH_JS) }),
-        )
-        .route(
-            "/style.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
-        )
+        .merge(web::routes())
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctx)
 }
@@ -264,7 +247,7 @@ async fn root(
         Err(rejection) if headers.contains_key(header::UPGRADE) => {
             return rejection.into_response();
         }
-        Err(_) => return asset("text/html; charset=utf-8", INDEX_HTML),
+        Err(_) => return web::index(),
     };
     let mut admitted = match admission::admit(&ctx, peer, &headers) {
         Ok(admitted) => admitted,
@@ -301,19 +284,6 @@ async fn root(
                 socket, ctx, peer, identity, origin, admitted,
             ))
         })
-}
-
-/// A static file of the web client.
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 /// Serves the gateway on `listener` until `shutdown` is cancelled, then

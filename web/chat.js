@@ -1,0 +1,390 @@
+// The chat protocol over the connection: frames from the server become store
+// changes; the user's actions become frames. Joining and catching up on
+// rooms, older pages, the outbox (sent, resent, confirmed), name lookups,
+// typing. Touches no DOM.
+
+const PAGE = 50; // history page size
+const CATCH_UP_PAGE = 200;
+/** An unconfirmed message is sent again after this (the server deduplicates by id). */
+const RESEND_AFTER_MS = 10000;
+const FLUSH_EVERY_MS = 3000;
+/** A name looked up on this connection is asked again after this. */
+const NAME_TTL_MS = 2 * 60 * 1000;
+const TYPING_SHOW_MS = 5000;
+const TYPING_SEND_EVERY_MS = 3000;
+
+/**
+ * `store`: store.js; `conn`: connection.js; `announce(text)`: for screen
+ * readers; `newId()`: message ids; `isVisible()`: whether the page is seen.
+ */
+export function createChat({ store, conn, announce = () => {}, newId, isVisible = () => true }) {
+  // The own id is read at each use: signing in (--auth jwt) may change it.
+  const me = () => store.state.userId;
+  const rooms = new Map(); // room name -> {catching, catchAgain, retryTimer, retryAttempt}
+  const sync = (name) => {
+    let s = rooms.get(name);
+    if (!s) {
+      s = { catching: false, catchAgain: false, retryTimer: null, retryAttempt: 0 };
+      rooms.set(name, s);
+    }
+    return s;
+  };
+  let resendAfterCatchUp = false; // the upstream was lost: resend the outbox once it is back
+
+  // ---------- names ----------
+
+  const fresh = new Map(); // id -> when it was looked up on this connection
+  const lookingUp = new Set();
+  const nameRetries = new Map(); // id -> lookups that found no name yet
+
+  /** Looks a name up if it is unknown or stale; the store announces any change. */
+  function wantName(id) {
+    if (typeof id !== "string" || id === me() || lookingUp.has(id) || !conn.isOpen()) return;
+    const at = fresh.get(id);
+    if (at !== undefined && Date.now() - at < NAME_TTL_MS) return;
+    lookingUp.add(id);
+    conn
+      .call("get_user", { user_id: id })
+      .then((a) => learnName(id, (a.user && a.user.name) || id))
+      .catch((e) => {
+        if (e.code === "NOT_FOUND") learnName(id, id);
+      })
+      .finally(() => lookingUp.delete(id));
+  }
+
+  /**
+   * A user seen the moment they arrive may not have stored their name yet
+   * (it travels apart from their join), so an id without a name is asked
+   * again soon, then less and less often.
+   */
+  function learnName(id, name) {
+    fresh.set(id, Date.now());
+    if (name === id) {
+      const n = nameRetries.get(id) || 0;
+      nameRetries.set(id, n + 1);
+      setTimeout(
+        () => {
+          fresh.delete(id);
+          wantName(id);
+        },
+        Math.min(NAME_TTL_MS, 1000 * 2 ** n),
+      );
+      if (!store.state.names.has(id)) store.renameUser(id, id);
+      return;
+    }
+    nameRetries.delete(id);
+    store.renameUser(id, name);
+  }
+
+  function wantNamesOf(msgs) {
+    const ids = new Set();
+    for (const m of msgs) ids.add(m.sender_id);
+    for (const id of ids) wantName(id);
+  }
+
+  /** Names of everyone shown in the current room (on connect and when switching). */
+  function wantNamesShown() {
+    const r = store.currentRoom();
+    if (!r) return;
+    const ids = new Set(r.online || []);
+    for (const m of r.bySeq.values()) ids.add(m.sender_id);
+    for (const id of ids) wantName(id);
+  }
+
+  // ---------- frames ----------
+
+  /** The connection is up and signed in (`signedIn`: with a token, the server holds the name). */
+  function onOpen(signedIn = false) {
+    // Others may have renamed themselves meanwhile.
+    fresh.clear();
+    if (!signedIn) conn.call("set_user_name", { user_id: me(), name: store.state.userName }).catch(() => {});
+    flushOutbox(true);
+    for (const name of store.state.rooms.keys()) enterRoom(name);
+    wantNamesShown();
+  }
+
+  function onClose() {
+    for (const s of rooms.values()) s.catching = false;
+    for (const timers of typingTimers.values()) for (const t of timers.values()) clearTimeout(t);
+    typingTimers.clear();
+    store.disconnected();
+  }
+
+  function onFrame(frame) {
+    if (frame.error) onError(frame.error, frame.request_id);
+    else if (frame.chat_message) onChatMessage(frame.chat_message);
+    else if (frame.presence) {
+      onPresence(frame.presence);
+      // A snapshot nobody asked for: the gateway re-opened the stream (after a
+      // renewal, or the service coming back), and what was said meanwhile
+      // reaches us only through history.
+      const p = frame.presence;
+      if (p && p.snapshot && store.room(p.room_id)) catchUp(p.room_id);
+    } else if (frame.typing) onTyping(frame.typing);
+    // A rename announced by the server is one line here: store.renameUser(id, name)
+    // (the message list, the online list and the typing line follow it).
+  }
+
+  function onError(error, rid) {
+    if (typeof rid === "string" && rid.startsWith("s:")) {
+      const item = store.findOutbox(rid.slice(2));
+      if (item && error.code !== "UNAVAILABLE") {
+        store.failOutbox(item.id, error.message || error.code);
+        return;
+      }
+    }
+    if (error.code === "UNAVAILABLE" || error.code === "RESOURCE_EXHAUSTED") {
+      // The gateway lost its upstream but kept us: fetch what we miss once it
+      // is back, and resend what is unconfirmed (deduplicated by id).
+      store.setConnection("reconnecting", "Server unavailable — catching up…");
+      resendAfterCatchUp = true;
+      for (const name of store.state.rooms.keys()) scheduleCatchUp(name);
+    }
+  }
+
+  function onChatMessage(m) {
+    if (!m || typeof m.room_id !== "string") return;
+    const r = store.room(m.room_id);
+    if (r) stopTyping(m.room_id, m.sender_id);
+    const added = store.insertMessages(m.room_id, [m]);
+    if (!r || !added.length) return;
+    noteNew(m.room_id, added);
+    wantNamesOf(added);
+    if (r.lastSeq !== null && r.maxSeq > r.lastSeq) catchUp(m.room_id); // a gap
+  }
+
+  function onPresence(p) {
+    if (!p || !store.room(p.room_id)) return;
+    store.setPresence(p.room_id, p);
+    for (const id of Array.isArray(p.offline) ? p.offline : []) clearTypingTimer(p.room_id, id);
+    if (p.room_id === store.state.current) for (const id of p.online || []) wantName(id);
+  }
+
+  // ---------- typing ----------
+
+  const typingTimers = new Map(); // room -> Map(user id -> expiry timer)
+  function clearTypingTimer(room, id) {
+    const timers = typingTimers.get(room);
+    if (!timers) return;
+    clearTimeout(timers.get(id));
+    timers.delete(id);
+  }
+  function onTyping(t) {
+    if (!t || typeof t.user_id !== "string" || t.user_id === me() || !store.room(t.room_id)) return;
+    clearTypingTimer(t.room_id, t.user_id);
+    if (!typingTimers.has(t.room_id)) typingTimers.set(t.room_id, new Map());
+    typingTimers.get(t.room_id).set(
+      t.user_id,
+      setTimeout(() => stopTyping(t.room_id, t.user_id), TYPING_SHOW_MS),
+    );
+    store.setTyping(t.room_id, t.user_id, true);
+    wantName(t.user_id);
+  }
+  function stopTyping(room, id) {
+    clearTypingTimer(room, id);
+    store.setTyping(room, id, false);
+  }
+
+  let lastTypingSent = { room: null, at: 0 };
+  /** Tells the room its user is typing: at most once every 3 s, never for an empty box. */
+  function noteTyping(text) {
+    const room = store.state.current;
+    if (!room || !text.trim() || !conn.isOpen()) return;
+    const now = Date.now();
+    if (lastTypingSent.room === room && now - lastTypingSent.at < TYPING_SEND_EVERY_MS) return;
+    lastTypingSent = { room, at: now };
+    conn.send({ typing: { room_id: room, user_id: me() } });
+  }
+
+  // ---------- rooms & history ----------
+
+  /** Messages of others: unread when not shown, and read out to screen readers. */
+  function noteNew(room, msgs) {
+    const others = msgs.filter((m) => m.sender_id !== me());
+    if (!others.length) return;
+    if (room !== store.state.current || !isVisible()) store.addUnread(room, others.length);
+    const last = others[others.length - 1];
+    if (room === store.state.current) announce(`${store.nameOf(last.sender_id)}: ${last.content.slice(0, 140)}`);
+    else announce(`New message in ${room}`);
+  }
+
+  /**
+   * Joins the room on the server, then catches up. The join's answer (the
+   * presence snapshot, with our request_id) comes once the server counts this
+   * connection in the room: every message stored after it arrives live, and the
+   * history call made after it covers everything before, so nothing falls
+   * between the two.
+   */
+  function enterRoom(name) {
+    conn
+      .call("join_room", { room_id: name, user_id: me() })
+      .then((f) => {
+        if (f.presence) onPresence(f.presence);
+      })
+      // Closed meanwhile: the re-join after reconnecting does it again.
+      .catch(() => {})
+      .finally(() => {
+        if (conn.isOpen() && store.room(name)) catchUp(name);
+      });
+  }
+
+  /** Brings a room up to date: its last page the first time, else everything after lastSeq. */
+  async function catchUp(name) {
+    const s = sync(name);
+    if (s.catching) {
+      s.catchAgain = true;
+      return;
+    }
+    if (!conn.isOpen()) return;
+    s.catching = true;
+    try {
+      do {
+        s.catchAgain = false;
+        const r = store.room(name);
+        if (!r) return;
+        if (r.lastSeq === null) {
+          const a = await conn.call("get_chat_history", { room_id: name, limit: PAGE, before_seq: 0 });
+          const h = a.chat_history;
+          const added = store.insertMessages(name, h.messages);
+          wantNamesOf(added);
+          const now = store.room(name);
+          if (now) store.setRoomMeta(name, { hasOlder: !!h.has_more, lastSeq: now.maxSeq });
+        } else {
+          for (;;) {
+            const a = await conn.call("get_chat_history", {
+              room_id: name,
+              limit: CATCH_UP_PAGE,
+              after_seq: r.lastSeq,
+            });
+            const h = a.chat_history;
+            const added = store.insertMessages(name, h.messages);
+            if (added.length) noteNew(name, added);
+            wantNamesOf(added);
+            let last = r.lastSeq;
+            for (const m of h.messages) last = Math.max(last, Number(m.seq) || 0);
+            store.setRoomMeta(name, { lastSeq: last });
+            if (!h.has_more) break;
+          }
+          if (r.maxSeq > r.lastSeq) store.setRoomMeta(name, { lastSeq: r.maxSeq });
+        }
+      } while (s.catchAgain);
+      s.retryAttempt = 0;
+      if (conn.isOpen()) store.setConnection("connected", "Connected");
+      flushOutbox(resendAfterCatchUp);
+      resendAfterCatchUp = false;
+    } catch (e) {
+      if (e && e.code === "INVALID_ARGUMENT") return; // a room name the server refuses
+      scheduleCatchUp(name);
+    } finally {
+      s.catching = false;
+    }
+  }
+
+  /** Retries a catch-up with backoff (used while the gateway's upstream is away). */
+  function scheduleCatchUp(name) {
+    const s = sync(name);
+    if (s.retryTimer) return;
+    s.retryAttempt += 1;
+    const base = Math.min(10000, 300 * 2 ** (s.retryAttempt - 1));
+    const delay = Math.round(base * (0.5 + Math.random() / 2));
+    s.retryTimer = setTimeout(() => {
+      s.retryTimer = null;
+      if (conn.isOpen() && store.room(name)) catchUp(name);
+    }, delay);
+  }
+
+  /** The page before the oldest message held. */
+  async function loadOlder(name) {
+    const r = store.room(name);
+    if (!r || r.loadingOlder || !r.hasOlder || r.lastSeq === null || !conn.isOpen()) return;
+    if (r.minSeq <= 1) {
+      store.setRoomMeta(name, { hasOlder: false });
+      return;
+    }
+    store.setRoomMeta(name, { loadingOlder: true });
+    try {
+      const a = await conn.call("get_chat_history", { room_id: name, limit: PAGE, before_seq: r.minSeq });
+      const h = a.chat_history;
+      const added = store.insertMessages(name, h.messages);
+      wantNamesOf(added);
+      store.setRoomMeta(name, { hasOlder: !!h.has_more, loadingOlder: false });
+    } catch {
+      store.setRoomMeta(name, { loadingOlder: false }); // retried on the next scroll
+    }
+  }
+
+  function joinRoom(name, select = true) {
+    if (!name) return;
+    const [, isNew] = store.addRoom(name);
+    if (isNew) enterRoom(name);
+    if (select) selectRoom(name);
+  }
+
+  function selectRoom(name) {
+    store.select(name);
+    wantNamesShown();
+  }
+
+  function leaveRoom(name) {
+    if (!store.room(name)) return;
+    conn.send({ leave_room: { room_id: name } });
+    const s = rooms.get(name);
+    if (s) clearTimeout(s.retryTimer);
+    rooms.delete(name);
+    for (const t of typingTimers.get(name)?.values() || []) clearTimeout(t);
+    typingTimers.delete(name);
+    store.removeRoom(name);
+    const next = store.state.rooms.keys().next().value;
+    if (next !== undefined) selectRoom(next);
+  }
+
+  // ---------- sending ----------
+
+  function transmit(item) {
+    store.markSent(item);
+    return conn.send({
+      chat_message: { id: item.id, room_id: item.room_id, sender_id: me(), content: item.content },
+      request_id: `s:${item.id}`,
+    });
+  }
+
+  function flushOutbox(all) {
+    const now = Date.now();
+    for (const item of store.state.outbox) {
+      if (item.state !== "pending" || !store.room(item.room_id)) continue;
+      if (all || !item.sentAt || now - item.sentAt > RESEND_AFTER_MS) transmit(item);
+    }
+  }
+  setInterval(() => conn.isOpen() && flushOutbox(false), FLUSH_EVERY_MS);
+
+  function send(content) {
+    const room = store.state.current;
+    if (!room) return;
+    transmit(store.queue(room, content, newId()));
+  }
+
+  function retry(id) {
+    const item = store.retryOutbox(id);
+    if (item) transmit(item);
+  }
+
+  async function setName(name) {
+    const a = await conn.call("set_user_name", { user_id: me(), name });
+    store.setUserName((a.user && a.user.name) || name);
+  }
+
+  return {
+    onOpen,
+    onClose,
+    onFrame,
+    joinRoom,
+    selectRoom,
+    leaveRoom,
+    loadOlder,
+    send,
+    retry,
+    discard: (id) => store.discardOutbox(id),
+    setName,
+    noteTyping,
+  };
+}

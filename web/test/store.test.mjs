@@ -1,0 +1,147 @@
+// Unit tests of the store: every change is one event naming what changed,
+// and persisted state survives a new store over the same storage.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { KEYS, createPersist, memoryBackend } from "../persist.js";
+import { createStore } from "../store.js";
+
+/** A store over memory storage, with its events recorded; timers run at once. */
+function setup(entries = {}) {
+  const backend = memoryBackend(entries);
+  const persist = createPersist(backend);
+  const store = createStore({ persist, userId: "me", userName: "Me", setTimer: (fn) => fn(), clearTimer: () => {} });
+  const events = [];
+  store.subscribe((e) => events.push(e));
+  return { store, events, persist, backend };
+}
+const msg = (seq, extra = {}) => ({ id: `m${seq}`, room_id: "r", sender_id: "u1", content: `m${seq}`, seq: String(seq), ...extra });
+
+test("messages are stored once, by seq, and announced sorted", () => {
+  const { store, events } = setup();
+  store.addRoom("r");
+  events.length = 0;
+  const added = store.insertMessages("r", [msg(3), msg(1), msg(2), msg(1)]);
+  assert.deepEqual(added.map((m) => m.seq), [1, 2, 3]);
+  assert.deepEqual(events, [{ type: "messages", room: "r", added }]);
+  assert.deepEqual(store.insertMessages("r", [msg(2)]), []);
+  assert.equal(events.length, 1, "a duplicate changes nothing");
+  const r = store.room("r");
+  assert.equal(r.minSeq, 1);
+  assert.equal(r.maxSeq, 3);
+});
+
+test("invalid seqs from the wire are ignored", () => {
+  const { store } = setup();
+  store.addRoom("r");
+  assert.deepEqual(store.insertMessages("r", [msg("x"), msg(-1), msg(0), { ...msg(1), seq: "1e400" }]), []);
+});
+
+test("lastSeq advances over what is contiguous only", () => {
+  const { store } = setup();
+  store.addRoom("r");
+  store.setRoomMeta("r", { lastSeq: 0 });
+  store.insertMessages("r", [msg(1), msg(2), msg(4)]);
+  assert.equal(store.room("r").lastSeq, 2);
+  store.insertMessages("r", [msg(3)]);
+  assert.equal(store.room("r").lastSeq, 4);
+});
+
+test("an own message confirms its outbox item: messages first, then outbox", () => {
+  const { store, events, persist } = setup();
+  store.addRoom("r");
+  store.queue("r", "hello", "id-1", 1000);
+  assert.equal(persist.get(KEYS.outbox, []).length, 1);
+  events.length = 0;
+  store.insertMessages("r", [{ id: "id-1", room_id: "r", sender_id: "me", content: "hello", seq: "1" }]);
+  assert.deepEqual(
+    events.map((e) => e.type),
+    ["messages", "outbox"],
+    "the list sees the stored message while the pending one is still drawn",
+  );
+  assert.equal(store.outboxOf("r").length, 0);
+  assert.equal(persist.get(KEYS.outbox, []).length, 0);
+});
+
+test("failed, retried and discarded outbox items", () => {
+  const { store, events } = setup();
+  store.addRoom("r");
+  store.queue("r", "x", "a");
+  store.failOutbox("a", "too long");
+  assert.equal(store.findOutbox("a").state, "failed");
+  store.retryOutbox("a");
+  assert.equal(store.findOutbox("a").state, "pending");
+  assert.equal(store.findOutbox("a").error, undefined);
+  store.discardOutbox("a");
+  assert.equal(store.findOutbox("a"), undefined);
+  assert.deepEqual(
+    events.filter((e) => e.type === "outbox").map((e) => e.room),
+    ["r", "r", "r", "r"],
+  );
+});
+
+test("unread counts only rooms not shown, and selecting clears them", () => {
+  const { store } = setup();
+  store.addRoom("a");
+  store.addRoom("b");
+  store.select("a");
+  store.addUnread("a", 2);
+  store.addUnread("b", 3);
+  assert.equal(store.room("a").unread, 0);
+  assert.equal(store.totalUnread(), 3);
+  store.select("b");
+  assert.equal(store.room("b").unread, 0);
+  assert.equal(store.totalUnread(), 0);
+});
+
+test("renameUser announces a change once and keeps the name across visits", () => {
+  const { store, events, backend } = setup();
+  assert.equal(store.nameOf("0123456789abcdef"), "01234567…");
+  store.renameUser("u1", "Alice");
+  store.renameUser("u1", "Alice");
+  assert.deepEqual(events, [{ type: "name", id: "u1" }]);
+  assert.equal(store.nameOf("u1"), "Alice");
+  const again = createStore({ persist: createPersist(backend), userId: "me", userName: "Me" });
+  assert.equal(again.nameOf("u1"), "Alice");
+  store.renameUser("me", "Myself");
+  assert.equal(store.state.userName, "Myself");
+  store.renameUser("u1", 42);
+  assert.equal(store.nameOf("u1"), "Alice", "a name that is not a string is ignored");
+});
+
+test("presence: a snapshot replaces, a delta adds and removes (and stops typing)", () => {
+  const { store, events } = setup();
+  store.addRoom("r");
+  store.setPresence("r", { snapshot: true, online: ["me", "u1"] });
+  store.setTyping("r", "u1", true);
+  store.setPresence("r", { online: ["u2"], offline: ["u1"] });
+  const r = store.room("r");
+  assert.deepEqual([...r.online].sort(), ["me", "u2"]);
+  assert.equal(r.typing.size, 0);
+  assert.deepEqual(
+    events.filter((e) => e.room === "r").map((e) => e.type),
+    ["presence", "typing", "presence", "typing"],
+  );
+  store.setTyping("r", "me", true);
+  assert.equal(r.typing.size, 0, "the own user is never shown typing");
+});
+
+test("leaving a room drops its outbox and, if shown, the current room", () => {
+  const { store, events } = setup();
+  store.addRoom("r");
+  store.addRoom("s");
+  store.select("r");
+  store.queue("r", "x", "a");
+  store.queue("s", "y", "b");
+  events.length = 0;
+  store.removeRoom("r");
+  assert.equal(store.state.current, null);
+  assert.deepEqual(store.state.outbox.map((o) => o.id), ["b"]);
+  assert.deepEqual(events.map((e) => e.type), ["current", "rooms"]);
+});
+
+test("a corrupt outbox in storage is filtered, not fatal", () => {
+  const { store } = setup({ [KEYS.outbox]: JSON.stringify([null, { id: 1 }, { id: "a", room_id: "r", content: "x" }]) });
+  assert.deepEqual(store.state.outbox.map((o) => o.id), ["a"]);
+  const broken = setup({ [KEYS.outbox]: "{not json" });
+  assert.deepEqual(broken.store.state.outbox, []);
+});
