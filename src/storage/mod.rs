@@ -17,6 +17,8 @@
 //!   thread is what gives every room a single order.
 
 mod checkpointer;
+#[cfg(test)]
+mod conformance;
 mod db_file;
 mod postgres;
 mod sqlite;

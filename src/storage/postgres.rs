@@ -200,9 +200,12 @@ impl PgTarget {
     /// Parses a `postgres://` or `postgresql://` URL (or a `key=value`
     /// string). The error never repeats the URL, which may hold a password.
     pub fn parse(url: &str) -> Result<PgTarget, StoreError> {
-        url.parse::<Config>()
-            .map(PgTarget)
-            .map_err(|e| StoreError::Internal(format!("invalid PostgreSQL connection URL: {e}")))
+        url.parse::<Config>().map(PgTarget).map_err(|e| {
+            StoreError::Internal(format!(
+                "invalid PostgreSQL connection URL: {}",
+                describe(&e)
+            ))
+        })
     }
 }
 
@@ -437,6 +440,12 @@ impl PgStore {
         Ok(conn)
     }
 
+    fn forget_reader(&self, slot: usize) {
+        *self.readers[slot]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// Runs `query` on a reader. A read is safe to repeat, so one whose
     /// connection turns out to be lost (the database restarted since its
     /// last use) is retried once on a new connection.
@@ -447,7 +456,8 @@ impl PgStore {
         let slot = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let conn = self.reader(slot)?;
         match self.block_on(query(conn)) {
-            Err(e) if e.is_closed() => {
+            Err(e) if connection_lost(&e) => {
+                self.forget_reader(slot);
                 let conn = self.reader(slot)?;
                 Ok(self.block_on(query(conn))?)
             }
@@ -486,7 +496,7 @@ impl Store for PgStore {
         // found dead only now. It died before the COMMIT was sent (nothing
         // was stored), so the batch can go again on a new one.
         if let Err(Failure::BeforeCommit(e)) = &applied
-            && e.is_closed()
+            && connection_lost(e)
         {
             *conn = None;
             let fresh = self.block_on(self.connect_writer())?;
@@ -496,17 +506,19 @@ impl Store for PgStore {
         match applied {
             Ok(written) => Ok(written),
             Err(failure) => {
-                let e = failure.into_error();
-                if let Some(active) = conn.as_ref() {
-                    if active.client.is_closed() {
-                        *conn = None;
-                    } else {
-                        // The transaction may still be open (a statement
-                        // failed before COMMIT was sent): end it.
-                        let _ = self.block_on(active.client.batch_execute("ROLLBACK"));
-                    }
+                // The transaction may still be open (a statement failed
+                // before COMMIT was sent): end it, or, if that fails too,
+                // the connection, which ends it on the server's side.
+                let ended = conn.as_ref().is_some_and(|active| {
+                    !active.client.is_closed()
+                        && self
+                            .block_on(active.client.batch_execute("ROLLBACK"))
+                            .is_ok()
+                });
+                if !ended {
+                    *conn = None;
                 }
-                Err(e.into())
+                Err(failure.into_error())
             }
         }
     }
@@ -929,13 +941,37 @@ fn seq_bound(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// The error and its causes: tokio-postgres says only "db error" or "error
+/// connecting to server" and keeps the why in its source.
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Whether `e` says the connection is gone: closed, or ended by the server
+/// (terminated, shutting down). The next use needs a new connection.
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    e.is_closed()
+        || e.code().is_some_and(|code| {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("57P")
+        })
+}
+
 /// A failed connection attempt: the database is down, restarting, or
 /// refusing connections, which retrying later may cure; or the URL names
 /// something that will never work (a wrong password, no such database).
 fn connect_error(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
-        Some(code) if is_permanent(code) => StoreError::Internal(format!("cannot connect: {e}")),
-        _ => StoreError::Unavailable(format!("cannot connect to PostgreSQL: {e}")),
+        Some(code) if is_permanent(code) => {
+            StoreError::Internal(format!("cannot connect: {}", describe(&e)))
+        }
+        _ => StoreError::Unavailable(format!("cannot connect to PostgreSQL: {}", describe(&e))),
     }
 }
 
@@ -953,7 +989,7 @@ impl From<tokio_postgres::Error> for StoreError {
     /// down or starting, lock trouble between servers and resource limits
     /// are worth retrying (`Unavailable`); a full disk is `Full`.
     fn from(e: tokio_postgres::Error) -> Self {
-        let message = e.to_string();
+        let message = describe(&e);
         if e.is_closed() {
             return StoreError::Unavailable(message);
         }
@@ -990,5 +1026,283 @@ impl From<tokio_postgres::Error> for StoreError {
             }
             _ => StoreError::Internal(message),
         }
+    }
+}
+
+#[cfg(test)]
+#[path = "../../tests/support/postgres.rs"]
+mod test_schema;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use super::test_schema::TestSchema;
+    use super::*;
+    use crate::storage::conformance::{Engine, conformance_tests, history, message, stored_seq};
+
+    /// PostgreSQL stores over a schema of this test's own.
+    pub(super) struct Pg(TestSchema);
+
+    impl Pg {
+        fn new() -> Pg {
+            Pg(TestSchema::create())
+        }
+    }
+
+    impl Engine for Pg {
+        type Store = PgStore;
+        fn open(&self) -> PgStore {
+            connect(&self.0)
+        }
+    }
+
+    fn connect(schema: &TestSchema) -> PgStore {
+        let target = PgTarget::parse(&schema.url).unwrap();
+        PgStore::connect(&target, PgOptions::default()).unwrap()
+    }
+
+    conformance_tests!(super::Pg::new());
+
+    /// Two servers on one database, writing the same rooms at once, in
+    /// batches naming the rooms in opposite orders (the order in which
+    /// locks would be taken without sorting): every message is stored
+    /// once, and each room's seqs run from 1 with no gap and no repeat.
+    #[test]
+    fn two_stores_writing_the_same_rooms_share_one_gapless_order() {
+        let engine = Pg::new();
+        let stores = [engine.open(), engine.open()];
+        const BATCHES: usize = 100;
+        const PER_BATCH: usize = 20;
+        let start = Barrier::new(stores.len());
+        let seqs: Vec<Vec<(String, u64)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = stores
+                .iter()
+                .enumerate()
+                .map(|(s, store)| {
+                    let start = &start;
+                    scope.spawn(move || {
+                        start.wait();
+                        let mut seqs = Vec::new();
+                        for b in 0..BATCHES {
+                            let rooms = if s == 0 { ["r", "q"] } else { ["q", "r"] };
+                            let writes = (0..PER_BATCH)
+                                .map(|i| {
+                                    let room = rooms[i % 2];
+                                    message(room, &format!("s{s}"), &format!("{b}-{i}"), "x")
+                                })
+                                .collect();
+                            for written in store.write_batch(writes).unwrap() {
+                                let Written::Stored(m) = written else {
+                                    panic!("expected Stored, got {written:?}");
+                                };
+                                seqs.push((m.room_id, m.seq));
+                            }
+                        }
+                        seqs
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let per_room = stores.len() * BATCHES * PER_BATCH / 2;
+        for room in ["r", "q"] {
+            let mut all: Vec<u64> = seqs
+                .iter()
+                .flatten()
+                .filter(|(r, _)| r == room)
+                .map(|(_, seq)| *seq)
+                .collect();
+            all.sort_unstable();
+            assert_eq!(
+                all,
+                (1..=per_room as u64).collect::<Vec<_>>(),
+                "room {room}"
+            );
+        }
+        // The history agrees: every seq once, each message under the seq
+        // its writer was told.
+        let told: HashSet<(String, u64)> = seqs.into_iter().flatten().collect();
+        let page = stores[0]
+            .history(&HistoryQuery {
+                room_id: "r".into(),
+                limit: 500,
+                before_seq: 0,
+                after_seq: Some(0),
+            })
+            .unwrap();
+        assert_eq!(page.messages.len(), 500);
+        for (i, m) in page.messages.iter().enumerate() {
+            assert_eq!(m.seq, i as u64 + 1);
+            assert!(told.contains(&("r".to_owned(), m.seq)));
+        }
+    }
+
+    /// The same message resent to another server while the first stores
+    /// it: stored once, and both are told the same seq.
+    #[test]
+    fn a_resend_to_another_store_is_recognised() {
+        let engine = Pg::new();
+        let (a, b) = (engine.open(), engine.open());
+        let first = a
+            .write_batch(vec![message("r", "alice", "m1", "x")])
+            .unwrap();
+        let again = b
+            .write_batch(vec![
+                message("r", "alice", "m1", "x"),
+                message("r", "alice", "m2", "y"),
+            ])
+            .unwrap();
+        let Written::Stored(original) = &first[0] else {
+            panic!("{first:?}");
+        };
+        assert_eq!(again[0], Written::Duplicate(original.clone()));
+        assert_eq!(stored_seq(&again[1]), 2);
+    }
+
+    /// Servers starting at once on an empty schema: one creates it, the
+    /// others wait for it (the advisory lock) and find it made.
+    #[test]
+    fn stores_starting_at_once_create_the_schema_once() {
+        let schema = TestSchema::create();
+        let start = Barrier::new(4);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    start.wait();
+                    drop(connect(&schema));
+                });
+            }
+        });
+        assert_eq!(
+            schema.query("SELECT version FROM schema_version"),
+            [["1".to_owned()]]
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let schema = TestSchema::create();
+        drop(connect(&schema));
+        schema.query("UPDATE schema_version SET version = 99");
+        let target = PgTarget::parse(&schema.url).unwrap();
+        let err = PgStore::connect(&target, PgOptions::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, StoreError::Internal(m) if m.contains("version 99 is newer")),
+            "{err:?}"
+        );
+    }
+
+    /// The database ended every connection (as a restart does) while the
+    /// store was idle: the next write, read and health check reconnect,
+    /// and nothing is refused.
+    #[test]
+    fn connections_ended_while_idle_are_replaced() {
+        let engine = Pg::new();
+        let store = engine.open();
+        store
+            .write_batch(vec![message("r", "alice", "m1", "x")])
+            .unwrap();
+        assert_eq!(history(&store, 10, 0, None), (vec![1], false));
+        assert!(store.healthy());
+        // Writer, readers and the health connection.
+        assert!(engine.0.terminate_connections() >= 3);
+        let written = store
+            .write_batch(vec![message("r", "alice", "m2", "y")])
+            .unwrap();
+        assert_eq!(stored_seq(&written[0]), 2);
+        assert_eq!(history(&store, 10, 0, None), (vec![1, 2], false));
+        assert_eq!(history(&store, 10, 0, None), (vec![1, 2], false));
+        assert!(store.healthy());
+    }
+
+    /// A statement that fails (here a row the constraint refuses, put there
+    /// behind the store's back) fails the whole batch and leaves nothing:
+    /// no message, no user, no seq consumed; the next batch works.
+    #[test]
+    fn a_failed_batch_changes_nothing() {
+        let engine = Pg::new();
+        let store = engine.open();
+        store
+            .write_batch(vec![message("r", "zed", "m0", "x")])
+            .unwrap();
+        // Seq 2 taken by a row the store does not know about: the next
+        // message of the room clashes on the primary key.
+        engine
+            .0
+            .query("INSERT INTO messages SELECT room, 2, 'ghost', 'ghost', 'x', 0 FROM messages");
+        let err = store
+            .write_batch(vec![
+                message("other", "newbie", "m1", "fine"),
+                message("r", "newbie", "m2", "clash"),
+            ])
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Internal(m) if m.contains("duplicate key")),
+            "{err:?}"
+        );
+        assert_eq!(store.get_user("newbie").unwrap(), None);
+        let other = store
+            .history(&HistoryQuery {
+                room_id: "other".into(),
+                limit: 10,
+                before_seq: 0,
+                after_seq: None,
+            })
+            .unwrap();
+        assert!(other.messages.is_empty());
+        engine.0.query("DELETE FROM messages WHERE id = 'ghost'");
+        let written = store
+            .write_batch(vec![message("r", "newbie", "m2", "again")])
+            .unwrap();
+        assert_eq!(stored_seq(&written[0]), 2);
+    }
+
+    #[test]
+    fn errors_are_typed_by_what_the_caller_can_do() {
+        let db_error = |code: &str| {
+            // An error as the server would send it, through the public
+            // parser: a failing statement with that SQLSTATE.
+            let schema_query =
+                format!("DO $$ BEGIN RAISE EXCEPTION 'x' USING ERRCODE = '{code}'; END $$");
+            schema_query
+        };
+        let engine = Pg::new();
+        let store = engine.open();
+        let kind = |code: &str| {
+            let conn = store.reader(0).unwrap();
+            let e = store
+                .block_on(conn.client.batch_execute(&db_error(code)))
+                .unwrap_err();
+            StoreError::from(e)
+        };
+        assert!(matches!(kind("53100"), StoreError::Full(_)));
+        assert!(matches!(kind("40P01"), StoreError::Unavailable(_)));
+        assert!(matches!(kind("57P01"), StoreError::Unavailable(_)));
+        assert!(matches!(kind("53300"), StoreError::Unavailable(_)));
+        assert!(matches!(kind("XX001"), StoreError::Corrupt(_)));
+        assert!(matches!(kind("23505"), StoreError::Internal(_)));
+    }
+
+    #[test]
+    fn the_password_is_never_shown() {
+        let target = PgTarget::parse("postgres://alice:s3cret@db.example:6543/chat").unwrap();
+        assert_eq!(target.to_string(), "postgres://alice@db.example:6543/chat");
+        assert!(!format!("{target:?}").contains("s3cret"));
+        let err = PgTarget::parse("postgres://alice:s3cret@db.example:notaport/chat")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid PostgreSQL connection URL"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn urls_choose_postgres() {
+        assert!(is_postgres_url("postgres://h/db"));
+        assert!(is_postgres_url("postgresql://h/db"));
+        assert!(!is_postgres_url("wsgate.db"));
+        assert!(!is_postgres_url("/var/lib/postgres/chat.db"));
     }
 }

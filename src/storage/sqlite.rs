@@ -580,320 +580,30 @@ fn seq_bound(seq: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::conformance::{
+        Engine, conformance_tests, history, message, store_with_history, stored_seq,
+    };
+
+    /// SQLite stores over one file in a temporary directory.
+    pub(super) struct Sqlite(tempfile::TempDir);
+
+    impl Sqlite {
+        fn new() -> Sqlite {
+            Sqlite(tempfile::tempdir().unwrap())
+        }
+    }
+
+    impl Engine for Sqlite {
+        type Store = SqliteStore;
+        fn open(&self) -> SqliteStore {
+            SqliteStore::open(&self.0.path().join("chat.db"), SqliteOptions::default()).unwrap()
+        }
+    }
+
+    conformance_tests!(super::Sqlite::new());
 
     fn open(dir: &tempfile::TempDir) -> SqliteStore {
         SqliteStore::open(&dir.path().join("chat.db"), SqliteOptions::default()).unwrap()
-    }
-
-    fn message(room: &str, sender: &str, id: &str, content: &str) -> Write {
-        Write::Message(NewMessage {
-            id: id.into(),
-            room_id: room.into(),
-            sender_id: sender.into(),
-            content: content.into(),
-            timestamp_us: 1_000,
-        })
-    }
-
-    /// The seq of a `Stored`, panicking on anything else.
-    fn stored_seq(written: &Written) -> u64 {
-        match written {
-            Written::Stored(message) => message.seq,
-            other => panic!("expected Stored, got {other:?}"),
-        }
-    }
-
-    fn history(
-        store: &SqliteStore,
-        limit: usize,
-        before_seq: u64,
-        after_seq: Option<u64>,
-    ) -> (Vec<u64>, bool) {
-        let page = store
-            .history(&HistoryQuery {
-                room_id: "r".into(),
-                limit,
-                before_seq,
-                after_seq,
-            })
-            .unwrap();
-        let seqs = page.messages.iter().map(|m| m.seq).collect();
-        (seqs, page.has_more)
-    }
-
-    /// A store with messages 1..=count in room "r", committed over several batches.
-    fn store_with_history(dir: &tempfile::TempDir, count: u64) -> SqliteStore {
-        let store = open(dir);
-        let writes: Vec<_> = (1..=count)
-            .map(|i| message("r", "alice", &format!("m{i}"), &format!("text {i}")))
-            .collect();
-        for chunk in writes.chunks(40) {
-            store.write_batch(chunk.to_vec()).unwrap();
-        }
-        store
-    }
-
-    #[test]
-    fn seqs_start_at_one_per_room() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let written = store
-            .write_batch(vec![
-                message("a", "alice", "1", "x"),
-                message("b", "alice", "2", "x"),
-                message("a", "bob", "3", "x"),
-            ])
-            .unwrap();
-        let seqs: Vec<_> = written.iter().map(stored_seq).collect();
-        assert_eq!(seqs, [1, 1, 2]);
-        let written = store
-            .write_batch(vec![message("a", "alice", "4", "x")])
-            .unwrap();
-        assert_eq!(stored_seq(&written[0]), 3);
-        assert_eq!(
-            written[0],
-            Written::Stored(StoredMessage {
-                id: "4".into(),
-                room_id: "a".into(),
-                sender_id: "alice".into(),
-                content: "x".into(),
-                timestamp_us: 1_000,
-                seq: 3,
-            })
-        );
-    }
-
-    #[test]
-    fn duplicates_return_the_original_and_consume_no_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        let first = store
-            .write_batch(vec![
-                message("r", "alice", "m1", "original"),
-                message("r", "alice", "m1", "retry in the same batch"),
-            ])
-            .unwrap();
-        let Written::Stored(original) = &first[0] else {
-            panic!("expected Stored, got {:?}", first[0]);
-        };
-        assert_eq!(first[1], Written::Duplicate(original.clone()));
-
-        let again = store
-            .write_batch(vec![
-                message("r", "alice", "m1", "retry in a later batch"),
-                // Same id from another sender, or in another room: distinct messages.
-                message("r", "bob", "m1", "y"),
-                message("other", "alice", "m1", "z"),
-            ])
-            .unwrap();
-        assert_eq!(again[0], Written::Duplicate(original.clone()));
-        assert_eq!(stored_seq(&again[1]), 2);
-        assert_eq!(stored_seq(&again[2]), 1);
-        drop(store);
-
-        let store = open(&dir);
-        let reopened = store
-            .write_batch(vec![
-                message("r", "alice", "m1", "retry after reopening"),
-                message("r", "alice", "m2", "new"),
-            ])
-            .unwrap();
-        assert_eq!(reopened[0], Written::Duplicate(original.clone()));
-        assert_eq!(stored_seq(&reopened[1]), 3);
-    }
-
-    #[test]
-    fn users() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(&dir);
-        assert_eq!(store.get_user("nobody").unwrap(), None);
-
-        let written = store
-            .write_batch(vec![
-                message("r", "alice", "m1", "x"),
-                Write::EnsureUser {
-                    user_id: "alice".into(),
-                    name: None,
-                    now_us: 5,
-                },
-                Write::EnsureUser {
-                    user_id: "bob".into(),
-                    name: None,
-                    now_us: 6,
-                },
-                Write::SetUserName {
-                    user_id: "bob".into(),
-                    name: "Bob".into(),
-                    now_us: 7,
-                },
-                Write::SetUserName {
-                    user_id: "carol".into(),
-                    name: "Carol".into(),
-                    now_us: 8,
-                },
-                // A name claim names a new user, and leaves a known one be.
-                Write::EnsureUser {
-                    user_id: "dave".into(),
-                    name: Some("Dave".into()),
-                    now_us: 9,
-                },
-                Write::EnsureUser {
-                    user_id: "bob".into(),
-                    name: Some("Robert".into()),
-                    now_us: 10,
-                },
-            ])
-            .unwrap();
-        let user = |id: &str, name: &str, created_at_us| UserRecord {
-            id: id.into(),
-            name: name.into(),
-            created_at_us,
-        };
-        // Registered by its message, with the message's time: EnsureUser keeps it.
-        assert_eq!(written[1], Written::User(user("alice", "alice", 1_000)));
-        assert_eq!(written[2], Written::User(user("bob", "bob", 6)));
-        assert_eq!(written[3], Written::User(user("bob", "Bob", 6)));
-        assert_eq!(written[4], Written::User(user("carol", "Carol", 8)));
-        assert_eq!(written[5], Written::User(user("dave", "Dave", 9)));
-        assert_eq!(written[6], Written::User(user("bob", "Bob", 6)));
-
-        assert_eq!(
-            store.get_user("alice").unwrap(),
-            Some(user("alice", "alice", 1_000))
-        );
-        assert_eq!(store.get_user("bob").unwrap(), Some(user("bob", "Bob", 6)));
-        drop(store);
-        let store = open(&dir);
-        assert_eq!(
-            store.get_user("carol").unwrap(),
-            Some(user("carol", "Carol", 8))
-        );
-        let written = store
-            .write_batch(vec![Write::EnsureUser {
-                user_id: "carol".into(),
-                name: None,
-                now_us: 9,
-            }])
-            .unwrap();
-        assert_eq!(written[0], Written::User(user("carol", "Carol", 8)));
-    }
-
-    #[test]
-    fn history_pages_backwards() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_history(&dir, 130);
-        assert_eq!(history(&store, 50, 0, None), ((81..=130).collect(), true));
-        assert_eq!(history(&store, 50, 81, None), ((31..=80).collect(), true));
-        assert_eq!(history(&store, 50, 31, None), ((1..=30).collect(), false));
-        // A page that ends exactly at the first message.
-        assert_eq!(history(&store, 50, 51, None), ((1..=50).collect(), false));
-        assert_eq!(history(&store, 50, 1, None), (vec![], false));
-
-        let page = store
-            .history(&HistoryQuery {
-                room_id: "r".into(),
-                limit: 1,
-                before_seq: 0,
-                after_seq: None,
-            })
-            .unwrap();
-        assert_eq!(
-            page.messages,
-            [StoredMessage {
-                id: "m130".into(),
-                room_id: "r".into(),
-                sender_id: "alice".into(),
-                content: "text 130".into(),
-                timestamp_us: 1_000,
-                seq: 130,
-            }]
-        );
-    }
-
-    #[test]
-    fn history_pages_forwards_and_in_ranges() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_history(&dir, 130);
-        // After seq 0: from the very first message, oldest first.
-        assert_eq!(history(&store, 50, 0, Some(0)), ((1..=50).collect(), true));
-        assert_eq!(
-            history(&store, 50, 0, Some(30)),
-            ((31..=80).collect(), true)
-        );
-        assert_eq!(
-            history(&store, 50, 0, Some(80)),
-            ((81..=130).collect(), false)
-        );
-        assert_eq!(
-            history(&store, 30, 0, Some(100)),
-            ((101..=130).collect(), false)
-        );
-        assert_eq!(history(&store, 50, 0, Some(130)), (vec![], false));
-        // Both bounds: more within the range, then exactly the range.
-        assert_eq!(
-            history(&store, 5, 20, Some(10)),
-            ((11..=15).collect(), true)
-        );
-        assert_eq!(
-            history(&store, 9, 20, Some(10)),
-            ((11..=19).collect(), false)
-        );
-        assert_eq!(
-            history(&store, 50, u64::MAX, Some(u64::MAX)),
-            (vec![], false)
-        );
-    }
-
-    #[test]
-    fn pages_have_no_gap_or_overlap() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_history(&dir, 130);
-        let mut backwards = Vec::new();
-        let mut before = 0;
-        loop {
-            let (seqs, has_more) = history(&store, 7, before, None);
-            before = seqs[0];
-            backwards.splice(0..0, seqs);
-            if !has_more {
-                break;
-            }
-        }
-        assert_eq!(backwards, (1..=130).collect::<Vec<_>>());
-
-        let mut forwards = Vec::new();
-        let mut after = 1;
-        loop {
-            let (seqs, has_more) = history(&store, 7, 0, Some(after));
-            after = *seqs.last().unwrap();
-            forwards.extend(seqs);
-            if !has_more {
-                break;
-            }
-        }
-        assert_eq!(forwards, (2..=130).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn history_of_an_unknown_room_is_empty() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_history(&dir, 3);
-        for (before, after) in [(0, None), (10, None), (0, Some(1)), (0, Some(0))] {
-            let page = store
-                .history(&HistoryQuery {
-                    room_id: "nowhere".into(),
-                    limit: 50,
-                    before_seq: before,
-                    after_seq: after,
-                })
-                .unwrap();
-            assert_eq!(
-                page,
-                HistoryPage {
-                    messages: vec![],
-                    has_more: false
-                }
-            );
-        }
     }
 
     /// A page must cost the same in a huge room as in a small one: the plan
@@ -901,8 +611,8 @@ mod tests {
     /// primary key in the wanted order, with no scan and no sort.
     #[test]
     fn history_is_an_index_range_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_history(&dir, 3);
+        let engine = Sqlite::new();
+        let store = store_with_history(&engine, 3);
         let plan = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> String {
             let writer = store.lock_writer();
             let mut stmt = writer
@@ -939,13 +649,13 @@ mod tests {
     /// statement must be reused as is, whatever values it gets.
     #[test]
     fn cached_statements_are_not_reprepared() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(store_with_history(&dir, 10));
+        let engine = Sqlite::new();
+        drop(store_with_history(&engine, 10));
         let options = SqliteOptions {
             readers: 1,
             ..SqliteOptions::default()
         };
-        let store = SqliteStore::open(&dir.path().join("chat.db"), options).unwrap();
+        let store = SqliteStore::open(&engine.0.path().join("chat.db"), options).unwrap();
         for limit in [1, 5, 1, 5] {
             history(&store, limit, 0, None);
             history(&store, limit, 8, Some(2));
@@ -956,18 +666,6 @@ mod tests {
             assert_eq!(stmt.get_status(rusqlite::StatementStatus::Run), 4);
             assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
-    }
-
-    #[test]
-    fn reopening_keeps_data_and_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(store_with_history(&dir, 130));
-        let store = open(&dir);
-        assert_eq!(history(&store, 500, 0, None), ((1..=130).collect(), false));
-        let written = store
-            .write_batch(vec![message("r", "bob", "new", "x")])
-            .unwrap();
-        assert_eq!(stored_seq(&written[0]), 131);
     }
 
     #[test]
@@ -1107,28 +805,5 @@ mod tests {
         assert_eq!(stored_seq(&written[0]), 1);
         assert_eq!(history(&store, 10, 0, None), (vec![1], false));
         assert!(store.get_user("zed").unwrap().is_some());
-    }
-
-    #[test]
-    fn readers_run_concurrently_with_the_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_history(&dir, 10);
-        std::thread::scope(|scope| {
-            for _ in 0..8 {
-                scope.spawn(|| {
-                    for _ in 0..200 {
-                        let (seqs, _) = history(&store, 5, 0, None);
-                        assert_eq!(seqs.len(), 5);
-                        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
-                    }
-                });
-            }
-            for i in 0..200 {
-                store
-                    .write_batch(vec![message("r", "bob", &format!("b{i}"), "x")])
-                    .unwrap();
-            }
-        });
-        assert_eq!(history(&store, 1, 0, None), (vec![210], true));
     }
 }
