@@ -2,7 +2,11 @@
 # Runs every test of the project:
 #  1. Rust unit and integration tests (the real server and gateway on
 #     ephemeral loopback ports, real WebSocket and gRPC clients);
-#  2. browser end-to-end tests of the web client in headless Chromium
+#  2. the integration tests whose server stores in the database again, on
+#     PostgreSQL (WSGATE_TEST_STORE=postgres: a schema per test at
+#     $WSGATE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/test;
+#     the storage unit tests and tests/postgres.rs use it in step 1 already);
+#  3. browser end-to-end tests of the web client in headless Chromium
 #     (scripts/e2e.sh installs Chromium and the npm packages if missing).
 # Usage: scripts/test.sh [extra cargo test args]
 #        scripts/test.sh -h|--help   prints this and exits
@@ -16,4 +20,7 @@ for arg in "$@"; do
   esac
 done
 cargo test --locked --workspace --all-targets "$@"
+WSGATE_TEST_STORE=postgres cargo test --locked \
+  --test chat --test history --test grpc --test presence --test identity \
+  --test bad_input --test gateway_auth --test websocket_close "$@"
 scripts/e2e.sh

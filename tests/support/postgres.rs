@@ -30,6 +30,16 @@ pub struct TestSchema {
     pub url: String,
 }
 
+/// Where the test database listens, from [`base_url`].
+pub fn base_address() -> (String, u16) {
+    let config: tokio_postgres::Config = base_url().parse().expect("WSGATE_TEST_POSTGRES");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
 impl TestSchema {
     /// Blocks (runs its SQL on a thread of its own): fine in async tests.
     pub fn create() -> TestSchema {
@@ -43,20 +53,22 @@ impl TestSchema {
         TestSchema { name, url }
     }
 
+    /// The URL of this schema, as reached at `addr` instead (a proxy).
+    pub fn url_through(&self, addr: std::net::SocketAddr) -> String {
+        let config: tokio_postgres::Config = base_url().parse().expect("WSGATE_TEST_POSTGRES");
+        format!(
+            "postgres://{}@{addr}/{}?options=-c%20search_path%3D{name}&application_name={name}",
+            config.get_user().unwrap_or("postgres"),
+            config.get_dbname().unwrap_or("postgres"),
+            name = self.name
+        )
+    }
+
     /// Ends every connection to this schema (`pg_terminate_backend`), as a
     /// restart of the database would, without disturbing other tests.
     /// Returns how many were ended.
     pub fn terminate_connections(&self) -> u64 {
-        let rows = sql(&format!(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE application_name = '{}'",
-            self.name
-        ))
-        .unwrap_or_else(|e| panic!("terminate the connections of {}: {e}", self.name));
-        rows.first()
-            .and_then(|row| row.first())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
+        terminate_connections(&self.name)
     }
 
     /// Runs SQL in this schema; the rows as text.
@@ -71,6 +83,19 @@ impl Drop for TestSchema {
         self.terminate_connections();
         let _ = sql(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
     }
+}
+
+/// Ends every connection named `application_name` (see [`TestSchema`]).
+pub fn terminate_connections(application_name: &str) -> u64 {
+    let rows = sql(&format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
+         WHERE application_name = '{application_name}'"
+    ))
+    .unwrap_or_else(|e| panic!("terminate the connections of {application_name}: {e}"));
+    rows.first()
+        .and_then(|row| row.first())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Checks once per process that the database answers, starting the local
