@@ -327,3 +327,54 @@ async fn connections_ended_under_writes_lose_no_confirmed_message() {
     );
     drop(server);
 }
+
+/// A database that cannot be reached at start stops the server at once,
+/// saying where and why, and never prints the URL's password.
+#[test]
+fn an_unreachable_database_is_a_startup_error_that_hides_the_password() {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = support::wsgate();
+    command.args([
+        "server",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--db",
+        &format!("postgres://alice:s3cret@127.0.0.1:{port}/chat"),
+    ]);
+    let finished = support::run_to_exit(command);
+    assert_eq!(finished.status.code(), Some(1), "{finished:?}");
+    let expected = format!("cannot open the database postgres://alice@127.0.0.1:{port}/chat");
+    assert!(finished.stderr.contains(&expected), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("Connection refused"),
+        "{}",
+        finished.stderr
+    );
+    assert!(!finished.stderr.contains("s3cret"), "{}", finished.stderr);
+}
+
+/// A server that starts on PostgreSQL logs where it stores, without the
+/// password (the test database trusts any).
+#[test]
+fn the_log_names_the_database_without_the_password() {
+    let schema = TestSchema::create();
+    let url = schema.url.replacen("postgres@", "postgres:s3cret@", 1);
+    assert!(url.contains("s3cret"), "{url}");
+    let mut command = support::wsgate();
+    command.args(["server", "--grpc-listen", "127.0.0.1:0", "--db", &url]);
+    let server = support::spawn_listening(command, "gRPC chat server listening");
+    let ready = server
+        .log
+        .iter()
+        .find(|line| line.contains("storage ready (PostgreSQL)"))
+        .cloned();
+    let log = server.kill_and_read_log();
+    let ready = ready.expect("a storage ready line");
+    assert!(ready.contains("db=postgres://postgres@"), "{ready}");
+    assert!(log.iter().all(|line| !line.contains("s3cret")), "{log:?}");
+}
