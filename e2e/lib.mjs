@@ -56,9 +56,11 @@ async function waitHealthy(url, proc, deadlineMs) {
  * `restart()` starts it again on the same ports and database.
  */
 export class Gate {
-  static async start() {
+  /** `args`: more flags for the binary (e.g. `--auth jwt ...`). */
+  static async start({ args = [] } = {}) {
     const dir = mkdtempSync(path.join(os.tmpdir(), "wsgate-e2e-"));
     const gate = new Gate(path.join(dir, "chat.db"), dir);
+    gate.args = args;
     for (let tries = 0; ; tries++) {
       gate.port = await freePort();
       gate.grpcPort = await freePort();
@@ -74,6 +76,7 @@ export class Gate {
   constructor(db, dir) {
     this.db = db;
     this.dir = dir;
+    this.args = [];
     this.proc = null;
     this.stderr = "";
   }
@@ -86,7 +89,15 @@ export class Gate {
     this.stderr = "";
     const proc = spawn(
       BIN,
-      ["--db", this.db, "--listen", `127.0.0.1:${this.port}`, "--grpc-listen", `127.0.0.1:${this.grpcPort}`],
+      [
+        "--db",
+        this.db,
+        "--listen",
+        `127.0.0.1:${this.port}`,
+        "--grpc-listen",
+        `127.0.0.1:${this.grpcPort}`,
+        ...this.args,
+      ],
       {
         stdio: ["ignore", "ignore", "pipe"],
         env: { ...process.env, ...GATEWAY_ENV, RUST_LOG: process.env.RUST_LOG || "warn" },
@@ -203,9 +214,11 @@ export class SplitGate {
 
 /** A protocol client from node (seeding, checking history). */
 export class Client {
-  static open(url) {
+  /** `token`: sign in with it (the `bearer.` subprotocol), for a gateway run with `--auth jwt`. */
+  static open(url, { token } = {}) {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url.replace(/^http/, "ws") + "/");
+      const protocols = token ? ["wsgate.v1", `bearer.${token}`] : [];
+      const ws = new WebSocket(url.replace(/^http/, "ws") + "/", protocols);
       ws.once("open", () => resolve(new Client(ws)));
       ws.once("error", reject);
     });
@@ -265,13 +278,13 @@ export class Client {
 
 /**
  * Starts a fresh wsgate (own ports, own database) and a browser before the
- * calling file's tests, and stops both after them.
+ * calling file's tests, and stops both after them. `options` go to `Gate.start`.
  * @returns {{gate: Gate, browser: import("playwright-core").Browser}}
  */
-export function useGateAndBrowser() {
+export function useGateAndBrowser(options = {}) {
   const fixture = {};
   before(async () => {
-    fixture.gate = await Gate.start();
+    fixture.gate = await Gate.start(options);
     fixture.browser = await launch();
   });
   after(async () => {
@@ -293,6 +306,10 @@ export function launch() {
       "--disable-component-update",
       "--disable-sync",
       "--disable-dev-shm-usage",
+      // A page a test serves itself (page.route) has no address space, and
+      // Chromium's Local Network Access checks would then block its
+      // WebSocket to loopback; pages the gateway serves are not affected.
+      "--disable-features=LocalNetworkAccessChecks",
     ],
   });
 }
@@ -319,7 +336,8 @@ export async function openChat(browser, gate, { name, room, viewport, colorSchem
 }
 
 export function waitConnected(page, timeout = 15000) {
-  return page.locator('#status[data-state="connected"]').waitFor({ timeout });
+  // Attached, not visible: on a phone the status sits in the closed drawer.
+  return page.locator('#status[data-state="connected"]').waitFor({ state: "attached", timeout });
 }
 
 /** Types into the composer and presses Enter. */

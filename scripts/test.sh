@@ -22,5 +22,6 @@ done
 cargo test --locked --workspace --all-targets "$@"
 WSGATE_TEST_STORE=postgres cargo test --locked \
   --test chat --test history --test grpc --test presence --test identity \
-  --test bad_input --test gateway_auth --test websocket_close "$@"
+  --test bad_input --test gateway_auth --test websocket_close \
+  --test directory --test edits --test renames "$@"
 scripts/e2e.sh

@@ -92,6 +92,18 @@ struct ProxyArgs {
     upstream: UpstreamArgs,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+#[derive(Args)]
+struct MetricsArgs {
+    /// Address to serve Prometheus metrics on, at /metrics (HOST:PORT): this
+    /// process's, so with `wsgate all` the server's and the gateway's. Unset:
+    /// not served. Never on the public port: keep it on a private address.
+    #[arg(long, env = "WSGATE_METRICS_LISTEN", value_name = "HOST:PORT",
+          value_parser = listen_address)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -236,12 +248,8 @@ struct ServerArgs {
     grpc_client_ca: Option<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
-    /// Address to serve the server's Prometheus metrics on, at /metrics
-    /// (HOST:PORT). Unset: not served (with `wsgate all`, the gateway's
-    /// /metrics shows them too).
-    #[arg(long, env = "WSGATE_METRICS_LISTEN", value_name = "HOST:PORT",
-          value_parser = listen_address)]
-    metrics_listen: Option<String>,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Sync every commit to disk (survives power loss, slower). Without it a
     /// confirmed message still survives a crash of the process. SQLite
     /// only: PostgreSQL's own settings (synchronous_commit) decide there.
@@ -557,7 +565,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         }
     };
     let shutdown = shutdown_on_signal();
-    serve_metrics(&args.server, &metrics, &shutdown).await?;
+    serve_metrics(&args.server.metrics, &metrics, &shutdown).await?;
     // If either half stops (an error), the other is stopped too.
     let server = tokio::spawn(stop_all_when_done(
         server::run(
@@ -595,14 +603,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     warn_if_open(auth.as_ref(), &[&grpc]);
     let metrics = wsgate::metrics::registry();
     let shutdown = shutdown_on_signal();
-    serve_metrics(&args, &metrics, &shutdown).await?;
+    serve_metrics(&args.metrics, &metrics, &shutdown).await?;
     let config = server_config(&args, auth, metrics, tls);
     server::run(grpc, store, config, shutdown).await
 }
 
 /// Serves `/metrics` on `--metrics-listen`, if given, until `shutdown`.
 async fn serve_metrics(
-    args: &ServerArgs,
+    args: &MetricsArgs,
     registry: &wsgate::metrics::MetricsRegistry,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -630,7 +638,9 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     };
     let web = bind(&args.gateway.listen).await?;
     warn_if_open(config.auth.as_ref(), &[&web]);
-    proxy::run(web, gateway, config, shutdown_on_signal()).await
+    let shutdown = shutdown_on_signal();
+    serve_metrics(&args.metrics, &config.metrics, &shutdown).await?;
+    proxy::run(web, gateway, config, shutdown).await
 }
 
 impl AuthArgs {

@@ -48,12 +48,12 @@ pub fn render(registry: &Registry) -> Response {
 }
 
 /// `GET /metrics` for `registry`.
-pub fn routes(registry: Registry) -> Router {
+fn routes(registry: Registry) -> Router {
     Router::new().route("/metrics", get(move || async move { render(&registry) }))
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` is cancelled: the chat
-/// server's `--metrics-listen`, a port apart from the gRPC one.
+/// Serves `/metrics` on `listener` until `shutdown` is cancelled:
+/// `--metrics-listen`, a port apart from the public ones.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,

@@ -67,6 +67,13 @@ impl ServerTls {
         })
     }
 
+    /// Another handshake deadline than [`HANDSHAKE_TIMEOUT`] (tests use a
+    /// short one).
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config = self.config.timeout(timeout);
+        self
+    }
+
     pub(crate) fn tonic(&self) -> ServerTlsConfig {
         self.config.clone()
     }

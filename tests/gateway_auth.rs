@@ -111,8 +111,12 @@ async fn frames_before_a_first_frame_token_are_refused_then_it_signs_in() {
     let server = Server::start().await;
     let proxy = Proxy::start_with(jwt_config(&server.uri())).await;
     let mut ws = proxy.connect().await;
-    ws.send(json!({"get_user": {"user_id": "alice"}})).await;
-    assert_eq!(ws.recv().await["error"]["code"], "UNAUTHENTICATED");
+    ws.send(json!({"get_user": {"user_id": "alice"}, "request_id": "q1"}))
+        .await;
+    let refused = ws.recv().await;
+    assert_eq!(refused["error"]["code"], "UNAUTHENTICATED");
+    // Its request id comes back: a client waiting on the answer knows at once.
+    assert_eq!(refused["request_id"], "q1");
     ws.send(json!({"auth": {"token": token("alice")}})).await;
     assert_eq!(ws.recv().await["auth"]["sub"], "alice");
     ws.join("general", "alice").await;

@@ -16,18 +16,20 @@ async fn counters_move_with_traffic() {
         ..server::Config::default()
     })
     .await;
-    // The server's metrics on a listener of their own (`--metrics-listen`).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server_metrics = listener.local_addr().unwrap();
+    // Each on a listener of its own (`--metrics-listen`).
     let stop_metrics = CancellationToken::new();
-    let metrics_task = tokio::spawn(wsgate::metrics::serve(
-        listener,
-        server_registry,
-        stop_metrics.clone(),
-    ));
-    let gateway = Proxy::start_with(proxy::Config::new(server.uri())).await;
+    let (server_metrics, server_task) = serve_metrics(server_registry, &stop_metrics).await;
+    let gateway_registry = wsgate::metrics::registry();
+    let gateway = Proxy::start_with(proxy::Config {
+        metrics: gateway_registry.clone(),
+        ..proxy::Config::new(server.uri())
+    })
+    .await;
+    let (gateway_metrics, gateway_task) = serve_metrics(gateway_registry, &stop_metrics).await;
 
-    let (status, before) = http_get(gateway.addr, "/metrics").await;
+    // Never on the public port.
+    assert_eq!(http_get(gateway.addr, "/metrics").await.0, 404);
+    let (status, before) = http_get(gateway_metrics, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(metric(&before, "wsgate_ws_connections_open"), 0.0);
 
@@ -55,7 +57,7 @@ async fn counters_move_with_traffic() {
         support::Ws::try_connect_with(&gateway.url(), &[("Origin", "https://evil.example")]).await;
     assert!(foreign.is_err(), "a foreign origin is refused");
 
-    let (_, page) = http_get(gateway.addr, "/metrics").await;
+    let (_, page) = http_get(gateway_metrics, "/metrics").await;
     assert_eq!(
         metric(&page, r#"wsgate_ws_refused_total{reason="origin"}"#),
         1.0
@@ -127,6 +129,21 @@ async fn counters_move_with_traffic() {
     bob.close().await;
     gateway.stop().await;
     stop_metrics.cancel();
-    metrics_task.await.unwrap().unwrap();
+    server_task.await.unwrap().unwrap();
+    gateway_task.await.unwrap().unwrap();
     server.stop().await;
+}
+
+/// Serves `registry` on a port of its own until `stop`, as `--metrics-listen` does.
+async fn serve_metrics(
+    registry: wsgate::metrics::MetricsRegistry,
+    stop: &CancellationToken,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(wsgate::metrics::serve(listener, registry, stop.clone()));
+    (addr, task)
 }

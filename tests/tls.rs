@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::json;
 use support::pki::{Ca, Pair};
 use support::{Proxy, Server, Ws, run_to_exit, spawn_listening, wsgate};
@@ -219,6 +221,32 @@ async fn a_tonic_client_with_tls_reaches_chat_and_health() {
         .await
         .expect("TCP connects");
     assert!(health(plain).await.is_err());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_tls_handshake_is_dropped_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new("test CA");
+    let deadline = Duration::from_millis(300);
+    let server = Server::start_tls(ca.server_tls().with_handshake_timeout(deadline)).await;
+    // Half a ClientHello record header, then silence.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stalled.write_all(&[0x16, 0x03]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut buf))
+        .await
+        .expect("the server drops a stalled handshake at its deadline, not at the 10 s default");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The server still serves those that do finish theirs.
+    let channel = server
+        .tls_channel(ca.tonic_trusting(None))
+        .await
+        .expect("TLS connect");
+    assert_eq!(
+        health(channel).await.expect("health"),
+        ServingStatus::Serving as i32
+    );
     server.stop().await;
 }
 

@@ -1,6 +1,8 @@
 // The wsgate web chat client: plain ES module, no build step.
 // Protocol: docs/protocol.md (JSON frames over one WebSocket at "/").
 
+import * as auth from "./auth.js";
+
 const $ = (id) => document.getElementById(id);
 
 /** The "you" badge beside the user's own name. */
@@ -36,12 +38,13 @@ const store = {
   },
 };
 
-const userId = store.get("wsgate.userId", null) || crypto.randomUUID();
+// With `--auth jwt` the id is the token's `sub`, learnt when signing in.
+let userId = store.get("wsgate.userId", null) || crypto.randomUUID();
 store.set("wsgate.userId", userId);
 let userName = store.get("wsgate.userName", null) || `guest-${userId.slice(0, 4)}`;
 store.set("wsgate.userName", userName);
 
-/** Messages typed but not yet confirmed: {id, room_id, content, created, state, error}. */
+/** Messages typed but not yet confirmed: {id, room_id, sender, content, created, state, error}. */
 let outbox = store.get("wsgate.outbox", []).filter((m) => m && m.id && m.room_id);
 const saveOutbox = () => store.set("wsgate.outbox", outbox);
 
@@ -144,6 +147,9 @@ const pending = new Map(); // request_id -> {resolve, reject, timer}
 let resendAfterCatchUp = false; // the upstream was lost: resend the outbox once it is back
 const isOpen = () => ws && ws.readyState === WebSocket.OPEN;
 
+let opened = false; // the current socket got past its upgrade
+let neverOpened = 0; // sockets in a row that closed before opening
+
 let lastState = null;
 function setStatus(state, text) {
   for (const el of [$("status"), $("head-status")]) el.dataset.state = state;
@@ -151,7 +157,8 @@ function setStatus(state, text) {
   $("head-status-text").textContent = text;
   $("head-status").title = text;
   if (state !== lastState && lastState !== null) {
-    announce(state === "connected" ? "Connected" : state === "offline" ? "Offline" : "Connection lost, reconnecting");
+    const said = { connected: "Connected", offline: "Offline", "signed-out": "Signed out" };
+    announce(said[state] || "Connection lost, reconnecting");
   }
   lastState = state;
   $("retry").hidden = state !== "reconnecting" && state !== "offline";
@@ -167,8 +174,8 @@ function connect() {
   ws = socket;
   socket.onopen = () => {
     attempt = 0;
-    setStatus("connected", "Connected");
-    onConnected();
+    opened = true;
+    signIn(socket);
   };
   socket.onmessage = (ev) => {
     let frame;
@@ -179,22 +186,35 @@ function connect() {
     }
     onFrame(frame);
   };
-  socket.onclose = () => {
+  socket.onclose = (ev) => {
     if (ws !== socket) return;
-    ws = null;
-    for (const [, p] of pending) {
-      clearTimeout(p.timer);
-      p.reject({ code: "UNAVAILABLE", message: "connection closed" });
-    }
-    pending.clear();
-    for (const r of rooms.values()) {
-      r.catching = false;
-      r.online = null; // a snapshot comes again after the re-join
-      clearTyping(r);
-    }
-    scheduleReconnect();
-    scheduleRender();
+    dropConnection();
+    const problem = auth.signInProblem(ev.code, ev.reason);
+    if (problem) onSignedOut(problem);
+    else if (!signedOut) scheduleReconnect();
   };
+}
+
+/** Forgets the connection (closing it if still open): what was in flight fails, rooms await a re-join. */
+function dropConnection() {
+  const socket = ws;
+  ws = null;
+  if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000);
+  neverOpened = opened ? 0 : neverOpened + 1;
+  opened = false;
+  session = null;
+  clearTimeout(renewTimer);
+  for (const [, p] of pending) {
+    clearTimeout(p.timer);
+    p.reject({ code: "UNAVAILABLE", message: "connection closed" });
+  }
+  pending.clear();
+  for (const r of rooms.values()) {
+    r.catching = false;
+    r.online = null; // a snapshot comes again after the re-join
+    clearTyping(r);
+  }
+  scheduleRender();
 }
 
 function scheduleReconnect() {
@@ -212,13 +232,16 @@ function scheduleReconnect() {
 function updateReconnectText(offline = navigator.onLine === false) {
   if (ws || !reconnectTimer) return;
   const secs = Math.max(0, Math.ceil((reconnectAt - Date.now()) / 1000));
+  let text = secs > 1 ? `Reconnecting in ${secs}s…` : "Reconnecting…";
+  // A refused upgrade (401: a bad cookie) looks like any failed connection to a page.
+  if (authMode === "jwt" && neverOpened >= 2) text = `Can't connect (has your sign-in expired?) ${text}`;
   if (offline) setStatus("offline", "Offline — waiting for the network");
-  else setStatus("reconnecting", secs > 1 ? `Reconnecting in ${secs}s…` : "Reconnecting…");
+  else setStatus("reconnecting", text);
 }
 setInterval(() => updateReconnectText(), 1000);
 
 function reconnectNow() {
-  if (!ws) {
+  if (!ws && !signedOut) {
     attempt = Math.min(attempt, 1);
     connect();
   }
@@ -250,11 +273,166 @@ function call(action, body) {
   });
 }
 
+// ---------- signing in (--auth jwt) ----------
+
+/** "none" or "jwt", as the gateway showed it (before the first sign-in: last visit's). */
+let authMode = auth.lastMode();
+/** Who the gateway says this connection is, {sub, exp, since}; null in none mode. */
+let session = null;
+let renewTimer = null;
+let renewFailures = 0;
+/** Why the page is signed out; while set, nothing reconnects until the user signs in again. */
+let signedOut = null;
+/** With a token, the server holds the display name (seeded by the token's name claim). */
+let ownNameKnown = false;
+
+/**
+ * Says who this connection is, then starts the session. A token the page
+ * holds goes in the first frame. Then comes a harmless call: by its answer
+ * the gateway has either said who we are (in jwt mode its `auth` frame
+ * always comes first) or said nothing (none mode), or refused us.
+ */
+async function signIn(socket) {
+  const token = auth.storedToken();
+  if (token) sendFrame({ auth: { token } });
+  try {
+    await call("get_user", { user_id: userId });
+  } catch (e) {
+    if (ws !== socket) return; // closed meanwhile: the close says why
+    if (e.code === "UNAUTHENTICATED") {
+      dropConnection();
+      onSignedOut({ text: "This chat needs you to sign in." });
+      return;
+    }
+    // NOT_FOUND (a new user) or another error: an answer all the same.
+  }
+  if (ws !== socket) return;
+  authMode = session ? "jwt" : "none";
+  auth.rememberMode(authMode);
+  setStatus("connected", "Connected");
+  onConnected();
+}
+
+/** The gateway's `{"auth": {"sub", "exp"}}`: at sign-in and after each renewal. */
+function onAuth(a) {
+  if (!a || typeof a.sub !== "string" || !a.sub || typeof a.exp !== "number") return;
+  session = { sub: a.sub, exp: a.exp, since: Date.now() };
+  renewFailures = 0;
+  if (a.sub !== userId) adoptIdentity(a.sub);
+  scheduleRenewal();
+  renderSignedIn();
+}
+
+function adoptIdentity(sub) {
+  userId = sub;
+  store.set("wsgate.userId", sub);
+  // What another user of this browser typed is not sent as this one.
+  outbox = outbox.filter((o) => !o.sender || o.sender === sub);
+  saveOutbox();
+  ownNameKnown = false;
+  setOwnName(names.get(sub) || auth.claimsOf(auth.storedToken())?.name || sub);
+}
+
+function setOwnName(name) {
+  userName = name;
+  names.set(userId, name);
+  store.set("wsgate.userName", name);
+  $("name").value = name;
+  scheduleRender();
+}
+
+/**
+ * Asks the server for this user's name (jwt mode). A first-time user is
+ * registered by its first join, a moment after it is answered: until then
+ * there is no name, and it is asked again after 1, 2 and 4 s.
+ */
+function learnOwnName(tries = 0) {
+  if (ownNameKnown) return;
+  call("get_user", { user_id: userId })
+    .then((a) => {
+      if (!a.user.name) throw { code: "NOT_FOUND" };
+      ownNameKnown = true;
+      setOwnName(a.user.name);
+    })
+    .catch((e) => {
+      if (e.code === "NOT_FOUND" && tries < 3) setTimeout(() => isOpen() && learnOwnName(tries + 1), 1000 * 2 ** tries);
+    });
+}
+
+function scheduleRenewal() {
+  clearTimeout(renewTimer);
+  if (session && auth.canRenew()) renewTimer = setTimeout(renew, auth.renewDelay(session.exp, session.since));
+}
+
+/** Fetches a fresh token from the app and presents it; the gateway answers a new `auth` frame. */
+async function renew() {
+  try {
+    const token = await auth.fetchToken();
+    if (!sendFrame({ auth: { token } })) return; // the next connection presents it
+  } catch (e) {
+    console.warn("wsgate: could not renew the sign-in:", e.message);
+    retryRenewal();
+  }
+}
+
+/** Tries again while the session lasts: 5 s, 10 s, ... but never past half the time left. */
+function retryRenewal() {
+  renewFailures += 1;
+  const left = session ? session.exp * 1000 - Date.now() : 0;
+  if (left > 0) renewTimer = setTimeout(renew, Math.min(left / 2, 5000 * renewFailures));
+}
+
+function onSignedOut(problem) {
+  if (problem.expired && auth.canRenew() && !problem.retried) {
+    // The tab may have slept through its renewal: the app may still have a token for us.
+    auth
+      .fetchToken()
+      .then(() => connect())
+      .catch(() => onSignedOut({ ...problem, retried: true }));
+    return;
+  }
+  auth.forgetToken(); // refused or expired: presenting it again would fail again
+  signedOut = problem.text;
+  clearTimeout(reconnectTimer);
+  reconnectTimer = null;
+  setStatus("signed-out", "Signed out");
+  renderSignedIn();
+}
+
+/** Starts over with whatever token there is now (a new sign-in link, or one from the app). */
+function signInAgain() {
+  signedOut = null;
+  renderSignedIn();
+  if (ws) dropConnection();
+  attempt = 0;
+  connect();
+}
+
+function signOut() {
+  auth.forgetToken();
+  dropConnection();
+  onSignedOut({ text: "You signed out." });
+}
+
+function renderSignedIn() {
+  $("signed-in").hidden = !session;
+  if (session) {
+    $("signed-in-sub").textContent = session.sub;
+    const until = timeFmt.format(new Date(session.exp * 1000));
+    $("signed-in-until").textContent = auth.canRenew() ? "" : ` until ${until}`;
+    $("sign-out").hidden = !auth.storedToken(); // an app's cookie is the app's to clear
+  }
+  $("signin").hidden = !signedOut;
+  document.body.classList.toggle("signed-out", !!signedOut);
+  if (signedOut) $("signin-text").textContent = signedOut;
+}
+
 function onConnected() {
   // Refresh names: others may have renamed themselves meanwhile.
   fresh.clear();
   scheduleRender();
-  call("set_user_name", { user_id: userId, name: userName }).catch(() => {});
+  if (session) learnOwnName();
+  else call("set_user_name", { user_id: userId, name: userName }).catch(() => {});
   flushOutbox(true);
   for (const r of rooms.values()) enterRoom(r);
 }
@@ -273,8 +451,15 @@ function onFrame(frame) {
     return;
   }
   if (frame.chat_message) onChatMessage(frame.chat_message);
-  else if (frame.presence) onPresence(frame.presence);
-  else if (frame.typing) onTyping(frame.typing);
+  else if (frame.presence) {
+    onPresence(frame.presence);
+    // A snapshot nobody asked for: the gateway re-opened the stream (after a
+    // renewal, or the service coming back), and what was said meanwhile
+    // reaches us only through history.
+    const r = frame.presence.snapshot && rooms.get(frame.presence.room_id);
+    if (r) catchUp(r);
+  } else if (frame.typing) onTyping(frame.typing);
+  else if (frame.auth) onAuth(frame.auth);
 }
 
 // ---------- presence & typing ----------
@@ -386,6 +571,11 @@ function onError(error, rid) {
     pending.delete(rid);
     clearTimeout(p.timer);
     p.reject(error);
+    return;
+  }
+  if (error.code === "UNAUTHENTICATED" && !rid && session) {
+    // A renewal the gateway refused: the current token holds until it expires.
+    retryRenewal();
     return;
   }
   if (rid && rid.startsWith("s:")) {
@@ -607,6 +797,7 @@ function send(content) {
   const item = {
     id: crypto.randomUUID(),
     room_id: current,
+    sender: userId,
     content,
     created: Date.now(),
     state: "pending",
@@ -678,6 +869,8 @@ function roomFromHash() {
 }
 
 addEventListener("hashchange", () => {
+  // A sign-in link opened in this tab.
+  if (auth.takeTokenFromUrl()) signInAgain();
   const name = roomFromHash();
   if (name && name !== current) joinRoom(name);
 });
@@ -986,12 +1179,8 @@ function init() {
     note.className = "note";
     try {
       const a = await call("set_user_name", { user_id: userId, name });
-      userName = a.user.name;
-      names.set(userId, userName);
-      store.set("wsgate.userName", userName);
-      $("name").value = userName;
+      setOwnName(a.user.name);
       note.textContent = "Saved";
-      scheduleRender();
     } catch (e) {
       note.textContent = e.code === "UNAVAILABLE" ? "Not connected — try again soon" : e.message || e.code;
       note.className = "note error";
@@ -1012,6 +1201,11 @@ function init() {
     $("content").focus();
   });
   $("leave").addEventListener("click", () => current && leaveRoom(current));
+  $("sign-out").addEventListener("click", signOut);
+  $("signin-retry").addEventListener("click", async () => {
+    if (auth.canRenew()) await auth.fetchToken().catch(() => {});
+    signInAgain();
+  });
   $("retry").addEventListener("click", reconnectNow);
   $("toggle-rooms").addEventListener("click", () =>
     document.body.classList.contains("drawer-open") ? closeDrawer() : openDrawer(),
@@ -1092,6 +1286,7 @@ function init() {
     $("content").focus();
   });
 
+  auth.takeTokenFromUrl(); // before the fragment is read as a room name
   // Rooms: the saved list, plus the one in the URL.
   for (const name of store.get("wsgate.rooms", [])) if (typeof name === "string" && name) roomState(name);
   for (const o of outbox) roomState(o.room_id);

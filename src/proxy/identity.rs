@@ -15,6 +15,7 @@ use super::Config;
 use super::credentials::{Presented, with_token};
 use super::metrics::GatewayMetrics;
 use super::outbound::close_code;
+use super::rate;
 use super::transcode::error_json;
 use crate::auth::{Claims, Verifier};
 
@@ -115,10 +116,12 @@ impl Identity {
         };
         let Some(auth) = auth else {
             if self.claims.is_none() {
+                // With the frame's request_id, so a client waiting on an
+                // answer learns at once that it must sign in.
                 return Gate::Answer(error_json(
                     Code::Unauthenticated,
                     "authenticate first: send {\"auth\": {\"token\": \"...\"}}",
-                    None,
+                    rate::request_id(text).as_deref(),
                 ));
             }
             return Gate::Pass;
@@ -127,7 +130,7 @@ impl Identity {
             return Gate::Answer(error_json(
                 Code::InvalidArgument,
                 "an auth frame is {\"auth\": {\"token\": \"...\"}}",
-                None,
+                rate::request_id(text).as_deref(),
             ));
         };
         match (verifier.verify(token), &self.claims) {

@@ -10,8 +10,8 @@ use prometheus::{
 };
 use tonic::Code;
 
-use super::transcode::code_name;
 use crate::metrics::{latency_buckets, register};
+use crate::proto::code_name;
 
 /// The label of frames that are not a known action (bad JSON, unknown key).
 const INVALID_ACTION: &str = "invalid";

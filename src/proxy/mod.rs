@@ -126,8 +126,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The web client, embedded so the binary serves it with no build step.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
-/// The web client's script (an ES module) and style sheet.
+/// The web client's scripts (ES modules) and style sheet.
 const APP_JS: &str = include_str!("../../web/app.js");
+const AUTH_JS: &str = include_str!("../../web/auth.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
 
 /// The gateway's settings, validated by the caller.
@@ -154,7 +155,8 @@ pub struct Config {
     pub unary_timeout: Duration,
     /// Token verification (`--auth jwt`); `None` trusts every client.
     pub auth: Option<Arc<crate::auth::Verifier>>,
-    /// Where the gateway's metrics are registered; `/metrics` shows it.
+    /// Where the gateway's metrics are registered. Not on the public port:
+    /// the binary serves it on `--metrics-listen` (`crate::metrics::serve`).
     pub metrics: prometheus::Registry,
     /// Time for the TLS handshake and a request's complete headers.
     pub handshake_timeout: Duration,
@@ -228,9 +230,9 @@ pub struct Context {
 
 /// The gateway's HTTP routes: `GET /` is the WebSocket endpoint for a
 /// WebSocket upgrade and the web client otherwise; `GET /healthz` is a
-/// liveness probe; `GET /metrics` the Prometheus metrics.
+/// liveness probe. Metrics are not served here: what a stranger could read
+/// on the public port, they are not shown (`--metrics-listen`).
 pub fn app(ctx: Arc<Context>) -> Router {
-    let metrics = crate::metrics::routes(ctx.config.metrics.clone());
     Router::new()
         .route("/", get(root))
         .route(
@@ -238,12 +240,15 @@ pub fn app(ctx: Arc<Context>) -> Router {
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
         )
         .route(
+            "/auth.js",
+            get(|| async { asset("text/javascript; charset=utf-8", AUTH_JS) }),
+        )
+        .route(
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctx)
-        .merge(metrics)
 }
 
 async fn root(

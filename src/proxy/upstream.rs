@@ -23,9 +23,10 @@ use super::gateway::{Gateway, StreamMethod, UnaryMethod};
 use super::metrics::GatewayMetrics;
 use super::outbound::ToClient;
 use super::quiet_log::QuietLog;
-use super::transcode::{code_name, error_json};
+use super::transcode::error_json;
 use crate::metrics::Tracked;
 use crate::proto::HTTP2_CONNECTION_WINDOW;
+use crate::proto::code_name;
 use crate::tls::ClientTls;
 
 /// First wait before re-opening a lost stream; doubles up to [`MAX_BACKOFF`].

@@ -45,7 +45,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::{
-    HistoryPage, HistoryQuery, NewMessage, Store, StoreError, StoredMessage, UserRecord, Write,
+    ChangeKind, ChangeRefused, ChangesQuery, HistoryPage, HistoryQuery, MessageChange, NewMessage,
+    RoomRecord, RoomsPage, RoomsQuery, Store, StoreError, StoredMessage, UserRecord, Write,
     Written,
 };
 
@@ -63,9 +64,14 @@ const MIGRATIONS: [&str; 1] = ["
 CREATE TABLE rooms (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     name text COLLATE \"C\" UNIQUE NOT NULL,
-    -- The last seq handed out: the lock every writer of the room takes.
-    last_seq bigint NOT NULL
+    -- The last seq handed out: the row every writer of the room locks.
+    last_seq bigint NOT NULL,
+    -- The last revision (edit or deletion) handed out.
+    last_revision bigint NOT NULL DEFAULT 0,
+    -- When its newest message was stored: the directory's order.
+    last_message_us bigint NOT NULL DEFAULT 0
 );
+CREATE INDEX rooms_by_activity ON rooms (last_message_us, name, last_seq);
 CREATE TABLE messages (
     room bigint NOT NULL,
     seq bigint NOT NULL,
@@ -73,9 +79,13 @@ CREATE TABLE messages (
     sender_id text COLLATE \"C\" NOT NULL,
     content text NOT NULL,
     timestamp_us bigint NOT NULL,
+    edited_us bigint,
+    deleted boolean NOT NULL DEFAULT false,
+    revision bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (room, seq)
 );
 CREATE UNIQUE INDEX messages_by_id ON messages (room, id, sender_id);
+CREATE INDEX messages_by_revision ON messages (room, revision) WHERE revision > 0;
 CREATE TABLE users (
     id text COLLATE \"C\" PRIMARY KEY,
     name text NOT NULL,
@@ -104,7 +114,7 @@ ON CONFLICT (name) DO NOTHING";
 /// The counter rows, locked in name order (the lock is taken row by row as
 /// the sorted rows come out).
 const LOCK_ROOMS: &str = "
-SELECT id, name, last_seq FROM rooms WHERE name = ANY($1::text[])
+SELECT id, name, last_seq, last_revision FROM rooms WHERE name = ANY($1::text[])
 ORDER BY name FOR UPDATE";
 
 /// Which of the batch's (room, sender, id) are already stored. Run after
@@ -116,7 +126,8 @@ ORDER BY name FOR UPDATE";
 /// them and scan the whole table (measured: 110 ms a batch at 100k rows,
 /// growing with the table).
 const SELECT_DUPLICATES: &str = "
-SELECT r.name, m.sender_id, m.id, m.seq, m.content, m.timestamp_us
+SELECT r.name, m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted,
+       m.revision
 FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room, sender_id, id)
 JOIN rooms r ON r.name = k.room
 CROSS JOIN LATERAL (
@@ -140,9 +151,31 @@ WITH m AS (
 )
 SELECT 1";
 
+/// The messages the batch's edits and deletions name, as they are (after
+/// the locks, like the duplicates).
+const SELECT_TARGETS: &str = "
+SELECT r.name, m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted,
+       m.revision
+FROM unnest($1::text[], $2::bigint[]) AS k(room, seq)
+JOIN rooms r ON r.name = k.room
+JOIN messages m ON m.room = r.id AND m.seq = k.seq";
+
+/// The final state of each message the batch changed; after the inserts,
+/// so a message stored and changed in one batch is found.
+const UPDATE_MESSAGES: &str = "
+UPDATE messages SET content = u.content, edited_us = u.edited_us, deleted = u.deleted,
+    revision = u.revision
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::boolean[], $6::bigint[])
+    AS u(room, seq, content, edited_us, deleted, revision)
+WHERE messages.room = u.room AND messages.seq = u.seq";
+
+/// A room's time moves only when it got a message (NULL: it did not).
 const ADVANCE_ROOMS: &str = "
-UPDATE rooms SET last_seq = a.last_seq
-FROM unnest($1::bigint[], $2::bigint[]) AS a(id, last_seq) WHERE rooms.id = a.id";
+UPDATE rooms SET last_seq = a.last_seq, last_revision = a.last_revision,
+    last_message_us = coalesce(a.last_message_us, rooms.last_message_us)
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+    AS a(id, last_seq, last_revision, last_message_us)
+WHERE rooms.id = a.id";
 
 /// The user, inserted if new. An existing row comes from the second
 /// branch; a new one from the first (the statement's snapshot predates it).
@@ -161,18 +194,38 @@ RETURNING id, name, created_at";
 
 const SELECT_USER: &str = "SELECT id, name, created_at FROM users WHERE id = $1";
 
+// Every query that reads messages returns these columns, in this order
+// (see `message_row`): seq, id, sender_id, content, timestamp_us,
+// edited_us, deleted, revision; the writer's have the room's name first.
+
 /// Newest first; the caller reverses the page.
 const HISTORY_BEFORE: &str = "
-SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted, m.revision
 FROM rooms r JOIN messages m ON m.room = r.id
 WHERE r.name = $1 AND m.seq < $2
 ORDER BY m.seq DESC LIMIT $3";
 
 const HISTORY_AFTER: &str = "
-SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted, m.revision
 FROM rooms r JOIN messages m ON m.room = r.id
 WHERE r.name = $1 AND m.seq > $2 AND m.seq < $3
 ORDER BY m.seq LIMIT $4";
+
+/// `revision > 0` matches the partial index's predicate.
+const CHANGES: &str = "
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted, m.revision
+FROM rooms r JOIN messages m ON m.room = r.id
+WHERE r.name = $1 AND m.revision > 0 AND m.revision > $2
+ORDER BY m.revision LIMIT $3";
+
+const SELECT_REVISION: &str = "SELECT last_revision FROM rooms WHERE name = $1";
+
+/// Both keys descending: the cursor is one row comparison, the page one
+/// backwards scan of `rooms_by_activity`.
+const ROOMS: &str = "
+SELECT name, last_seq, last_message_us FROM rooms
+WHERE (last_message_us, name) < ($1, $2)
+ORDER BY last_message_us DESC, name DESC LIMIT $3";
 
 /// Used when the URL sets no `connect_timeout`: long enough for a loaded
 /// database, short enough that a server whose database is unreachable says
@@ -279,7 +332,9 @@ struct WriteConn {
     insert_rooms: Statement,
     lock_rooms: Statement,
     select_duplicates: Statement,
+    select_targets: Statement,
     insert_messages: Statement,
+    update_messages: Statement,
     advance_rooms: Statement,
     ensure_user: Statement,
     set_user_name: Statement,
@@ -290,6 +345,9 @@ struct ReadConn {
     client: Client,
     history_before: Statement,
     history_after: Statement,
+    changes: Statement,
+    select_revision: Statement,
+    rooms: Statement,
     select_user: Statement,
 }
 
@@ -404,7 +462,9 @@ impl PgStore {
             insert_rooms: client.prepare(INSERT_ROOMS).await?,
             lock_rooms: client.prepare(LOCK_ROOMS).await?,
             select_duplicates: client.prepare(SELECT_DUPLICATES).await?,
+            select_targets: client.prepare(SELECT_TARGETS).await?,
             insert_messages: client.prepare(INSERT_MESSAGES).await?,
+            update_messages: client.prepare(UPDATE_MESSAGES).await?,
             advance_rooms: client.prepare(ADVANCE_ROOMS).await?,
             ensure_user: client.prepare(ENSURE_USER).await?,
             set_user_name: client.prepare(SET_USER_NAME).await?,
@@ -418,6 +478,9 @@ impl PgStore {
         Ok(ReadConn {
             history_before: client.prepare(HISTORY_BEFORE).await?,
             history_after: client.prepare(HISTORY_AFTER).await?,
+            changes: client.prepare(CHANGES).await?,
+            select_revision: client.prepare(SELECT_REVISION).await?,
+            rooms: client.prepare(ROOMS).await?,
             select_user: client.prepare(SELECT_USER).await?,
             client,
         })
@@ -564,42 +627,97 @@ impl Store for PgStore {
             0 => i64::MAX,
             before => seq_bound(before),
         };
-        let rows = self.read(|conn| async move {
-            match query.after_seq {
-                None => {
-                    conn.client
-                        .query(&conn.history_before, &[&query.room_id, &before, &fetch])
-                        .await
+        let (revision, rows) = self.read(|conn| async move {
+            // Pipelined, in this order: the revision is read before the
+            // page, in an earlier statement, so it is a lower bound for it.
+            let room: [&(dyn ToSql + Sync); 1] = [&query.room_id];
+            let revision = conn.client.query_opt(&conn.select_revision, &room);
+            let page = async {
+                match query.after_seq {
+                    None => {
+                        conn.client
+                            .query(&conn.history_before, &[&query.room_id, &before, &fetch])
+                            .await
+                    }
+                    Some(after) => {
+                        conn.client
+                            .query(
+                                &conn.history_after,
+                                &[&query.room_id, &seq_bound(after), &before, &fetch],
+                            )
+                            .await
+                    }
                 }
-                Some(after) => {
-                    conn.client
-                        .query(
-                            &conn.history_after,
-                            &[&query.room_id, &seq_bound(after), &before, &fetch],
-                        )
-                        .await
-                }
-            }
+            };
+            let (revision, page) = futures_util::join!(revision, page);
+            Ok((revision?, page?))
         })?;
         let mut messages = rows
             .iter()
-            .map(|row| {
-                Ok(StoredMessage {
-                    seq: seq_column(row, 0)?,
-                    id: row.try_get(1)?,
-                    room_id: query.room_id.clone(),
-                    sender_id: row.try_get(2)?,
-                    content: row.try_get(3)?,
-                    timestamp_us: row.try_get(4)?,
-                })
-            })
+            .map(|row| message_row(&query.room_id, row, 0))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let has_more = messages.len() > query.limit;
         messages.truncate(query.limit);
         if query.after_seq.is_none() {
             messages.reverse();
         }
-        Ok(HistoryPage { messages, has_more })
+        Ok(HistoryPage {
+            messages,
+            has_more,
+            revision: revision_of(revision.as_ref())?,
+        })
+    }
+
+    fn changes(&self, query: &ChangesQuery) -> Result<HistoryPage, StoreError> {
+        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let after = seq_bound(query.after_revision);
+        let (revision, rows) = self.read(|conn| async move {
+            let room: [&(dyn ToSql + Sync); 1] = [&query.room_id];
+            let params: [&(dyn ToSql + Sync); 3] = [&query.room_id, &after, &fetch];
+            let revision = conn.client.query_opt(&conn.select_revision, &room);
+            let page = conn.client.query(&conn.changes, &params);
+            let (revision, page) = futures_util::join!(revision, page);
+            Ok((revision?, page?))
+        })?;
+        let mut messages = rows
+            .iter()
+            .map(|row| message_row(&query.room_id, row, 0))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let has_more = messages.len() > query.limit;
+        messages.truncate(query.limit);
+        Ok(HistoryPage {
+            messages,
+            has_more,
+            revision: revision_of(revision.as_ref())?,
+        })
+    }
+
+    fn rooms(&self, query: &RoomsQuery) -> Result<RoomsPage, StoreError> {
+        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let (before_us, before_name) = match &query.after {
+            Some(cursor) => (cursor.last_message_us, cursor.room_id.as_str()),
+            // Every room sorts before (i64::MAX, ""): no message is stored
+            // at the end of time.
+            None => (i64::MAX, ""),
+        };
+        let rows = self.read(|conn| async move {
+            conn.client
+                .query(&conn.rooms, &[&before_us, &before_name, &fetch])
+                .await
+        })?;
+        let mut rooms = rows
+            .iter()
+            .map(|row| {
+                Ok(RoomRecord {
+                    room_id: row.try_get(0)?,
+                    last_seq: seq_column(row, 1)?,
+                    last_message_us: row.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let has_more = rooms.len() > query.limit;
+        rooms.truncate(query.limit);
+        Ok(RoomsPage { rooms, has_more })
     }
 
     fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -641,14 +759,21 @@ impl From<tokio_postgres::Error> for Failure {
 
 type Pending<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + 'a>>;
 
-/// A room of the batch: its id and its counter, as locked.
+/// A room of the batch: its id and its counters, as locked, then as the
+/// batch advances them.
 struct LockedRoom {
     id: i64,
     last_seq: u64,
+    last_revision: u64,
+    /// The time of the batch's last new message in it, if any.
+    last_message_us: Option<i64>,
 }
 
-/// A message's key for idempotence.
+/// A message's key for idempotence: (room, sender, id).
 type Key = (String, String, String);
+
+/// A message's place: (room, seq).
+type Place = (String, u64);
 
 /// The new messages between two user writes: one INSERT.
 #[derive(Default)]
@@ -670,9 +795,21 @@ enum Step {
     SetUserName(String, String, i64),
 }
 
+/// The batch's edits and deletions as final states: one UPDATE.
+#[derive(Default)]
+struct Updates {
+    rooms: Vec<i64>,
+    seqs: Vec<i64>,
+    contents: Vec<String>,
+    edited: Vec<Option<i64>>,
+    deleted: Vec<bool>,
+    revisions: Vec<i64>,
+}
+
 /// Applies a batch in one transaction, in two round trips: (1) begin, lock
-/// the rooms, read the duplicates; (2) every insert and user write, the
-/// counters, commit. Nothing in (2) waits for a reply of (2), because seqs
+/// the rooms, read the duplicates and the messages to change; (2) every
+/// insert, user write and update, the counters, commit. Nothing in (2)
+/// waits for a reply of (2): seqs, revisions and what each change does
 /// are worked out here from what (1) returned.
 async fn apply(
     conn: &WriteConn,
@@ -684,22 +821,36 @@ async fn apply(
         .iter()
         .filter_map(|w| match w {
             Write::Message(m) => Some(m.room_id.as_str()),
+            Write::Change(c) => Some(c.room_id.as_str()),
             _ => None,
         })
         .collect();
     rooms.sort_unstable();
     rooms.dedup();
-    let new_rooms: Vec<&str> = rooms
+    // Only messages create rooms: a change to an unknown room is refused.
+    let mut new_rooms: Vec<&str> = writes
         .iter()
-        .copied()
-        .filter(|room| !cache.rooms.contains(*room))
+        .filter_map(|w| match w {
+            Write::Message(m) if !cache.rooms.contains(&m.room_id) => Some(m.room_id.as_str()),
+            _ => None,
+        })
         .collect();
+    new_rooms.sort_unstable();
+    new_rooms.dedup();
     let (mut key_rooms, mut key_senders, mut key_ids) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut target_rooms, mut target_seqs) = (Vec::new(), Vec::new());
     for write in writes {
-        if let Write::Message(m) = write {
-            key_rooms.push(m.room_id.as_str());
-            key_senders.push(m.sender_id.as_str());
-            key_ids.push(m.id.as_str());
+        match write {
+            Write::Message(m) => {
+                key_rooms.push(m.room_id.as_str());
+                key_senders.push(m.sender_id.as_str());
+                key_ids.push(m.id.as_str());
+            }
+            Write::Change(c) => {
+                target_rooms.push(c.room_id.as_str());
+                target_seqs.push(seq_bound(c.seq));
+            }
+            _ => {}
         }
     }
 
@@ -707,6 +858,7 @@ async fn apply(
     let params_new: [&(dyn ToSql + Sync); 1] = [&new_rooms];
     let params_lock: [&(dyn ToSql + Sync); 1] = [&rooms];
     let params_keys: [&(dyn ToSql + Sync); 3] = [&key_rooms, &key_senders, &key_ids];
+    let params_targets: [&(dyn ToSql + Sync); 2] = [&target_rooms, &target_seqs];
     let begin = client.batch_execute("BEGIN");
     let mut first: Vec<Pending<'_>> = Vec::new();
     if !new_rooms.is_empty() {
@@ -718,18 +870,22 @@ async fn apply(
         first.push(Box::pin(
             client.query(&conn.select_duplicates, &params_keys),
         ));
+        first.push(Box::pin(
+            client.query(&conn.select_targets, &params_targets),
+        ));
     }
     let (begun, replies) = futures_util::join!(begin, futures_util::future::join_all(first));
     begun.map_err(Failure::BeforeCommit)?;
-    let mut replies = replies
+    let replies = replies
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::BeforeCommit)?;
     let mut locked: HashMap<String, LockedRoom> = HashMap::with_capacity(rooms.len());
-    let mut stored: HashMap<Key, StoredMessage> = HashMap::new();
-    if !rooms.is_empty() {
-        let duplicates = replies.pop().unwrap_or_default();
-        let lock = replies.get(lock_at).map(Vec::as_slice).unwrap_or_default();
+    // Every message the batch may touch, as it is now, and where each
+    // known key is: filled from the database, then kept up to date.
+    let mut current: HashMap<Place, StoredMessage> = HashMap::new();
+    let mut places: HashMap<Key, Place> = HashMap::new();
+    if let [lock, duplicates, targets] = &replies[lock_at..] {
         for row in lock {
             let name: String = row.try_get(1)?;
             locked.insert(
@@ -737,31 +893,29 @@ async fn apply(
                 LockedRoom {
                     id: row.try_get(0)?,
                     last_seq: seq_column(row, 2)?,
+                    last_revision: seq_column(row, 3)?,
+                    last_message_us: None,
                 },
             );
         }
-        for row in &duplicates {
-            let message = StoredMessage {
-                room_id: row.try_get(0)?,
-                sender_id: row.try_get(1)?,
-                id: row.try_get(2)?,
-                seq: seq_column(row, 3)?,
-                content: row.try_get(4)?,
-                timestamp_us: row.try_get(5)?,
-            };
+        for row in duplicates.iter().chain(targets) {
+            let message = message_row(&row.try_get::<_, String>(0)?, row, 1)?;
             let key = (
                 message.room_id.clone(),
                 message.sender_id.clone(),
                 message.id.clone(),
             );
-            stored.insert(key, message);
+            let place = (message.room_id.clone(), message.seq);
+            places.insert(key, place.clone());
+            current.insert(place, message);
         }
     }
 
-    // Seqs, duplicates and the statements of round trip 2.
+    // Seqs, duplicates, changes and the statements of round trip 2.
     let mut written = Vec::with_capacity(writes.len());
     let mut steps: Vec<Step> = Vec::new();
     let mut run = Run::default();
+    let mut changed: Vec<Place> = Vec::new();
     let mut registered: HashSet<&str> = HashSet::new();
     for write in writes {
         match write {
@@ -771,7 +925,8 @@ async fn apply(
                     message.sender_id.clone(),
                     message.id.clone(),
                 );
-                if let Some(original) = stored.get(&key) {
+                if let Some(original) = places.get(&key).and_then(|place| current.get(place)) {
+                    // As it is now: edited or deleted since, maybe.
                     written.push(Written::Duplicate(original.clone()));
                     continue;
                 }
@@ -782,6 +937,7 @@ async fn apply(
                     ))));
                 };
                 room.last_seq += 1;
+                room.last_message_us = Some(message.timestamp_us);
                 let new = store_message(message, room.last_seq);
                 run.rooms.push(room.id);
                 run.seqs.push(seq_to_sql(new.seq)?);
@@ -795,8 +951,25 @@ async fn apply(
                     run.new_users.push(message.sender_id.clone());
                     run.new_user_times.push(message.timestamp_us);
                 }
-                stored.insert(key, new.clone());
+                let place = (new.room_id.clone(), new.seq);
+                places.insert(key, place.clone());
+                current.insert(place, new.clone());
                 written.push(Written::Stored(new));
+            }
+            Write::Change(change) => {
+                let place = (change.room_id.clone(), change.seq);
+                let (Some(room), Some(message)) =
+                    (locked.get_mut(&change.room_id), current.get_mut(&place))
+                else {
+                    written.push(Written::Refused(ChangeRefused::NotFound));
+                    continue;
+                };
+                let outcome = apply_change(message, change, room.last_revision + 1);
+                if matches!(outcome, Written::Changed(_)) {
+                    room.last_revision += 1;
+                    changed.push(place);
+                }
+                written.push(outcome);
             }
             Write::EnsureUser {
                 user_id,
@@ -832,12 +1005,27 @@ async fn apply(
     }
     steps.push(Step::Messages(run));
     steps.retain(|step| !matches!(step, Step::Messages(run) if run.ids.is_empty()));
-    let (advance_ids, advance_seqs): (Vec<i64>, Vec<i64>) = locked
-        .values()
-        .map(|room| Ok((room.id, seq_to_sql(room.last_seq)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?
-        .into_iter()
-        .unzip();
+    let mut updates = Updates::default();
+    changed.sort_unstable();
+    changed.dedup();
+    for place in &changed {
+        let (Some(room), Some(message)) = (locked.get(&place.0), current.get(place)) else {
+            continue;
+        };
+        updates.rooms.push(room.id);
+        updates.seqs.push(seq_to_sql(message.seq)?);
+        updates.contents.push(message.content.clone());
+        updates.edited.push(message.edited_us);
+        updates.deleted.push(message.deleted);
+        updates.revisions.push(seq_to_sql(message.revision)?);
+    }
+    let mut advance: (Vec<i64>, Vec<i64>, Vec<i64>, Vec<Option<i64>>) = Default::default();
+    for room in locked.values() {
+        advance.0.push(room.id);
+        advance.1.push(seq_to_sql(room.last_seq)?);
+        advance.2.push(seq_to_sql(room.last_revision)?);
+        advance.3.push(room.last_message_us);
+    }
 
     // Round trip 2.
     let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
@@ -860,7 +1048,15 @@ async fn apply(
             }
         })
         .collect();
-    let params_advance: [&(dyn ToSql + Sync); 2] = [&advance_ids, &advance_seqs];
+    let params_updates: [&(dyn ToSql + Sync); 6] = [
+        &updates.rooms,
+        &updates.seqs,
+        &updates.contents,
+        &updates.edited,
+        &updates.deleted,
+        &updates.revisions,
+    ];
+    let params_advance: [&(dyn ToSql + Sync); 4] = [&advance.0, &advance.1, &advance.2, &advance.3];
     let mut second: Vec<Pending<'_>> = steps
         .iter()
         .zip(&params)
@@ -873,7 +1069,12 @@ async fn apply(
             Box::pin(client.query(statement, params))
         })
         .collect();
-    if !advance_ids.is_empty() {
+    if !updates.rooms.is_empty() {
+        second.push(Box::pin(
+            client.query(&conn.update_messages, &params_updates),
+        ));
+    }
+    if !advance.0.is_empty() {
         second.push(Box::pin(client.query(&conn.advance_rooms, &params_advance)));
     }
     let commit = client.batch_execute("COMMIT");
@@ -908,13 +1109,41 @@ async fn apply(
             };
         }
     }
-    cache
-        .rooms
-        .extend(rooms.iter().map(|room| (*room).to_owned()));
+    cache.rooms.extend(writes.iter().filter_map(|w| match w {
+        Write::Message(m) => Some(m.room_id.clone()),
+        _ => None,
+    }));
     cache
         .users
         .extend(registered.into_iter().map(str::to_owned));
     Ok(written)
+}
+
+/// What a change does to `message` (updated in place if it changes it),
+/// the same rules as SQLite's: whose it is first, then deleted or not.
+fn apply_change(message: &mut StoredMessage, change: &MessageChange, revision: u64) -> Written {
+    if message.sender_id != change.sender_id {
+        return Written::Refused(ChangeRefused::NotSender);
+    }
+    match &change.kind {
+        ChangeKind::Delete if message.deleted => Written::Unchanged(message.clone()),
+        ChangeKind::Edit(_) if message.deleted => Written::Refused(ChangeRefused::Deleted),
+        ChangeKind::Edit(content) if *content == message.content => {
+            Written::Unchanged(message.clone())
+        }
+        ChangeKind::Edit(content) => {
+            message.content = content.clone();
+            message.edited_us = Some(change.now_us);
+            message.revision = revision;
+            Written::Changed(message.clone())
+        }
+        ChangeKind::Delete => {
+            message.content = String::new();
+            message.deleted = true;
+            message.revision = revision;
+            Written::Changed(message.clone())
+        }
+    }
 }
 
 fn store_message(message: &NewMessage, seq: u64) -> StoredMessage {
@@ -925,7 +1154,30 @@ fn store_message(message: &NewMessage, seq: u64) -> StoredMessage {
         content: message.content.clone(),
         timestamp_us: message.timestamp_us,
         seq,
+        edited_us: None,
+        deleted: false,
+        revision: 0,
     }
+}
+
+/// A message from the message columns, starting at column `first`.
+fn message_row(room_id: &str, row: &Row, first: usize) -> Result<StoredMessage, StoreError> {
+    Ok(StoredMessage {
+        seq: seq_column(row, first)?,
+        id: row.try_get(first + 1)?,
+        room_id: room_id.to_owned(),
+        sender_id: row.try_get(first + 2)?,
+        content: row.try_get(first + 3)?,
+        timestamp_us: row.try_get(first + 4)?,
+        edited_us: row.try_get(first + 5)?,
+        deleted: row.try_get(first + 6)?,
+        revision: seq_column(row, first + 7)?,
+    })
+}
+
+/// A room's revision from its row; 0 for a room that does not exist.
+fn revision_of(row: Option<&Row>) -> Result<u64, StoreError> {
+    row.map_or(Ok(0), |row| seq_column(row, 0))
 }
 
 fn row_to_user(row: &Row) -> Result<UserRecord, StoreError> {
@@ -1167,6 +1419,52 @@ mod tests {
         };
         assert_eq!(again[0], Written::Duplicate(original.clone()));
         assert_eq!(stored_seq(&again[1]), 2);
+    }
+
+    /// Two servers editing one room: revisions, like seqs, are handed out
+    /// under the room's lock, one order whoever writes.
+    #[test]
+    fn two_stores_editing_one_room_share_its_revisions() {
+        let engine = Pg::new();
+        let (a, b) = (engine.open(), engine.open());
+        a.write_batch(vec![
+            message("r", "alice", "m1", "x"),
+            message("r", "bob", "m2", "y"),
+        ])
+        .unwrap();
+        let change = |seq, sender: &str, content: &str| {
+            Write::Change(MessageChange {
+                room_id: "r".into(),
+                seq,
+                sender_id: sender.into(),
+                kind: ChangeKind::Edit(content.into()),
+                now_us: 7,
+            })
+        };
+        let revision = |written: &[Written]| match &written[0] {
+            Written::Changed(m) => m.revision,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            revision(&a.write_batch(vec![change(1, "alice", "x1")]).unwrap()),
+            1
+        );
+        assert_eq!(
+            revision(&b.write_batch(vec![change(2, "bob", "y1")]).unwrap()),
+            2
+        );
+        assert_eq!(
+            revision(&a.write_batch(vec![change(2, "bob", "y2")]).unwrap()),
+            3
+        );
+        // b is told of a's edit when the message is resent to it.
+        let again = b
+            .write_batch(vec![message("r", "alice", "m1", "x")])
+            .unwrap();
+        assert!(
+            matches!(&again[0], Written::Duplicate(m) if m.content == "x1"),
+            "{again:?}"
+        );
     }
 
     /// Servers starting at once on an empty schema: one creates it, the

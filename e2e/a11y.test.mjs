@@ -1,0 +1,52 @@
+// Accessibility: axe-core (WCAG 2.1 A and AA rules) finds nothing in the
+// light, dark and phone layouts of a room with messages, grouped messages,
+// people online and a message being typed.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { createRequire } from "node:module";
+import { Client, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
+
+const AXE = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
+const fx = useGateAndBrowser();
+
+/** The violations axe-core finds on the page, as readable lines. */
+async function violations(page) {
+  await page.addScriptTag({ path: AXE });
+  const result = await page.evaluate(() =>
+    // eslint-disable-next-line no-undef
+    axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } }),
+  );
+  return result.violations.flatMap((v) =>
+    v.nodes.map((n) => `${v.id}: ${n.target.join(" ")}: ${n.failureSummary.replace(/\s+/g, " ")}`),
+  );
+}
+
+async function roomWithTraffic(room) {
+  const other = await Client.open(fx.gate.url);
+  await other.setName("grace", "Grace");
+  await other.request({ join_room: { room_id: room, user_id: "grace" } });
+  // Two in a row: the second is grouped under the first.
+  await other.say(room, "grace", "First of two");
+  await other.say(room, "grace", "Second of two, grouped https://example.com/a_(b)");
+  return other;
+}
+
+for (const layout of [
+  { name: "light", colorScheme: "light" },
+  { name: "dark", colorScheme: "dark" },
+  { name: "phone", colorScheme: "light", viewport: { width: 390, height: 760 } },
+]) {
+  test(`axe-core finds no WCAG A/AA violation in the ${layout.name} layout`, async () => {
+    const room = `a11y-${layout.name}`;
+    const other = await roomWithTraffic(room);
+    const page = await openChat(fx.browser, fx.gate, { name: "Ada", room, ...layout });
+    await waitMessage(page, "First of two");
+    await sendText(page, "My own reply");
+    await waitMessage(page, "My own reply");
+    await page.getByLabel("Message", { exact: true }).fill("a draft");
+    const found = await violations(page);
+    assert.deepEqual(found, [], `\n${found.join("\n")}`);
+    await page.context().close();
+    other.close();
+  });
+}
