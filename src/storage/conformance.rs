@@ -601,6 +601,6 @@ pub(super) fn a_message_changed_in_its_own_batch(engine: &impl Engine) {
     drop(store);
     let store = engine.open();
     let page = changes(&store, 0, 10);
-    assert_eq!(page.messages, [deleted.clone()]);
+    assert_eq!(page.messages, std::slice::from_ref(deleted));
     assert_eq!(page.revision, 2);
 }

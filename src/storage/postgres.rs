@@ -152,13 +152,15 @@ WITH m AS (
 SELECT 1";
 
 /// The messages the batch's edits and deletions name, as they are (after
-/// the locks, like the duplicates).
+/// the locks, like the duplicates; one primary-key probe each, likewise).
 const SELECT_TARGETS: &str = "
 SELECT r.name, m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted,
        m.revision
 FROM unnest($1::text[], $2::bigint[]) AS k(room, seq)
 JOIN rooms r ON r.name = k.room
-JOIN messages m ON m.room = r.id AND m.seq = k.seq";
+CROSS JOIN LATERAL (
+    SELECT * FROM messages m WHERE m.room = r.id AND m.seq = k.seq
+) m";
 
 /// The final state of each message the batch changed; after the inserts,
 /// so a message stored and changed in one batch is found.
