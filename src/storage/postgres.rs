@@ -872,9 +872,11 @@ async fn apply(
         first.push(Box::pin(
             client.query(&conn.select_duplicates, &params_keys),
         ));
-        first.push(Box::pin(
-            client.query(&conn.select_targets, &params_targets),
-        ));
+        if !target_rooms.is_empty() {
+            first.push(Box::pin(
+                client.query(&conn.select_targets, &params_targets),
+            ));
+        }
     }
     let (begun, replies) = futures_util::join!(begin, futures_util::future::join_all(first));
     begun.map_err(Failure::BeforeCommit)?;
@@ -887,7 +889,7 @@ async fn apply(
     // known key is: filled from the database, then kept up to date.
     let mut current: HashMap<Place, StoredMessage> = HashMap::new();
     let mut places: HashMap<Key, Place> = HashMap::new();
-    if let [lock, duplicates, targets] = &replies[lock_at..] {
+    if let [lock, duplicates, targets @ ..] = &replies[lock_at..] {
         for row in lock {
             let name: String = row.try_get(1)?;
             locked.insert(
@@ -900,7 +902,7 @@ async fn apply(
                 },
             );
         }
-        for row in duplicates.iter().chain(targets) {
+        for row in duplicates.iter().chain(targets.iter().flatten()) {
             let message = message_row(&row.try_get::<_, String>(0)?, row, 1)?;
             let key = (
                 message.room_id.clone(),
