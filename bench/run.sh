@@ -12,9 +12,14 @@
 #   --runs N  runs of each scenario (default 3; medians are reported)
 #   --only    run only these benchmarks (names as in the table: pingpong,
 #             saturation, latency_1k, rooms_100x100, connections, ingest,
-#             history; and client, the web client in headless Chromium:
-#             bench/client.mjs); a partial run writes its table to $BENCH_OUT only
+#             ingest_postgres, history; and client, the web client in headless
+#             Chromium: bench/client.mjs); a partial run writes its table to $BENCH_OUT only
 #             and leaves BENCHMARKS.md alone
+#
+# ingest_postgres stores into PostgreSQL at $WSGATE_BENCH_POSTGRES (default
+# postgres://postgres@127.0.0.1:5432/test), a schema of its own per run,
+# dropped after; the script starts the local cluster if it is down, and
+# fails saying so if it cannot.
 #
 # Exit status 1 when any run failed (wsgate-bench exited non-zero: a setup
 # failure, or a run that measured nothing), after the report is written:
@@ -61,12 +66,20 @@ RESULTS=$OUT/runs.jsonl
 
 PIDS=()
 FAILED=()
+SCHEMAS=()
+PG_URL=${WSGATE_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/test}
 stop_all() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   PIDS=()
 }
-cleanup() { stop_all; rm -rf "$WORK"; }
+drop_schemas() {
+  for schema in "${SCHEMAS[@]}"; do
+    psql "$PG_URL" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  done
+  SCHEMAS=()
+}
+cleanup() { stop_all; drop_schemas; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 wanted() { [[ -z $ONLY || ",$ONLY," == *",$1,"* ]]; }
@@ -94,6 +107,31 @@ start_wsgate() {
   WS_URL="ws://$(await_address "$log" 'WebSocket gateway listening' "$pid")/"
   GRPC_URL="http://$(await_address "$log" 'gRPC chat server listening' "$pid")"
   MEM_PIDS=(--pid "wsgate=$pid")
+}
+
+# PostgreSQL answers at $PG_URL, or is started; else the script stops.
+ensure_postgres() {
+  command -v psql >/dev/null || { echo "ingest_postgres needs psql (apt-get install postgresql-client)" >&2; exit 1; }
+  psql "$PG_URL" -qAtc 'SELECT 1' >/dev/null 2>&1 && return 0
+  local version
+  for version in $(ls /etc/postgresql 2>/dev/null); do
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+  done
+  for _ in $(seq 1 150); do
+    psql "$PG_URL" -qAtc 'SELECT 1' >/dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "ingest_postgres needs PostgreSQL at $PG_URL (WSGATE_BENCH_POSTGRES), and it could not be started" >&2
+  exit 1
+}
+
+# wsgate on a fresh schema of the PostgreSQL database.
+start_wsgate_pg() {
+  local schema=bench_$RANDOM$RANDOM sep='?'
+  [[ $PG_URL == *\?* ]] && sep='&'
+  psql "$PG_URL" -v ON_ERROR_STOP=1 -qc "CREATE SCHEMA $schema" >/dev/null
+  SCHEMAS+=("$schema")
+  start_wsgate "$PG_URL${sep}options=-c%20search_path%3D$schema"
 }
 
 start_node() {
@@ -177,6 +215,14 @@ for run in $(seq 1 "$RUNS"); do
       ingest --grpc @GRPC@ --senders 64 --window 16 --size 100 \
       --warmup "$WARMUP" --duration "$INGEST_DURATION"
   done
+  # The same load, stored into PostgreSQL on this machine.
+  if wanted ingest_postgres; then
+    [[ $run == 1 ]] && ensure_postgres
+    measure ingest_postgres wsgate_pg "$run" \
+      ingest --grpc @GRPC@ --senders 64 --window 16 --size 100 \
+      --warmup "$WARMUP" --duration "$INGEST_DURATION"
+    drop_schemas
+  fi
 done
 
 # History reads a room that survives between runs (filling 10M messages

@@ -4,7 +4,11 @@
 #     ephemeral loopback ports, real WebSocket and gRPC clients);
 #  2. unit tests of the web client's pure modules (`node --test web/test/`,
 #     no browser, no packages);
-#  3. browser end-to-end tests of the web client in headless Chromium
+#  3. the integration tests whose server stores in the database again, on
+#     PostgreSQL (WSGATE_TEST_STORE=postgres: a schema per test at
+#     $WSGATE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/test;
+#     the storage unit tests and tests/postgres.rs use it in step 1 already);
+#  4. browser end-to-end tests of the web client in headless Chromium
 #     (scripts/e2e.sh installs Chromium and the npm packages if missing).
 # Usage: scripts/test.sh [extra cargo test args]
 #        scripts/test.sh -h|--help   prints this and exits
@@ -19,4 +23,8 @@ for arg in "$@"; do
 done
 cargo test --locked --workspace --all-targets "$@"
 node --test web/test/
+WSGATE_TEST_STORE=postgres cargo test --locked \
+  --test chat --test history --test grpc --test presence --test identity \
+  --test bad_input --test gateway_auth --test websocket_close \
+  --test directory --test edits --test renames "$@"
 scripts/e2e.sh

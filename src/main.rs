@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use wsgate::auth::{SignKey, TokenRequest, Verifier, VerifierConfig, VerifyKey};
 use wsgate::proxy::{self, Gateway, Origin};
 use wsgate::server;
-use wsgate::storage::{SqliteOptions, SqliteStore, Store, WriterOptions};
+use wsgate::storage::{
+    PgOptions, PgStore, PgTarget, SqliteOptions, SqliteStore, Store, WriterOptions, is_postgres_url,
+};
 use wsgate::tls::{ClientTls, ServerTls, Trust};
 
 /// jemalloc, with its background threads: after 19,000 connections close,
@@ -207,10 +209,17 @@ struct ServerArgs {
     #[arg(long, env = "WSGATE_GRPC_LISTEN", default_value = "0.0.0.0:50051",
           value_parser = listen_address)]
     grpc_listen: String,
-    /// SQLite file holding users and message history; created if missing.
-    /// One server per file: it is locked (FILE.lock) while in use.
-    #[arg(long, env = "WSGATE_DB", default_value = "wsgate.db")]
-    db: PathBuf,
+    /// Where users and message history live: a SQLite file, created if
+    /// missing, one server per file (it is locked, FILE.lock, while in use);
+    /// or a PostgreSQL database, postgres://USER[:PASSWORD]@HOST[:PORT]/DB
+    /// (or postgresql://), which several servers may share.
+    #[arg(
+        long,
+        env = "WSGATE_DB",
+        default_value = "wsgate.db",
+        value_name = "FILE|URL"
+    )]
+    db: String,
     /// PEM certificate chain (leaf first) the gRPC server serves TLS with;
     /// needs --grpc-tls-key. Unset: plaintext HTTP/2.
     #[arg(
@@ -242,7 +251,8 @@ struct ServerArgs {
     #[command(flatten)]
     metrics: MetricsArgs,
     /// Sync every commit to disk (survives power loss, slower). Without it a
-    /// confirmed message still survives a crash of the process.
+    /// confirmed message still survives a crash of the process. SQLite
+    /// only: PostgreSQL's own settings (synchronous_commit) decide there.
     /// The variable takes 1/0, true/false, yes/no, on/off.
     #[arg(long, env = "WSGATE_FSYNC", value_parser = BoolishValueParser::new())]
     fsync: bool,
@@ -531,7 +541,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     // The upstream is known once the gRPC listener is bound.
     let mut gateway_config =
         proxy_config(&args.gateway, String::new(), auth.clone(), metrics.clone())?;
-    let store = open_store(&args.server)?;
+    let store = open_store(&args.server).await?;
     let grpc = bind(&args.server.grpc_listen).await?;
     let web = bind(&args.gateway.listen).await?;
     warn_if_open(auth.as_ref(), &[&grpc, &web]);
@@ -588,7 +598,7 @@ async fn stop_all_when_done(
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let auth = args.auth.verifier()?;
     let tls = args.tls()?;
-    let store = open_store(&args)?;
+    let store = open_store(&args).await?;
     let grpc = bind(&args.grpc_listen).await?;
     warn_if_open(auth.as_ref(), &[&grpc]);
     let metrics = wsgate::metrics::registry();
@@ -780,14 +790,27 @@ fn build_gateway(args: &UpstreamArgs) -> anyhow::Result<Gateway> {
     )?)
 }
 
-fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
+async fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn Store>> {
+    if is_postgres_url(&args.db) {
+        // The URL may hold a password: only `target` (without it) is shown.
+        let target = PgTarget::parse(&args.db)?;
+        let connect = target.clone();
+        let store =
+            tokio::task::spawn_blocking(move || PgStore::connect(&connect, PgOptions::default()))
+                .await
+                .context("cannot wait for the database connection")?
+                .with_context(|| format!("cannot open the database {target}"))?;
+        tracing::info!(db = %target, "storage ready (PostgreSQL)");
+        return Ok(Arc::new(store));
+    }
+    let path = PathBuf::from(&args.db);
     let options = SqliteOptions {
         fsync: args.fsync,
         ..SqliteOptions::default()
     };
-    let store = SqliteStore::open(&args.db, options)
-        .with_context(|| format!("cannot open the database {}", args.db.display()))?;
-    tracing::info!(db = %args.db.display(), fsync = args.fsync, "storage ready");
+    let store = SqliteStore::open(&path, options)
+        .with_context(|| format!("cannot open the database {}", path.display()))?;
+    tracing::info!(db = %path.display(), fsync = args.fsync, "storage ready");
     Ok(Arc::new(store))
 }
 

@@ -37,6 +37,15 @@ fn optional_id(field: &str, value: &str) -> Result<(), Invalid> {
             value.len()
         )));
     }
+    no_nul(field, value)
+}
+
+/// PostgreSQL's text cannot hold U+0000: refused here, for every engine
+/// alike, rather than failing a whole batch of other people's messages.
+fn no_nul(field: &str, value: &str) -> Result<(), Invalid> {
+    if value.contains('\0') {
+        return Err(Invalid(format!("{field} must not contain U+0000 (NUL)")));
+    }
     Ok(())
 }
 
@@ -65,7 +74,7 @@ fn content(content: &str, max_content_bytes: usize) -> Result<(), Invalid> {
             content.len()
         )));
     }
-    Ok(())
+    no_nul("content", content)
 }
 
 fn message_ref(room: &str, seq: u64, sender_id: &str) -> Result<(), Invalid> {
@@ -179,6 +188,24 @@ mod tests {
                 .0,
             "content is 11 bytes long; the limit is 10"
         );
+    }
+
+    #[test]
+    fn nul_is_refused_in_ids_and_content() {
+        let nul = |m: ChatMessage| chat_message(&m, 4096).unwrap_err().0;
+        assert_eq!(
+            nul(msg("r\0", "u", "hi")),
+            "room_id must not contain U+0000 (NUL)"
+        );
+        assert_eq!(
+            nul(msg("r", "u\0", "hi")),
+            "sender_id must not contain U+0000 (NUL)"
+        );
+        assert_eq!(
+            nul(msg("r", "u", "h\0i")),
+            "content must not contain U+0000 (NUL)"
+        );
+        assert!(user_id("a\0b").is_err());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   they run on the writer thread or under `spawn_blocking`, never on the
 //!   async runtime's worker threads.
 //! - `sqlite`: the embedded default engine, [`SqliteStore`].
+//! - `postgres`: the engine for several servers on one database,
+//!   [`PgStore`] (`--db postgres://...`).
 //! - `db_file`: the lock that keeps two stores off one database file, and
 //!   the watch that notices the file being deleted or replaced while open.
 //! - `checkpointer`: the thread that copies SQLite's WAL back into the
@@ -15,10 +17,14 @@
 //!   thread is what gives every room a single order.
 
 mod checkpointer;
+#[cfg(test)]
+mod conformance;
 mod db_file;
+mod postgres;
 mod sqlite;
 mod writer;
 
+pub use self::postgres::{PgOptions, PgStore, PgTarget, is_postgres_url};
 pub use db_file::DbFileError;
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use writer::{Writer, WriterHandle, WriterOptions};

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 pub mod pki;
+pub mod postgres;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use wsgate::proto::chat::ChatStream;
 use wsgate::proto::chat::chat_service_client::ChatServiceClient;
-use wsgate::storage::{SqliteOptions, SqliteStore, Store};
+use wsgate::storage::{PgOptions, PgStore, PgTarget, SqliteOptions, SqliteStore, Store};
 use wsgate::{proxy, server};
 
 /// How long a test waits for any one expected event before failing.
@@ -98,16 +99,45 @@ pub struct Server {
     tls: bool,
     task: Task,
     _dir: Option<tempfile::TempDir>,
+    /// Last: dropped (with its tables) after the server's task.
+    _schema: Option<postgres::TestSchema>,
+}
+
+/// The engine [`Server::start`] stores in: `WSGATE_TEST_STORE=postgres`
+/// runs the same tests on PostgreSQL (scripts/test.sh does both).
+pub fn test_store_is_postgres() -> bool {
+    match std::env::var("WSGATE_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("WSGATE_TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// A PostgreSQL store at `url` (a [`postgres::TestSchema`]'s).
+pub async fn postgres_store(url: &str) -> PgStore {
+    let target = PgTarget::parse(url).expect("test URL");
+    tokio::task::spawn_blocking(move || PgStore::connect(&target, PgOptions::default()))
+        .await
+        .expect("connect task")
+        .expect("connect to PostgreSQL")
 }
 
 impl Server {
-    /// A server on a fresh database in a temporary directory.
+    /// A server on a fresh database: a SQLite file in a temporary
+    /// directory, or a PostgreSQL schema of its own (`WSGATE_TEST_STORE`).
     pub async fn start() -> Server {
         Server::start_configured(server::Config::default()).await
     }
 
     /// A server with these settings on a fresh database.
     pub async fn start_configured(config: server::Config) -> Server {
+        if test_store_is_postgres() {
+            let schema = postgres::TestSchema::create();
+            let store = postgres_store(&schema.url).await;
+            let mut server = Server::start_on(Arc::new(store), config).await;
+            server._schema = Some(schema);
+            return server;
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = Server::start_with(&dir.path().join("chat.db"), config).await;
         server._dir = Some(dir);
@@ -132,6 +162,7 @@ impl Server {
             tls,
             task,
             _dir: None,
+            _schema: None,
         }
     }
 
@@ -565,6 +596,18 @@ impl ServerProcess {
             child,
             addr,
             db: db.to_owned(),
+        }
+    }
+
+    /// Starts `wsgate server --db URL` (PostgreSQL) and waits until it listens.
+    pub fn spawn_on_url(url: &str, addr: SocketAddr) -> ServerProcess {
+        let mut command = wsgate();
+        command.args(["server", "--grpc-listen", &addr.to_string(), "--db", url]);
+        let Listening { child, addr, .. } = spawn_listening(command, "gRPC chat server listening");
+        ServerProcess {
+            child,
+            addr,
+            db: PathBuf::from(url),
         }
     }
 
