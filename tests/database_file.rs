@@ -232,3 +232,81 @@ async fn a_busy_database_stays_serving() {
     assert_eq!(reply.status(), ServingStatus::Serving);
     running.stop().await;
 }
+
+/// A database as version 1 of the schema left it (before edits and the
+/// directory), with two rooms of messages and a renamed user.
+fn write_version_1_database(path: &Path) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE rooms (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,
+             last_seq INTEGER NOT NULL);
+         CREATE TABLE messages (room INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
+             sender_id TEXT NOT NULL, content TEXT NOT NULL, timestamp_us INTEGER NOT NULL,
+             PRIMARY KEY (room, seq)) WITHOUT ROWID;
+         CREATE UNIQUE INDEX messages_by_id ON messages (room, id, sender_id);
+         CREATE TABLE users (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+             created_at INTEGER NOT NULL) WITHOUT ROWID;
+         INSERT INTO rooms VALUES (1, 'lobby', 2), (2, 'attic', 1);
+         INSERT INTO messages VALUES
+             (1, 1, 'a', 'ada', 'hello', 1700000000000000),
+             (1, 2, 'b', 'bob', 'hi ada', 1700000060000000),
+             (2, 1, 'c', 'ada', 'dusty', 1600000000000000);
+         INSERT INTO users VALUES ('ada', 'Ada Lovelace', 1700000000000000);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_binary_migrates_a_version_1_database_and_keeps_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("chat.db");
+    write_version_1_database(&db);
+    let server = ServerProcess::spawn(&db, "127.0.0.1:0".parse().unwrap());
+    let proxy = Proxy::start(&server.uri()).await;
+    let mut ws = proxy.connect().await;
+
+    let history = ws
+        .call("get_chat_history", json!({"room_id": "lobby"}))
+        .await;
+    let messages = history["chat_history"]["messages"].as_array().unwrap();
+    let kept: Vec<_> = messages
+        .iter()
+        .map(|m| (m["seq"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(kept, [("1", "hello"), ("2", "hi ada")]);
+    assert_eq!(messages[0].get("deleted"), None, "never changed");
+    assert_eq!(messages[0].get("revision"), None);
+    let user = ws.call("get_user", json!({"user_id": "ada"})).await;
+    assert_eq!(user["user"]["name"], "Ada Lovelace");
+
+    // The directory knows the old rooms' activity.
+    let list = ws.call("list_rooms", json!({})).await;
+    let rooms: Vec<_> = list["room_list"]["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["room_id"].as_str().unwrap(),
+                r["last_message_at"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rooms,
+        [
+            ("lobby", "2023-11-14T22:14:20Z"),
+            ("attic", "2020-09-13T12:26:40Z")
+        ]
+    );
+
+    // Old messages take edits; new ones continue the seqs.
+    ws.send(json!({"edit_message": {"room_id": "lobby", "seq": 1, "sender_id": "ada", "content": "hello, world"}, "request_id": "e"}))
+        .await;
+    let edited = ws.recv_until(|f| f["request_id"] == "e").await;
+    assert_eq!(edited["message_changed"]["revision"], "1", "{edited}");
+    let echo = ws.say("lobby", "ada", "d", "new").await;
+    assert_eq!(echo["seq"], "3");
+    proxy.stop().await;
+}

@@ -20,8 +20,8 @@ use wsgate::proto::chat::{
 
 use wsgate::server;
 use wsgate::storage::{
-    HistoryPage, HistoryQuery, SqliteOptions, SqliteStore, Store, StoreError, UserRecord, Write,
-    WriterOptions, Written,
+    ChangesQuery, HistoryPage, HistoryQuery, RoomsPage, RoomsQuery, SqliteOptions, SqliteStore,
+    Store, StoreError, UserRecord, Write, WriterOptions, Written,
 };
 
 #[tokio::test]
@@ -369,6 +369,12 @@ impl Store for FailingStore {
     }
     fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError> {
         self.reads.history(query)
+    }
+    fn changes(&self, query: &ChangesQuery) -> Result<HistoryPage, StoreError> {
+        self.reads.changes(query)
+    }
+    fn rooms(&self, query: &RoomsQuery) -> Result<RoomsPage, StoreError> {
+        self.reads.rooms(query)
     }
     fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
         self.reads.get_user(user_id)

@@ -125,6 +125,7 @@ async fn catching_up_page_by_page_after_a_seq_has_no_gap_or_duplicate() {
                 limit: 50,
                 after_seq: Some(after),
                 before_seq: 0,
+                changed_since: None,
             })
             .await
             .unwrap()
@@ -194,7 +195,7 @@ async fn an_unknown_room_has_an_empty_history_and_every_field_is_present() {
         .await;
     assert_eq!(
         page["chat_history"],
-        json!({"room_id": "nowhere", "messages": [], "has_more": false})
+        json!({"room_id": "nowhere", "messages": [], "has_more": false, "revision": "0"})
     );
     system.stop().await;
 }

@@ -152,6 +152,7 @@ mod tests {
                     nanos: 5,
                 }),
                 seq: 7,
+                ..Default::default()
             })),
             request_id: Some("q1".into()),
         };

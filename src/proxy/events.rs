@@ -160,6 +160,7 @@ mod tests {
                 content: "hi".into(),
                 timestamp: None,
                 seq: 3,
+                ..Default::default()
             })),
             request_id: None,
         }
@@ -216,6 +217,7 @@ mod tests {
                 content: "x".repeat(4096),
                 timestamp: None,
                 seq: 3,
+                ..Default::default()
             })),
             request_id: None,
         }

@@ -665,6 +665,7 @@ mod tests {
                     "chat_history",
                     "/chat.ChatService/GetChatHistory"
                 ),
+                ("list_rooms", "room_list", "/chat.ChatService/ListRooms"),
             ]
         );
         let stream = gw.stream().expect("chat has a stream");
@@ -681,7 +682,11 @@ mod tests {
                 "leave_room",
                 "error",
                 "presence",
-                "typing"
+                "typing",
+                "edit_message",
+                "delete_message",
+                "message_changed",
+                "user_renamed"
             ]
         );
         assert!(stream.resumes());
@@ -698,9 +703,14 @@ mod tests {
                 "error",
                 "presence",
                 "typing",
+                "edit_message",
+                "delete_message",
+                "message_changed",
+                "user_renamed",
                 "get_user",
                 "set_user_name",
-                "get_chat_history"
+                "get_chat_history",
+                "list_rooms"
             ]
         );
         assert!(gw.action("resume").is_none());

@@ -491,6 +491,7 @@ mod tests {
                     content: "Hello World !".into(),
                     timestamp: None,
                     seq: 0,
+                    ..Default::default()
                 })),
                 request_id: None,
             }
@@ -536,6 +537,7 @@ mod tests {
                 limit: 10,
                 before_seq: 99,
                 after_seq: None,
+                changed_since: None,
             }
         );
 
@@ -615,20 +617,23 @@ mod tests {
             ),
             (
                 r#"{"foo": {}, "request_id": "r1"}"#,
-                "unknown action \"foo\"; expected one of: chat_message, join_room, leave_room, \
-                 error, presence, typing, get_user, set_user_name, get_chat_history",
+                "unknown action \"foo\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
+                 edit_message, delete_message, message_changed, user_renamed, get_user, \
+                 set_user_name, get_chat_history, list_rooms",
                 Some("r1"),
             ),
             (
                 r#"{"resume": {"joins": []}}"#,
-                "unknown action \"resume\"; expected one of: chat_message, join_room, \
-                 leave_room, error, presence, typing, get_user, set_user_name, get_chat_history",
+                "unknown action \"resume\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
+                 edit_message, delete_message, message_changed, user_renamed, get_user, \
+                 set_user_name, get_chat_history, list_rooms",
                 None,
             ),
             (
                 r#"{"ChatMessage": {}}"#,
-                "unknown action \"ChatMessage\"; expected one of: chat_message, join_room, \
-                 leave_room, error, presence, typing, get_user, set_user_name, get_chat_history",
+                "unknown action \"ChatMessage\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
+                 edit_message, delete_message, message_changed, user_renamed, get_user, \
+                 set_user_name, get_chat_history, list_rooms",
                 None,
             ),
             (
@@ -838,11 +843,12 @@ mod tests {
                 room_id: "r1".into(),
                 messages: vec![],
                 has_more: false,
+                revision: 0,
             },
         );
         assert_eq!(
             reply_json(history, &reply, None),
-            r#"{"chat_history":{"room_id":"r1","messages":[],"has_more":false}}"#
+            r#"{"chat_history":{"room_id":"r1","messages":[],"has_more":false,"revision":"0"}}"#
         );
     }
 
@@ -873,6 +879,7 @@ mod tests {
                     nanos: 500_000_000,
                 }),
                 seq: 7,
+                ..Default::default()
             })),
             request_id: None,
         };

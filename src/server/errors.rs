@@ -13,7 +13,7 @@ use tonic::{Code, Status};
 use super::validate::Invalid;
 use crate::auth::AuthError;
 use crate::proto::chat;
-use crate::storage::StoreError;
+use crate::storage::{ChangeRefused, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChatError {
@@ -24,7 +24,10 @@ pub enum ChatError {
     #[error("{0} frames are sent by the server, not to it")]
     ServerFrame(&'static str),
     /// A frame with no event set.
-    #[error("empty frame: set one of chat_message, join_room, leave_room, typing")]
+    #[error(
+        "empty frame: set one of chat_message, join_room, leave_room, typing, \
+         edit_message, delete_message"
+    )]
     EmptyFrame,
     /// Typing in a room the stream has not joined.
     #[error("join room {0:?} before typing in it")]
@@ -34,6 +37,20 @@ pub enum ChatError {
     /// A message the writer could not store.
     #[error("message not stored: {0}")]
     NotStored(StoreError),
+    /// An edit or deletion the writer could not store.
+    #[error("change not stored: {0}")]
+    ChangeNotStored(StoreError),
+    /// An edit or deletion of a (room, seq) that holds no message.
+    #[error("room {room_id:?} has no message with seq {seq}")]
+    MessageNotFound { room_id: String, seq: u64 },
+    /// An edit or deletion of another user's message.
+    #[error(
+        "message {seq} of room {room_id:?} is not yours: only its sender may edit or delete it"
+    )]
+    NotYourMessage { room_id: String, seq: u64 },
+    /// An edit of a deleted message.
+    #[error("message {seq} of room {room_id:?} is deleted and can no longer be edited")]
+    MessageDeleted { room_id: String, seq: u64 },
     /// Any other storage failure (a read, a user write).
     #[error(transparent)]
     Storage(StoreError),
@@ -75,15 +92,28 @@ impl ChatError {
             | ChatError::ServerFrame(_)
             | ChatError::EmptyFrame
             | ChatError::Undecodable(_) => Code::InvalidArgument,
-            ChatError::NotJoined(_) => Code::FailedPrecondition,
-            ChatError::UserNotFound(_) => Code::NotFound,
-            ChatError::NotStored(e) | ChatError::Storage(e) => storage_code(e),
+            ChatError::NotJoined(_) | ChatError::MessageDeleted { .. } => Code::FailedPrecondition,
+            ChatError::UserNotFound(_) | ChatError::MessageNotFound { .. } => Code::NotFound,
+            ChatError::NotStored(e) | ChatError::ChangeNotStored(e) | ChatError::Storage(e) => {
+                storage_code(e)
+            }
             ChatError::ShuttingDown => Code::Unavailable,
             ChatError::FellBehind | ChatError::TooLarge(_) | ChatError::TooManyRooms(_) => {
                 Code::ResourceExhausted
             }
             ChatError::Unauthenticated(_) => Code::Unauthenticated,
-            ChatError::NotYou { .. } | ChatError::RoomForbidden(_) => Code::PermissionDenied,
+            ChatError::NotYou { .. }
+            | ChatError::RoomForbidden(_)
+            | ChatError::NotYourMessage { .. } => Code::PermissionDenied,
+        }
+    }
+
+    /// Why the store refused to change message `seq` of `room_id`.
+    pub fn refused_change(refused: ChangeRefused, room_id: String, seq: u64) -> ChatError {
+        match refused {
+            ChangeRefused::NotFound => ChatError::MessageNotFound { room_id, seq },
+            ChangeRefused::NotSender => ChatError::NotYourMessage { room_id, seq },
+            ChangeRefused::Deleted => ChatError::MessageDeleted { room_id, seq },
         }
     }
 
@@ -161,6 +191,19 @@ mod tests {
         assert_eq!(
             ChatError::from(StoreError::Stopped).code(),
             Code::Unavailable
+        );
+    }
+
+    #[test]
+    fn refused_changes_map_to_not_found_permission_and_precondition() {
+        let code = |refused| ChatError::refused_change(refused, "r".into(), 7).code();
+        assert_eq!(code(ChangeRefused::NotFound), Code::NotFound);
+        assert_eq!(code(ChangeRefused::NotSender), Code::PermissionDenied);
+        assert_eq!(code(ChangeRefused::Deleted), Code::FailedPrecondition);
+        let message = ChatError::refused_change(ChangeRefused::NotSender, "r".into(), 7);
+        assert_eq!(
+            message.to_string(),
+            "message 7 of room \"r\" is not yours: only its sender may edit or delete it"
         );
     }
 

@@ -1,4 +1,5 @@
-//! Who is in which room, who is online, and the fan-out of stored messages.
+//! Who is in which room, who is online, and the fan-out of stored messages,
+//! of edits and deletions, and of renames.
 //!
 //! The hub is in-memory state shared by every `Chat` stream. It never does
 //! I/O while holding its locks: fan-out is a `try_send` per member into that
@@ -7,7 +8,7 @@
 //! the writer thread costs a reference count per member, and each stream's
 //! own task makes the copy tonic encodes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use super::errors::ChatError;
 use crate::proto::chat::{self, ChatStream, chat_stream::Event};
 use crate::storage::{StoreError, StoredMessage, UserRecord, Written};
+
+/// Where a user write's result goes: the caller waiting for it, if any.
+pub type UserReply = oneshot::Sender<Result<UserRecord, StoreError>>;
 
 /// Identifies one `Chat` stream for as long as the process lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +148,8 @@ pub struct Committed {
     pub stored: u64,
     pub duplicates: u64,
     pub failed: u64,
+    /// Messages edited or deleted.
+    pub changed: u64,
     /// Message frames queued to members (the sender's echo included).
     pub deliveries: u64,
     /// Members ended for falling behind by this batch.
@@ -158,7 +164,17 @@ pub enum Tag {
         request_id: Option<String>,
     },
     /// A user write; the caller may wait for the result.
-    User(Option<oneshot::Sender<Result<UserRecord, StoreError>>>),
+    User(Option<UserReply>),
+    /// A rename (SetUserName): announced to the user's rooms once stored.
+    Rename(UserReply),
+    /// An edit or deletion of message `seq` of `room_id` from this stream;
+    /// `request_id` goes on its confirmation.
+    Change {
+        origin: Outbox,
+        request_id: Option<String>,
+        room_id: String,
+        seq: u64,
+    },
 }
 
 struct Member {
@@ -309,6 +325,48 @@ impl Hub {
         self.state().online.contains_key(user_id)
     }
 
+    /// How many users are in each room now (listeners not counted).
+    pub fn member_counts<'a>(&self, rooms: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+        let state = self.state();
+        rooms
+            .into_iter()
+            .map(|room_id| {
+                let members = state.rooms.get(room_id).into_iter().flatten();
+                let users: HashSet<&str> = members.filter_map(|m| m.user_id.as_deref()).collect();
+                users.len()
+            })
+            .collect()
+    }
+
+    /// Tells every stream in a room where `user` is present its new name,
+    /// once per stream however many of those rooms it is in. Renames are
+    /// rare, so a walk of every room beats keeping a user -> rooms index
+    /// up to date on every join and leave.
+    fn renamed(&self, user: &UserRecord, done: &mut Committed) {
+        let frame = Arc::new(ChatStream {
+            event: Some(Event::UserRenamed(chat::UserRenamed {
+                user_id: user.id.clone(),
+                name: user.name.clone(),
+            })),
+            request_id: None,
+        });
+        let state = self.state();
+        let mut told = HashSet::new();
+        for members in state.rooms.values() {
+            if !members
+                .iter()
+                .any(|m| m.user_id.as_deref() == Some(&user.id))
+            {
+                continue;
+            }
+            for member in members {
+                if told.insert(member.outbox.stream) {
+                    done.slow_ended += u64::from(member.outbox.push_shared(frame.clone()));
+                }
+            }
+        }
+    }
+
     /// Called on the writer thread after each commit, in commit order: this
     /// is what gives every member of a room the same order as the history.
     pub fn committed(&self, results: Vec<(Tag, Result<Written, StoreError>)>) -> Committed {
@@ -330,19 +388,75 @@ impl Hub {
                 }
                 (Tag::User(reply), result) => {
                     if let Some(reply) = reply {
-                        let user = result.and_then(|w| match w {
-                            Written::User(u) => Ok(u),
-                            other => Err(StoreError::Internal(format!(
-                                "unexpected write result {other:?}"
-                            ))),
-                        });
                         // The caller may have given up waiting; nothing to do then.
-                        let _ = reply.send(user);
+                        let _ = reply.send(user_result(result));
                     }
                 }
-                (Tag::Message { origin, request_id }, Ok(Written::User(_))) => {
+                (Tag::Rename(reply), result) => {
+                    let user = user_result(result);
+                    if let Ok(user) = &user {
+                        self.renamed(user, &mut done);
+                    }
+                    let _ = reply.send(user);
+                }
+                (
+                    Tag::Change {
+                        origin, request_id, ..
+                    },
+                    Ok(Written::Changed(msg)),
+                ) => {
+                    done.changed += 1;
+                    let room_id = msg.room_id.clone();
+                    self.fan_out_frame(
+                        &room_id,
+                        changed_frame(msg),
+                        &origin,
+                        request_id,
+                        &mut done,
+                    );
+                }
+                (
+                    Tag::Change {
+                        origin, request_id, ..
+                    },
+                    Ok(Written::Unchanged(msg)),
+                ) => {
+                    // Nothing changed for anyone else: only the asker hears.
+                    let mut frame = changed_frame(msg);
+                    frame.request_id = request_id;
+                    origin.push(frame);
+                }
+                (
+                    Tag::Change {
+                        origin,
+                        request_id,
+                        room_id,
+                        seq,
+                    },
+                    Ok(Written::Refused(refused)),
+                ) => {
+                    origin.push_error(ChatError::refused_change(refused, room_id, seq), request_id);
+                }
+                (
+                    Tag::Change {
+                        origin, request_id, ..
+                    },
+                    result,
+                ) => {
+                    let error = match result {
+                        Err(e) => {
+                            tracing::error!(error = %e, "change not stored");
+                            e
+                        }
+                        Ok(other) => {
+                            StoreError::Internal(format!("unexpected write result {other:?}"))
+                        }
+                    };
+                    origin.push_error(ChatError::ChangeNotStored(error), request_id);
+                }
+                (Tag::Message { origin, request_id }, Ok(other)) => {
                     done.failed += 1;
-                    let bug = StoreError::Internal("unexpected write result".into());
+                    let bug = StoreError::Internal(format!("unexpected write result {other:?}"));
                     origin.push_error(ChatError::NotStored(bug), request_id);
                 }
             }
@@ -360,7 +474,19 @@ impl Hub {
         done: &mut Committed,
     ) {
         let room_id = msg.room_id.clone();
-        let frame = message_frame(msg, None);
+        self.fan_out_frame(&room_id, message_frame(msg, None), origin, request_id, done);
+    }
+
+    /// Sends `frame` to every member of `room_id`, and to `origin` with its
+    /// `request_id` whether or not it is still a member.
+    fn fan_out_frame(
+        &self,
+        room_id: &str,
+        frame: ChatStream,
+        origin: &Outbox,
+        request_id: Option<String>,
+        done: &mut Committed,
+    ) {
         // The sender's copy differs only by its request_id (if it gave one).
         let own = request_id.map(|id| {
             let mut own = frame.clone();
@@ -375,7 +501,7 @@ impl Hub {
             done.deliveries += 1;
             done.slow_ended += u64::from(outbox.push_shared(frame));
         };
-        for member in state.rooms.get(&room_id).into_iter().flatten() {
+        for member in state.rooms.get(room_id).into_iter().flatten() {
             if member.outbox.stream == origin.stream {
                 deliver(&member.outbox, own.clone());
                 origin_served = true;
@@ -407,6 +533,22 @@ fn presence(
             snapshot,
         })),
         request_id,
+    }
+}
+
+fn user_result(result: Result<Written, StoreError>) -> Result<UserRecord, StoreError> {
+    result.and_then(|w| match w {
+        Written::User(u) => Ok(u),
+        other => Err(StoreError::Internal(format!(
+            "unexpected write result {other:?}"
+        ))),
+    })
+}
+
+fn changed_frame(msg: StoredMessage) -> ChatStream {
+    ChatStream {
+        event: Some(Event::MessageChanged(chat::ChatMessage::from(msg))),
+        request_id: None,
     }
 }
 
@@ -469,6 +611,9 @@ mod tests {
             content: "hi".into(),
             timestamp_us: 1,
             seq,
+            edited_us: None,
+            deleted: false,
+            revision: 0,
         }
     }
 
@@ -568,6 +713,113 @@ mod tests {
         assert!(!hub.typing("r", outsider.outbox.stream(), "eve"));
         assert!(!hub.typing("nowhere", ada.outbox.stream(), "ada"));
         assert!(bob.frames().is_empty());
+    }
+
+    fn change_tag(origin: &Outbox, request_id: &str) -> Tag {
+        Tag::Change {
+            origin: origin.clone(),
+            request_id: Some(request_id.into()),
+            room_id: "r".into(),
+            seq: 1,
+        }
+    }
+
+    fn changed(mut msg: StoredMessage, revision: u64) -> StoredMessage {
+        msg.content = "edited".into();
+        msg.revision = revision;
+        msg
+    }
+
+    #[test]
+    fn a_change_reaches_the_room_and_its_asker_alone_hears_a_no_op_or_a_refusal() {
+        let hub = Hub::default();
+        let (mut ada, mut bob, mut outsider) = (probe(16), probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        hub.join("r", &bob.outbox, Some("bob"));
+        ada.frames();
+        let done = hub.committed(vec![(
+            change_tag(&ada.outbox, "e1"),
+            Ok(Written::Changed(changed(stored("r", 1), 1))),
+        )]);
+        assert_eq!((done.changed, done.deliveries), (1, 2));
+        let seen = |p: &mut Probe| -> Vec<(Option<String>, u64, Option<u64>)> {
+            p.frames()
+                .into_iter()
+                .filter_map(|f| match f.event {
+                    Some(Event::MessageChanged(m)) => Some((f.request_id, m.seq, m.revision)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(seen(&mut ada), [(Some("e1".to_owned()), 1, Some(1))]);
+        assert_eq!(seen(&mut bob), [(None, 1, Some(1))]);
+
+        hub.committed(vec![(
+            change_tag(&ada.outbox, "e2"),
+            Ok(Written::Unchanged(changed(stored("r", 1), 1))),
+        )]);
+        assert_eq!(seen(&mut ada), [(Some("e2".to_owned()), 1, Some(1))]);
+        assert!(bob.frames().is_empty(), "a no-op is nobody else's news");
+
+        hub.committed(vec![(
+            change_tag(&outsider.outbox, "e3"),
+            Ok(Written::Refused(crate::storage::ChangeRefused::NotSender)),
+        )]);
+        let frames = outsider.frames();
+        let Some(Event::Error(e)) = &frames[0].event else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(e.code, chat::Code::PermissionDenied as i32);
+        assert_eq!(frames[0].request_id.as_deref(), Some("e3"));
+        assert!(ada.frames().is_empty() && bob.frames().is_empty());
+    }
+
+    #[test]
+    fn a_rename_reaches_each_stream_sharing_a_room_once() {
+        let hub = Hub::default();
+        let (mut ada, mut bob, mut listener, mut cy) = (probe(16), probe(16), probe(16), probe(16));
+        for room in ["r1", "r2"] {
+            hub.join(room, &ada.outbox, Some("ada"));
+            hub.join(room, &bob.outbox, Some("bob"));
+        }
+        hub.join("r2", &listener.outbox, None);
+        hub.join("r3", &cy.outbox, Some("cy"));
+        let (reply, _answer) = oneshot::channel();
+        let renamed = UserRecord {
+            id: "ada".into(),
+            name: "Ada L.".into(),
+            created_at_us: 1,
+        };
+        hub.committed(vec![(Tag::Rename(reply), Ok(Written::User(renamed)))]);
+        let renames = |p: &mut Probe| -> Vec<String> {
+            p.frames()
+                .into_iter()
+                .filter_map(|f| match f.event {
+                    Some(Event::UserRenamed(r)) => Some(format!("{}={}", r.user_id, r.name)),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            renames(&mut bob),
+            ["ada=Ada L."],
+            "two shared rooms, one frame"
+        );
+        assert_eq!(renames(&mut ada), ["ada=Ada L."]);
+        assert_eq!(renames(&mut listener), ["ada=Ada L."]);
+        assert!(renames(&mut cy).is_empty(), "shares no room");
+    }
+
+    #[test]
+    fn member_counts_are_distinct_users_without_listeners() {
+        let hub = Hub::default();
+        let (ada, ada_too, bob, listener) = (probe(16), probe(16), probe(16), probe(16));
+        hub.join("r", &ada.outbox, Some("ada"));
+        hub.join("r", &ada_too.outbox, Some("ada"));
+        hub.join("r", &bob.outbox, Some("bob"));
+        hub.join("r", &listener.outbox, None);
+        hub.join("quiet", &listener.outbox, None);
+        assert_eq!(hub.member_counts(["r", "quiet", "nowhere"]), [2, 0, 0]);
     }
 
     #[test]

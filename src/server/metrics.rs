@@ -15,6 +15,7 @@ pub struct ServerMetrics {
     pub messages_stored: IntCounter,
     pub messages_duplicate: IntCounter,
     pub messages_failed: IntCounter,
+    pub messages_changed: IntCounter,
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub deliveries: IntCounter,
@@ -61,6 +62,10 @@ impl ServerMetrics {
                 "wsgate_server_messages_failed_total",
                 "Messages the store failed to commit (the sender got an error)",
             ),
+            messages_changed: counter(
+                "wsgate_server_messages_changed_total",
+                "Messages edited or deleted by their sender",
+            ),
             batch_size: histogram(
                 "wsgate_server_commit_batch_size",
                 "Writes per group-commit transaction",
@@ -102,6 +107,7 @@ impl ServerMetrics {
         self.messages_stored.inc_by(done.stored);
         self.messages_duplicate.inc_by(done.duplicates);
         self.messages_failed.inc_by(done.failed);
+        self.messages_changed.inc_by(done.changed);
         self.deliveries.inc_by(done.deliveries);
         self.slow_streams.inc_by(done.slow_ended);
     }

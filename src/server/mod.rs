@@ -1,19 +1,22 @@
 //! The gRPC chat server: `chat.ChatService`, plus health and reflection.
 //!
 //! # Layout
+//! - `directory`: the room directory's pages, cursor and `rooms` filter.
 //! - `errors`: what the service refuses or fails at, and the one mapping of
 //!   each to a gRPC status code (unary calls, stream events, stream ends).
 //! - `identity`: who is calling (the forwarded token, verified again) and
 //!   what that lets a call do: the user it acts as, the rooms it may enter.
 //! - `service`: the RPCs.
 //! - `session`: one `Chat` stream (rooms joined, users acted as, frames handled).
-//! - `hub`: rooms, presence, and the fan-out of each committed message.
+//! - `hub`: rooms, presence, and the fan-out of each committed message,
+//!   edit or deletion, and of renames.
 //! - `validate`: pure checks of client input.
 //! - `metrics`: what the server counts, for `/metrics`.
 //!
 //! A message goes session -> storage [`Writer`] (group commit, seq assigned)
 //! -> [`hub::Hub::committed`] on the writer thread -> every member's outbox.
 
+mod directory;
 mod errors;
 mod hub;
 mod identity;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::directory;
 use super::errors::ChatError;
 use super::hub::{Hub, Outbox, StreamEnd, StreamId, Tag};
 use super::identity::Caller;
@@ -19,7 +20,7 @@ use super::session::{Limits, Session};
 use super::{now_us, validate};
 use crate::metrics::Tracked;
 use crate::proto::chat::{self, chat_service_server::ChatService};
-use crate::storage::{HistoryQuery, Store, StoreError, Write, Writer};
+use crate::storage::{ChangesQuery, HistoryQuery, Store, StoreError, Write, Writer};
 
 impl From<validate::Invalid> for Status {
     fn from(e: validate::Invalid) -> Self {
@@ -114,8 +115,9 @@ impl ChatService for ChatServiceImpl {
                 name,
                 now_us: now_us(),
             };
+            // Announced to the user's rooms by the hub once stored.
             self.writer
-                .submit(write, Tag::User(Some(reply)))
+                .submit(write, Tag::Rename(reply))
                 .await
                 .map_err(ChatError::from)?;
             let record = done
@@ -181,27 +183,73 @@ impl ChatService for ChatServiceImpl {
         let result = async {
             let caller = Caller::of(&request)?;
             let request = request.into_inner();
-            validate::room_id(&request.room_id)?;
+            validate::history_request(&request)?;
             caller.may_enter(&request.room_id)?;
-            let query = HistoryQuery {
-                room_id: request.room_id,
-                limit: validate::history_limit(request.limit),
-                before_seq: request.before_seq,
-                after_seq: request.after_seq,
+            let room_id = request.room_id.clone();
+            let limit = validate::history_limit(request.limit);
+            let page = match request.changed_since {
+                Some(after_revision) => {
+                    let query = ChangesQuery {
+                        room_id: request.room_id,
+                        limit,
+                        after_revision,
+                    };
+                    self.read(move |store| store.changes(&query)).await?
+                }
+                None => {
+                    let query = HistoryQuery {
+                        room_id: request.room_id,
+                        limit,
+                        before_seq: request.before_seq,
+                        after_seq: request.after_seq,
+                    };
+                    self.read(move |store| store.history(&query)).await?
+                }
             };
-            let (room_id, page) = self
-                .read(move |store| {
-                    let page = store.history(&query)?;
-                    Ok((query.room_id, page))
-                })
-                .await?;
             Ok(Response::new(chat::ChatHistory {
                 room_id,
                 messages: page.messages.into_iter().map(Into::into).collect(),
                 has_more: page.has_more,
+                revision: page.revision,
             }))
         }
         .await;
         self.answered("GetChatHistory", result)
+    }
+
+    async fn list_rooms(
+        &self,
+        request: Request<chat::ListRoomsRequest>,
+    ) -> Result<Response<chat::RoomList>, Status> {
+        let result = async {
+            let caller = Caller::of(&request)?;
+            let request = request.into_inner();
+            let limit = validate::rooms_limit(request.limit);
+            let after = directory::parse_cursor(&request.cursor)?;
+            let listing = self
+                .read(move |store| {
+                    directory::list(store, limit, after, |room| caller.may_enter(room).is_ok())
+                })
+                .await?;
+            let members = self
+                .hub
+                .member_counts(listing.rooms.iter().map(|r| r.room_id.as_str()));
+            let rooms = listing
+                .rooms
+                .into_iter()
+                .zip(members)
+                .map(|(room, members)| chat::RoomInfo::from_record(room, members))
+                .collect();
+            Ok(Response::new(chat::RoomList {
+                rooms,
+                next_cursor: listing
+                    .next
+                    .as_ref()
+                    .map(directory::format_cursor)
+                    .unwrap_or_default(),
+            }))
+        }
+        .await;
+        self.answered("ListRooms", result)
     }
 }

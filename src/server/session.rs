@@ -14,7 +14,7 @@ use super::hub::{Hub, Outbox, Tag};
 use super::identity::Caller;
 use super::{now_us, validate};
 use crate::proto::chat::{self, ChatStream, chat_stream::Event};
-use crate::storage::{NewMessage, Write, Writer};
+use crate::storage::{ChangeKind, MessageChange, NewMessage, Write, Writer};
 
 /// Typing frames relayed per room per stream: at most one each this long.
 /// Clients send one every few seconds while their user types (some on every
@@ -157,8 +157,12 @@ impl Session {
                 Ok(())
             }
             Some(Event::Typing(typing)) => self.typing(typing),
+            Some(Event::EditMessage(edit)) => self.edit(edit, request_id.clone()).await,
+            Some(Event::DeleteMessage(delete)) => self.delete(delete, request_id.clone()).await,
             Some(Event::Error(_)) => Err(ChatError::ServerFrame("error")),
             Some(Event::Presence(_)) => Err(ChatError::ServerFrame("presence")),
+            Some(Event::MessageChanged(_)) => Err(ChatError::ServerFrame("message_changed")),
+            Some(Event::UserRenamed(_)) => Err(ChatError::ServerFrame("user_renamed")),
             None => Err(ChatError::EmptyFrame),
         };
         if let Err(error) = result {
@@ -207,6 +211,63 @@ impl Session {
             .submit(write, tag)
             .await
             .map_err(ChatError::NotStored)
+    }
+
+    /// Edits one of the caller's messages; every member of the room (and
+    /// this stream) gets the result through the hub once committed.
+    async fn edit(
+        &mut self,
+        mut edit: chat::EditMessage,
+        request_id: Option<String>,
+    ) -> Result<(), ChatError> {
+        edit.sender_id = self.caller.bind("sender_id", &edit.sender_id)?;
+        validate::edit_message(&edit, self.limits.max_content_bytes)?;
+        self.caller.may_enter(&edit.room_id)?;
+        let change = MessageChange {
+            room_id: edit.room_id,
+            seq: edit.seq,
+            sender_id: edit.sender_id,
+            kind: ChangeKind::Edit(edit.content),
+            now_us: now_us(),
+        };
+        self.change(change, request_id).await
+    }
+
+    async fn delete(
+        &mut self,
+        mut delete: chat::DeleteMessage,
+        request_id: Option<String>,
+    ) -> Result<(), ChatError> {
+        delete.sender_id = self.caller.bind("sender_id", &delete.sender_id)?;
+        validate::delete_message(&delete)?;
+        self.caller.may_enter(&delete.room_id)?;
+        let change = MessageChange {
+            room_id: delete.room_id,
+            seq: delete.seq,
+            sender_id: delete.sender_id,
+            kind: ChangeKind::Delete,
+            now_us: now_us(),
+        };
+        self.change(change, request_id).await
+    }
+
+    /// Queues a change: whether the caller may make it (its sender), and
+    /// what it does, is for the writer to say, in the room's one order.
+    async fn change(
+        &mut self,
+        change: MessageChange,
+        request_id: Option<String>,
+    ) -> Result<(), ChatError> {
+        let tag = Tag::Change {
+            origin: self.outbox.clone(),
+            request_id,
+            room_id: change.room_id.clone(),
+            seq: change.seq,
+        };
+        self.writer
+            .submit(Write::Change(change), tag)
+            .await
+            .map_err(ChatError::ChangeNotStored)
     }
 
     /// An explicit join, always answered with who is in the room: also when

@@ -1,7 +1,9 @@
 //! Checks on what clients send, as pure functions. Each error message names
 //! the field and the rule, since it goes straight back to a developer.
 
-use crate::proto::chat::{ChatMessage, JoinRoom};
+use crate::proto::chat::{
+    ChatMessage, DeleteMessage, EditMessage, GetChatHistoryRequest, JoinRoom,
+};
 
 /// Longest room, user or message id, in bytes: ids are keys, not content.
 pub const MAX_ID_BYTES: usize = 128;
@@ -11,6 +13,10 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 /// Largest history page, whatever the request says.
 pub const MAX_HISTORY_LIMIT: usize = 500;
+/// Directory page size when the request says 0.
+pub const DEFAULT_ROOMS_LIMIT: usize = 50;
+/// Largest directory page: each room on it costs a lookup in the hub.
+pub const MAX_ROOMS_LIMIT: usize = 200;
 
 /// Why a request was refused (becomes `INVALID_ARGUMENT`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,14 +52,49 @@ pub fn chat_message(m: &ChatMessage, max_content_bytes: usize) -> Result<(), Inv
     room_id(&m.room_id)?;
     id("sender_id", &m.sender_id)?;
     optional_id("id", &m.id)?;
-    if m.content.trim().is_empty() {
+    content(&m.content, max_content_bytes)
+}
+
+fn content(content: &str, max_content_bytes: usize) -> Result<(), Invalid> {
+    if content.trim().is_empty() {
         return Err(Invalid("content is required".into()));
     }
-    if m.content.len() > max_content_bytes {
+    if content.len() > max_content_bytes {
         return Err(Invalid(format!(
             "content is {} bytes long; the limit is {max_content_bytes}",
-            m.content.len()
+            content.len()
         )));
+    }
+    Ok(())
+}
+
+fn message_ref(room: &str, seq: u64, sender_id: &str) -> Result<(), Invalid> {
+    room_id(room)?;
+    if seq == 0 {
+        return Err(Invalid("seq is required (seqs start at 1)".into()));
+    }
+    id("sender_id", sender_id)
+}
+
+/// An edit names its message by (room, seq) and follows the rules of a
+/// new message's content.
+pub fn edit_message(e: &EditMessage, max_content_bytes: usize) -> Result<(), Invalid> {
+    message_ref(&e.room_id, e.seq, &e.sender_id)?;
+    content(&e.content, max_content_bytes)
+}
+
+pub fn delete_message(d: &DeleteMessage) -> Result<(), Invalid> {
+    message_ref(&d.room_id, d.seq, &d.sender_id)
+}
+
+/// `changed_since` is a query of its own: a seq bound with it would have
+/// no meaning.
+pub fn history_request(r: &GetChatHistoryRequest) -> Result<(), Invalid> {
+    room_id(&r.room_id)?;
+    if r.changed_since.is_some() && (r.before_seq != 0 || r.after_seq.is_some()) {
+        return Err(Invalid(
+            "changed_since cannot be combined with before_seq or after_seq".into(),
+        ));
     }
     Ok(())
 }
@@ -88,6 +129,14 @@ pub fn history_limit(requested: u32) -> usize {
     match requested as usize {
         0 => DEFAULT_HISTORY_LIMIT,
         n => n.min(MAX_HISTORY_LIMIT),
+    }
+}
+
+/// The page size a directory request gets, like [`history_limit`].
+pub fn rooms_limit(requested: u32) -> usize {
+    match requested as usize {
+        0 => DEFAULT_ROOMS_LIMIT,
+        n => n.min(MAX_ROOMS_LIMIT),
     }
 }
 
@@ -167,6 +216,73 @@ mod tests {
         assert!(display_name("a\u{7}b").is_err());
         assert!(display_name(&"é".repeat(64)).is_ok());
         assert!(display_name(&"é".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn edits_and_deletions_name_a_message_and_follow_the_content_rules() {
+        let edit = |room: &str, seq, sender: &str, content: &str| {
+            edit_message(
+                &EditMessage {
+                    room_id: room.into(),
+                    seq,
+                    sender_id: sender.into(),
+                    content: content.into(),
+                },
+                10,
+            )
+        };
+        assert_eq!(edit("r", 1, "ada", "fixed"), Ok(()));
+        assert_eq!(
+            edit("r", 0, "ada", "x").unwrap_err().0,
+            "seq is required (seqs start at 1)"
+        );
+        assert_eq!(
+            edit("", 1, "ada", "x").unwrap_err().0,
+            "room_id is required"
+        );
+        assert_eq!(
+            edit("r", 1, "", "x").unwrap_err().0,
+            "sender_id is required"
+        );
+        assert_eq!(
+            edit("r", 1, "ada", " ").unwrap_err().0,
+            "content is required"
+        );
+        assert_eq!(
+            edit("r", 1, "ada", &"a".repeat(11)).unwrap_err().0,
+            "content is 11 bytes long; the limit is 10"
+        );
+        let delete = |seq| {
+            delete_message(&DeleteMessage {
+                room_id: "r".into(),
+                seq,
+                sender_id: "ada".into(),
+            })
+        };
+        assert_eq!(delete(3), Ok(()));
+        assert!(delete(0).is_err());
+    }
+
+    #[test]
+    fn changed_since_stands_alone() {
+        let request = |before_seq, after_seq, changed_since| GetChatHistoryRequest {
+            room_id: "r".into(),
+            limit: 0,
+            before_seq,
+            after_seq,
+            changed_since,
+        };
+        assert_eq!(history_request(&request(0, None, Some(3))), Ok(()));
+        assert_eq!(history_request(&request(5, Some(1), None)), Ok(()));
+        assert!(history_request(&request(5, None, Some(3))).is_err());
+        assert!(history_request(&request(0, Some(0), Some(3))).is_err());
+    }
+
+    #[test]
+    fn rooms_limit_defaults_and_caps() {
+        assert_eq!(rooms_limit(0), 50);
+        assert_eq!(rooms_limit(7), 7);
+        assert_eq!(rooms_limit(10_000), 200);
     }
 
     #[test]

@@ -45,6 +45,95 @@ pub struct StoredMessage {
     pub timestamp_us: i64,
     /// Per room: 1 for the first message, then strictly increasing, no gaps.
     pub seq: u64,
+    /// When its sender last edited it (microseconds since the Unix epoch).
+    pub edited_us: Option<i64>,
+    /// Deleted by its sender: `content` is empty, the seq stays taken.
+    pub deleted: bool,
+    /// The room's revision of its last edit or deletion; 0 if none.
+    pub revision: u64,
+}
+
+/// An edit or deletion of a stored message, asked for by `sender_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageChange {
+    pub room_id: String,
+    pub seq: u64,
+    /// Who asks: the change is refused unless it is the message's sender.
+    pub sender_id: String,
+    pub kind: ChangeKind,
+    /// Microseconds since the Unix epoch.
+    pub now_us: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// New content, already validated.
+    Edit(String),
+    /// Empty the content and mark the message deleted.
+    Delete,
+}
+
+/// Why a [`MessageChange`] was not applied. The rest of its batch is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeRefused {
+    /// No message at that (room, seq).
+    NotFound,
+    /// The message has another sender.
+    NotSender,
+    /// An edit of a deleted message.
+    Deleted,
+}
+
+/// A room as the directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub room_id: String,
+    pub last_seq: u64,
+    /// When its newest message was stored (microseconds since the epoch).
+    pub last_message_us: i64,
+}
+
+/// Where a page of the directory starts: just after this room, in the
+/// order of [`Store::rooms`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomCursor {
+    pub last_message_us: i64,
+    pub room_id: String,
+}
+
+impl RoomCursor {
+    /// The position just after `room`.
+    pub fn after(room: &RoomRecord) -> Self {
+        RoomCursor {
+            last_message_us: room.last_message_us,
+            room_id: room.room_id.clone(),
+        }
+    }
+}
+
+/// A directory query, already normalised by the caller (limit >= 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomsQuery {
+    pub limit: usize,
+    /// `None`: from the most recently active room.
+    pub after: Option<RoomCursor>,
+}
+
+/// A page of the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomsPage {
+    pub rooms: Vec<RoomRecord>,
+    /// More rooms follow the page.
+    pub has_more: bool,
+}
+
+/// "What changed in a room since this revision", already normalised by the
+/// caller (limit in 1..=500).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangesQuery {
+    pub room_id: String,
+    pub limit: usize,
+    pub after_revision: u64,
 }
 
 /// A registered user.
@@ -75,6 +164,9 @@ pub enum Write {
         name: String,
         now_us: i64,
     },
+    /// Edit or delete a stored message: it keeps its seq, takes the room's
+    /// next revision, and the room's last message time stays.
+    Change(MessageChange),
 }
 
 /// What one [`Write`] did, in the same position of the batch.
@@ -86,6 +178,13 @@ pub enum Written {
     Duplicate(StoredMessage),
     /// The user after an `EnsureUser` or `SetUserName`.
     User(UserRecord),
+    /// The message after a `Change`, with its new revision.
+    Changed(StoredMessage),
+    /// A `Change` that changes nothing (the same edit again, a deletion of
+    /// a deleted message): the message as it is, no revision taken.
+    Unchanged(StoredMessage),
+    /// A `Change` refused; nothing written for it.
+    Refused(ChangeRefused),
 }
 
 /// A history query, already normalised by the caller (limit in 1..=500).
@@ -100,13 +199,17 @@ pub struct HistoryQuery {
     pub after_seq: Option<u64>,
 }
 
-/// A page of history, oldest first.
+/// A page of history, oldest first (of changes: in revision order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// More messages lie beyond the page in the direction of the query: older
-    /// ones for a backwards page, newer ones for a page after `after_seq`.
+    /// ones for a backwards page, newer ones for a page after `after_seq`,
+    /// later changes for a page of changes.
     pub has_more: bool,
+    /// The room's revision read before the page (0 for an unknown room):
+    /// every change the page may not reflect has a higher one.
+    pub revision: u64,
 }
 
 /// A storage failure, by what a caller can do about it: the server maps each
@@ -168,6 +271,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of a room's history (empty for an unknown room).
     fn history(&self, query: &HistoryQuery) -> Result<HistoryPage, StoreError>;
+
+    /// The messages of a room changed after a revision, each as it is now,
+    /// in the order of their last change.
+    fn changes(&self, query: &ChangesQuery) -> Result<HistoryPage, StoreError>;
+
+    /// A page of the rooms that have messages, by the time of their newest
+    /// message, newest first (ties: by room id, descending).
+    fn rooms(&self, query: &RoomsQuery) -> Result<RoomsPage, StoreError>;
 
     /// A registered user, or `None`.
     fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError>;

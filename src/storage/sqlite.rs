@@ -28,6 +28,13 @@
 //! because every page an insert dirties is rewritten to the WAL at commit.
 //! Clients that pick random ids still pay one index page per message.
 //!
+//! Edits and deletions rewrite the message row in place (same seq) and stamp
+//! it with the room's next revision. `messages_by_revision` is a partial
+//! index over changed messages only, so "what changed since revision N" is
+//! one range scan and a new message (revision 0) adds no index entry.
+//! `rooms_by_activity` orders the directory by the time of each room's
+//! newest message; it changes once per room per batch, not per message.
+//!
 //! # Durability
 //! WAL with `synchronous=NORMAL` (the default) makes every committed
 //! transaction survive a crash of the process; `synchronous=FULL`
@@ -46,15 +53,20 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavio
 use super::checkpointer::{self, Checkpointer};
 use super::db_file::{Lock, Watch};
 use super::{
-    HistoryPage, HistoryQuery, NewMessage, Store, StoreError, StoredMessage, UserRecord, Write,
+    ChangeKind, ChangeRefused, ChangesQuery, HistoryPage, HistoryQuery, MessageChange, NewMessage,
+    RoomRecord, RoomsPage, RoomsQuery, Store, StoreError, StoredMessage, UserRecord, Write,
     Written,
 };
 
-/// Stored in `PRAGMA user_version`; bump it and add a migration step in
-/// [`migrate`] whenever [`SCHEMA`] changes.
-const SCHEMA_VERSION: i64 = 1;
+/// Stored in `PRAGMA user_version`: the number of [`MIGRATIONS`] applied.
+/// To change the schema, append a step; never edit one that shipped.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-const SCHEMA: &str = "
+/// `MIGRATIONS[v]` takes a database from version `v` to `v + 1` (version 0
+/// is an empty file). A new file runs them all.
+const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+
+const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS rooms (
     id INTEGER PRIMARY KEY,
     name TEXT UNIQUE NOT NULL,
@@ -79,6 +91,19 @@ CREATE TABLE IF NOT EXISTS users (
 ) WITHOUT ROWID;
 ";
 
+/// Edits, deletions and the room directory.
+const SCHEMA_V2: &str = "
+ALTER TABLE rooms ADD COLUMN last_revision INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rooms ADD COLUMN last_message_us INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN edited_us INTEGER;
+ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+UPDATE rooms SET last_message_us = COALESCE(
+    (SELECT m.timestamp_us FROM messages m WHERE m.room = rooms.id AND m.seq = rooms.last_seq), 0);
+CREATE INDEX messages_by_revision ON messages (room, revision) WHERE revision > 0;
+CREATE INDEX rooms_by_activity ON rooms (last_message_us, name, last_seq);
+";
+
 /// How long a connection waits for a lock held by another connection (a
 /// checkpoint, or a second process opening the file) before failing.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,13 +115,26 @@ INSERT INTO messages (room, seq, id, sender_id, content, timestamp_us)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 ON CONFLICT (room, id, sender_id) DO NOTHING";
 
+// Every query that reads messages returns these columns, in this order
+// (see `message_row`).
+
 const SELECT_DUPLICATE: &str = "
-SELECT seq, content, timestamp_us FROM messages
+SELECT seq, id, sender_id, content, timestamp_us, edited_us, deleted, revision FROM messages
 WHERE room = ?1 AND sender_id = ?2 AND id = ?3";
 
-const SELECT_ROOM: &str = "SELECT id, last_seq FROM rooms WHERE name = ?1";
+const SELECT_MESSAGE: &str = "
+SELECT seq, id, sender_id, content, timestamp_us, edited_us, deleted, revision FROM messages
+WHERE room = ?1 AND seq = ?2";
+
+const UPDATE_MESSAGE: &str = "
+UPDATE messages SET content = ?3, edited_us = ?4, deleted = ?5, revision = ?6
+WHERE room = ?1 AND seq = ?2";
+
+const SELECT_ROOM: &str = "SELECT id, last_seq, last_revision FROM rooms WHERE name = ?1";
 const INSERT_ROOM: &str = "INSERT INTO rooms (name, last_seq) VALUES (?1, 0)";
-const UPDATE_ROOM: &str = "UPDATE rooms SET last_seq = ?2 WHERE id = ?1";
+const UPDATE_ROOM: &str = "UPDATE rooms SET last_seq = ?2, last_message_us = ?3 WHERE id = ?1";
+const UPDATE_ROOM_REVISION: &str = "UPDATE rooms SET last_revision = ?2 WHERE id = ?1";
+const SELECT_REVISION: &str = "SELECT last_revision FROM rooms WHERE name = ?1";
 
 const SELECT_USER: &str = "SELECT id, name, created_at FROM users WHERE id = ?1";
 const INSERT_USER: &str = "
@@ -109,16 +147,31 @@ RETURNING id, name, created_at";
 
 /// Newest first; the caller reverses the page.
 const HISTORY_BEFORE: &str = "
-SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted, m.revision
 FROM rooms r JOIN messages m ON m.room = r.id
 WHERE r.name = ?1 AND m.seq < ?2
 ORDER BY m.seq DESC LIMIT ?3";
 
 const HISTORY_AFTER: &str = "
-SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted, m.revision
 FROM rooms r JOIN messages m ON m.room = r.id
 WHERE r.name = ?1 AND m.seq > ?2 AND m.seq < ?3
 ORDER BY m.seq LIMIT ?4";
+
+/// `revision > 0` lets the planner use the partial index: with the query
+/// planner stability guarantee it cannot look at the bound value.
+const CHANGES: &str = "
+SELECT m.seq, m.id, m.sender_id, m.content, m.timestamp_us, m.edited_us, m.deleted, m.revision
+FROM rooms r JOIN messages m ON m.room = r.id
+WHERE r.name = ?1 AND m.revision > 0 AND m.revision > ?2
+ORDER BY m.revision LIMIT ?3";
+
+/// Both keys descending, so that the cursor is one row-value comparison
+/// and the page one backwards scan of `rooms_by_activity`.
+const ROOMS: &str = "
+SELECT name, last_seq, last_message_us FROM rooms
+WHERE (last_message_us, name) < (?1, ?2)
+ORDER BY last_message_us DESC, name DESC LIMIT ?3";
 
 /// How [`SqliteStore::open`] sets up the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +239,7 @@ struct Cache {
 struct Room {
     id: i64,
     last_seq: u64,
+    last_revision: u64,
 }
 
 impl SqliteStore {
@@ -305,28 +359,24 @@ impl Store for SqliteStore {
             0 => i64::MAX,
             before => seq_bound(before),
         };
-        let row_to_message = |row: &Row<'_>| {
-            Ok(StoredMessage {
-                seq: seq_column(row, 0)?,
-                id: row.get(1)?,
-                room_id: query.room_id.clone(),
-                sender_id: row.get(2)?,
-                content: row.get(3)?,
-                timestamp_us: row.get(4)?,
-            })
-        };
-        let mut messages = self.read(|conn| match query.after_seq {
-            None => conn
-                .prepare_cached(HISTORY_BEFORE)?
-                .query_map(params![query.room_id, before, fetch], row_to_message)?
-                .collect::<rusqlite::Result<Vec<_>>>(),
-            Some(after) => conn
-                .prepare_cached(HISTORY_AFTER)?
-                .query_map(
-                    params![query.room_id, seq_bound(after), before, fetch],
-                    row_to_message,
-                )?
-                .collect(),
+        let row_to_message = message_row(&query.room_id);
+        let (revision, mut messages) = self.read(|conn| {
+            // Before the page, in its own snapshot: a lower bound for it.
+            let revision = room_revision(conn, &query.room_id)?;
+            let messages = match query.after_seq {
+                None => conn
+                    .prepare_cached(HISTORY_BEFORE)?
+                    .query_map(params![query.room_id, before, fetch], row_to_message)?
+                    .collect::<rusqlite::Result<Vec<_>>>(),
+                Some(after) => conn
+                    .prepare_cached(HISTORY_AFTER)?
+                    .query_map(
+                        params![query.room_id, seq_bound(after), before, fetch],
+                        row_to_message,
+                    )?
+                    .collect(),
+            }?;
+            Ok((revision, messages))
         })?;
         let has_more = messages.len() > query.limit;
         // The extra row is the last one fetched: the oldest when going back,
@@ -335,7 +385,57 @@ impl Store for SqliteStore {
         if query.after_seq.is_none() {
             messages.reverse();
         }
-        Ok(HistoryPage { messages, has_more })
+        Ok(HistoryPage {
+            messages,
+            has_more,
+            revision,
+        })
+    }
+
+    fn changes(&self, query: &ChangesQuery) -> Result<HistoryPage, StoreError> {
+        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let (revision, mut messages) = self.read(|conn| {
+            let revision = room_revision(conn, &query.room_id)?;
+            let messages = conn
+                .prepare_cached(CHANGES)?
+                .query_map(
+                    params![query.room_id, seq_bound(query.after_revision), fetch],
+                    message_row(&query.room_id),
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((revision, messages))
+        })?;
+        let has_more = messages.len() > query.limit;
+        messages.truncate(query.limit);
+        Ok(HistoryPage {
+            messages,
+            has_more,
+            revision,
+        })
+    }
+
+    fn rooms(&self, query: &RoomsQuery) -> Result<RoomsPage, StoreError> {
+        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let (before_us, before_name) = match &query.after {
+            Some(cursor) => (cursor.last_message_us, cursor.room_id.as_str()),
+            // Every room sorts before (i64::MAX, ""): no message is stored
+            // at the end of time.
+            None => (i64::MAX, ""),
+        };
+        let mut rooms = self.read(|conn| {
+            conn.prepare_cached(ROOMS)?
+                .query_map(params![before_us, before_name, fetch], |row| {
+                    Ok(RoomRecord {
+                        room_id: row.get(0)?,
+                        last_seq: seq_column(row, 1)?,
+                        last_message_us: row.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let has_more = rooms.len() > query.limit;
+        rooms.truncate(query.limit);
+        Ok(RoomsPage { rooms, has_more })
     }
 
     fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -356,10 +456,21 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )));
     }
     if version < SCHEMA_VERSION {
+        // All steps in one transaction: a failed migration leaves the file
+        // as it was, at its old version.
         let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA)?;
+        for step in MIGRATIONS.iter().skip(version.max(0) as usize) {
+            tx.execute_batch(step)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
+        if version > 0 {
+            tracing::info!(
+                from = version,
+                to = SCHEMA_VERSION,
+                "database schema migrated"
+            );
+        }
     }
     Ok(())
 }
@@ -395,8 +506,10 @@ fn apply(
     writes: Vec<Write>,
 ) -> rusqlite::Result<Vec<Written>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    // Room id → last seq after this batch, written once per room at the end.
+    // Room id → last seq and its time after this batch, and → last
+    // revision: written once per room at the end.
     let mut advanced = HashMap::new();
+    let mut revised = HashMap::new();
     let mut written = Vec::with_capacity(writes.len());
     for write in writes {
         written.push(match write {
@@ -417,12 +530,19 @@ fn apply(
                 cache.users.insert(user_id);
                 Written::User(user)
             }
+            Write::Change(change) => write_change(&tx, cache, &mut revised, change)?,
         });
     }
     {
         let mut update = tx.prepare_cached(UPDATE_ROOM)?;
-        for (room, last_seq) in advanced {
-            update.execute(params![room, seq_to_sql(last_seq)?])?;
+        for (room, (last_seq, last_message_us)) in advanced {
+            update.execute(params![room, seq_to_sql(last_seq)?, last_message_us])?;
+        }
+    }
+    if !revised.is_empty() {
+        let mut update = tx.prepare_cached(UPDATE_ROOM_REVISION)?;
+        for (room, last_revision) in revised {
+            update.execute(params![room, seq_to_sql(last_revision)?])?;
         }
     }
     tx.commit()?;
@@ -434,7 +554,7 @@ fn apply(
 fn write_message(
     tx: &Connection,
     cache: &mut Cache,
-    advanced: &mut HashMap<i64, u64>,
+    advanced: &mut HashMap<i64, (u64, i64)>,
     message: NewMessage,
 ) -> rusqlite::Result<Written> {
     let room = cache.room(tx, &message.room_id)?;
@@ -448,22 +568,15 @@ fn write_message(
         message.timestamp_us
     ])?;
     if inserted == 0 {
-        let (seq, content, timestamp_us) = tx
-            .prepare_cached(SELECT_DUPLICATE)?
-            .query_row(params![room.id, message.sender_id, message.id], |row| {
-                Ok((seq_column(row, 0)?, row.get(1)?, row.get(2)?))
-            })?;
-        return Ok(Written::Duplicate(StoredMessage {
-            id: message.id,
-            room_id: message.room_id,
-            sender_id: message.sender_id,
-            content,
-            timestamp_us,
-            seq,
-        }));
+        // As it is now: edited or deleted since, maybe.
+        let original = tx.prepare_cached(SELECT_DUPLICATE)?.query_row(
+            params![room.id, message.sender_id, message.id],
+            message_row(&message.room_id),
+        )?;
+        return Ok(Written::Duplicate(original));
     }
     cache.advance(&message.room_id, seq);
-    advanced.insert(room.id, seq);
+    advanced.insert(room.id, (seq, message.timestamp_us));
     if !cache.users.contains(&message.sender_id) {
         tx.prepare_cached(INSERT_USER)?.execute(params![
             message.sender_id,
@@ -479,7 +592,92 @@ fn write_message(
         content: message.content,
         timestamp_us: message.timestamp_us,
         seq,
+        edited_us: None,
+        deleted: false,
+        revision: 0,
     }))
+}
+
+/// Edits or deletes a stored message in place under the room's next
+/// revision; a change that changes nothing takes no revision.
+fn write_change(
+    tx: &Connection,
+    cache: &mut Cache,
+    revised: &mut HashMap<i64, u64>,
+    change: MessageChange,
+) -> rusqlite::Result<Written> {
+    let Some(room) = cache.existing_room(tx, &change.room_id)? else {
+        return Ok(Written::Refused(ChangeRefused::NotFound));
+    };
+    let Some(current) = tx
+        .prepare_cached(SELECT_MESSAGE)?
+        .query_row(
+            params![room.id, seq_bound(change.seq)],
+            message_row(&change.room_id),
+        )
+        .optional()?
+    else {
+        return Ok(Written::Refused(ChangeRefused::NotFound));
+    };
+    // Whose it is comes first: nobody learns more about another's message.
+    if current.sender_id != change.sender_id {
+        return Ok(Written::Refused(ChangeRefused::NotSender));
+    }
+    let (content, edited_us, deleted) = match change.kind {
+        ChangeKind::Delete if current.deleted => return Ok(Written::Unchanged(current)),
+        ChangeKind::Edit(_) if current.deleted => {
+            return Ok(Written::Refused(ChangeRefused::Deleted));
+        }
+        ChangeKind::Edit(content) if content == current.content => {
+            return Ok(Written::Unchanged(current));
+        }
+        ChangeKind::Edit(content) => (content, Some(change.now_us), false),
+        ChangeKind::Delete => (String::new(), current.edited_us, true),
+    };
+    let revision = room.last_revision + 1;
+    tx.prepare_cached(UPDATE_MESSAGE)?.execute(params![
+        room.id,
+        seq_to_sql(current.seq)?,
+        content,
+        edited_us,
+        deleted,
+        seq_to_sql(revision)?
+    ])?;
+    cache.revise(&change.room_id, revision);
+    revised.insert(room.id, revision);
+    Ok(Written::Changed(StoredMessage {
+        content,
+        edited_us,
+        deleted,
+        revision,
+        ..current
+    }))
+}
+
+/// Reads a row of the message columns every message query returns.
+fn message_row(room_id: &str) -> impl Fn(&Row<'_>) -> rusqlite::Result<StoredMessage> + '_ {
+    move |row| {
+        Ok(StoredMessage {
+            seq: seq_column(row, 0)?,
+            id: row.get(1)?,
+            room_id: room_id.to_owned(),
+            sender_id: row.get(2)?,
+            content: row.get(3)?,
+            timestamp_us: row.get(4)?,
+            edited_us: row.get(5)?,
+            deleted: row.get(6)?,
+            revision: seq_column(row, 7)?,
+        })
+    }
+}
+
+/// The room's last revision; 0 for a room with no messages.
+fn room_revision(conn: &Connection, room_id: &str) -> rusqlite::Result<u64> {
+    let revision = conn
+        .prepare_cached(SELECT_REVISION)?
+        .query_row([room_id], |row| seq_column(row, 0))
+        .optional()?;
+    Ok(revision.unwrap_or(0))
 }
 
 /// The user, registered now (name = id) if new.
@@ -517,8 +715,23 @@ impl Cache {
     /// The room's id and last seq; on a miss, read from disk, or the room is
     /// created (with last seq 0) if it does not exist yet.
     fn room(&mut self, tx: &Connection, name: &str) -> rusqlite::Result<Room> {
+        if let Some(room) = self.existing_room(tx, name)? {
+            return Ok(room);
+        }
+        tx.prepare_cached(INSERT_ROOM)?.execute([name])?;
+        let room = Room {
+            id: tx.last_insert_rowid(),
+            last_seq: 0,
+            last_revision: 0,
+        };
+        self.rooms.insert(name.to_owned(), room);
+        Ok(room)
+    }
+
+    /// The room's id, last seq and revision, if the room exists.
+    fn existing_room(&mut self, tx: &Connection, name: &str) -> rusqlite::Result<Option<Room>> {
         if let Some(room) = self.rooms.get(name) {
-            return Ok(*room);
+            return Ok(Some(*room));
         }
         let found = tx
             .prepare_cached(SELECT_ROOM)?
@@ -526,27 +739,27 @@ impl Cache {
                 Ok(Room {
                     id: row.get(0)?,
                     last_seq: seq_column(row, 1)?,
+                    last_revision: seq_column(row, 2)?,
                 })
             })
             .optional()?;
-        let room = match found {
-            Some(room) => room,
-            None => {
-                tx.prepare_cached(INSERT_ROOM)?.execute([name])?;
-                Room {
-                    id: tx.last_insert_rowid(),
-                    last_seq: 0,
-                }
-            }
-        };
-        self.rooms.insert(name.to_owned(), room);
-        Ok(room)
+        if let Some(room) = found {
+            self.rooms.insert(name.to_owned(), room);
+        }
+        Ok(found)
     }
 
     /// Records `seq` as the room's last; the room was cached by [`Cache::room`].
     fn advance(&mut self, name: &str, seq: u64) {
         if let Some(room) = self.rooms.get_mut(name) {
             room.last_seq = seq;
+        }
+    }
+
+    /// Records `revision` as the room's last; the room is cached.
+    fn revise(&mut self, name: &str, revision: u64) {
+        if let Some(room) = self.rooms.get_mut(name) {
+            room.last_revision = revision;
         }
     }
 }
@@ -659,6 +872,9 @@ mod tests {
                 content: "x".into(),
                 timestamp_us: 1_000,
                 seq: 3,
+                edited_us: None,
+                deleted: false,
+                revision: 0,
             })
         );
     }
@@ -778,6 +994,324 @@ mod tests {
         assert_eq!(written[0], Written::User(user("carol", "Carol", 8)));
     }
 
+    fn change(room: &str, seq: u64, sender: &str, kind: ChangeKind) -> Write {
+        Write::Change(MessageChange {
+            room_id: room.into(),
+            seq,
+            sender_id: sender.into(),
+            kind,
+            now_us: 5_000,
+        })
+    }
+
+    fn edit(seq: u64, sender: &str, content: &str) -> Write {
+        change("r", seq, sender, ChangeKind::Edit(content.into()))
+    }
+
+    fn delete(seq: u64, sender: &str) -> Write {
+        change("r", seq, sender, ChangeKind::Delete)
+    }
+
+    fn changes(store: &SqliteStore, after_revision: u64, limit: usize) -> HistoryPage {
+        store
+            .changes(&ChangesQuery {
+                room_id: "r".into(),
+                limit,
+                after_revision,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn an_edit_keeps_the_seq_and_takes_the_rooms_next_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 3);
+        let written = store
+            .write_batch(vec![
+                edit(2, "alice", "fixed"),
+                // The same edit again changes nothing and takes no revision.
+                edit(2, "alice", "fixed"),
+                delete(3, "alice"),
+                delete(3, "alice"),
+                edit(3, "alice", "too late"),
+                edit(1, "bob", "not mine"),
+                edit(9, "alice", "nowhere"),
+                change("nowhere", 1, "alice", ChangeKind::Delete),
+                message("r", "alice", "m4", "new"),
+            ])
+            .unwrap();
+        let Written::Changed(edited) = &written[0] else {
+            panic!("{:?}", written[0]);
+        };
+        assert_eq!(
+            (
+                edited.seq,
+                edited.content.as_str(),
+                edited.edited_us,
+                edited.revision
+            ),
+            (2, "fixed", Some(5_000), 1)
+        );
+        assert_eq!(edited.id, "m2");
+        assert_eq!(written[1], Written::Unchanged(edited.clone()));
+        let Written::Changed(deleted) = &written[2] else {
+            panic!("{:?}", written[2]);
+        };
+        assert_eq!(
+            (deleted.deleted, deleted.content.as_str(), deleted.revision),
+            (true, "", 2)
+        );
+        assert_eq!(written[3], Written::Unchanged(deleted.clone()));
+        assert_eq!(written[4], Written::Refused(ChangeRefused::Deleted));
+        assert_eq!(written[5], Written::Refused(ChangeRefused::NotSender));
+        assert_eq!(written[6], Written::Refused(ChangeRefused::NotFound));
+        assert_eq!(written[7], Written::Refused(ChangeRefused::NotFound));
+        assert_eq!(stored_seq(&written[8]), 4, "edits take no seq");
+
+        // History shows the messages as they are now, at their seqs.
+        let page = store
+            .history(&HistoryQuery {
+                room_id: "r".into(),
+                limit: 10,
+                before_seq: 0,
+                after_seq: None,
+            })
+            .unwrap();
+        assert_eq!(page.revision, 2);
+        let seqs: Vec<_> = page.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        assert_eq!(page.messages[1], *edited);
+        assert_eq!(page.messages[2], *deleted);
+        // No room was created by the change to a room that does not exist.
+        assert_eq!(
+            store
+                .rooms(&RoomsQuery {
+                    limit: 10,
+                    after: None
+                })
+                .unwrap()
+                .rooms
+                .len(),
+            1
+        );
+
+        // A resend of an edited message is confirmed with it as it is now.
+        let again = store
+            .write_batch(vec![message("r", "alice", "m2", "text 2")])
+            .unwrap();
+        assert_eq!(again[0], Written::Duplicate(edited.clone()));
+    }
+
+    #[test]
+    fn revisions_survive_a_reopen_and_changes_page_in_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_history(&dir, 10);
+        store
+            .write_batch(vec![edit(5, "alice", "a"), edit(2, "alice", "b")])
+            .unwrap();
+        drop(store);
+        let store = open(&dir);
+        store
+            .write_batch(vec![edit(7, "alice", "c"), edit(5, "alice", "d")])
+            .unwrap();
+        let ids = |page: &HistoryPage| -> Vec<(u64, u64)> {
+            page.messages.iter().map(|m| (m.seq, m.revision)).collect()
+        };
+        // Message 5 changed twice: it appears once, at its last change.
+        let all = changes(&store, 0, 10);
+        assert_eq!(ids(&all), [(2, 2), (7, 3), (5, 4)]);
+        assert_eq!((all.has_more, all.revision), (false, 4));
+        let first = changes(&store, 0, 2);
+        assert_eq!((ids(&first), first.has_more), (vec![(2, 2), (7, 3)], true));
+        let rest = changes(&store, 3, 2);
+        assert_eq!((ids(&rest), rest.has_more), (vec![(5, 4)], false));
+        assert_eq!(changes(&store, 4, 2).messages, []);
+        let unknown = store
+            .changes(&ChangesQuery {
+                room_id: "nowhere".into(),
+                limit: 5,
+                after_revision: 0,
+            })
+            .unwrap();
+        assert_eq!((unknown.messages.len(), unknown.revision), (0, 0));
+    }
+
+    #[test]
+    fn rooms_are_listed_by_their_newest_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let at = |room: &str, id: &str, timestamp_us| {
+            Write::Message(NewMessage {
+                id: id.into(),
+                room_id: room.into(),
+                sender_id: "ada".into(),
+                content: "x".into(),
+                timestamp_us,
+            })
+        };
+        store
+            .write_batch(vec![at("a", "1", 10), at("b", "2", 20), at("a", "3", 30)])
+            .unwrap();
+        store.write_batch(vec![at("c", "4", 25)]).unwrap();
+        // An edit is no activity: "c" stays behind "a".
+        store
+            .write_batch(vec![change("c", 1, "ada", ChangeKind::Edit("y".into()))])
+            .unwrap();
+        let page = store
+            .rooms(&RoomsQuery {
+                limit: 10,
+                after: None,
+            })
+            .unwrap();
+        assert_eq!(
+            page.rooms,
+            [
+                RoomRecord {
+                    room_id: "a".into(),
+                    last_seq: 2,
+                    last_message_us: 30
+                },
+                RoomRecord {
+                    room_id: "c".into(),
+                    last_seq: 1,
+                    last_message_us: 25
+                },
+                RoomRecord {
+                    room_id: "b".into(),
+                    last_seq: 1,
+                    last_message_us: 20
+                },
+            ]
+        );
+        assert!(!page.has_more);
+        let first = store
+            .rooms(&RoomsQuery {
+                limit: 2,
+                after: None,
+            })
+            .unwrap();
+        assert!(first.has_more);
+        let after = Some(super::super::RoomCursor::after(&first.rooms[1]));
+        let rest = store.rooms(&RoomsQuery { limit: 2, after }).unwrap();
+        assert_eq!(
+            (rest.rooms, rest.has_more),
+            (vec![page.rooms[2].clone()], false)
+        );
+    }
+
+    /// The v1 schema exactly as it shipped, and rows as v1 wrote them.
+    const V1_DATABASE: &str = "
+        CREATE TABLE rooms (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL,
+            last_seq INTEGER NOT NULL);
+        CREATE TABLE messages (room INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
+            sender_id TEXT NOT NULL, content TEXT NOT NULL, timestamp_us INTEGER NOT NULL,
+            PRIMARY KEY (room, seq)) WITHOUT ROWID;
+        CREATE UNIQUE INDEX messages_by_id ON messages (room, id, sender_id);
+        CREATE TABLE users (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+            created_at INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO rooms VALUES (1, 'old', 2), (2, 'older', 1);
+        INSERT INTO messages VALUES (1, 1, 'a', 'ada', 'first', 100), (1, 2, 'b', 'bob', 'second', 300),
+            (2, 1, 'c', 'ada', 'long ago', 50);
+        INSERT INTO users VALUES ('ada', 'Ada', 100), ('bob', 'bob', 300);
+        PRAGMA user_version = 1;
+    ";
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(V1_DATABASE)
+            .unwrap();
+        let store = open(&dir);
+        let version: i64 = store
+            .lock_writer()
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let page = store
+            .history(&HistoryQuery {
+                room_id: "old".into(),
+                limit: 10,
+                before_seq: 0,
+                after_seq: None,
+            })
+            .unwrap();
+        let kept: Vec<_> = page
+            .messages
+            .iter()
+            .map(|m| {
+                (
+                    m.seq,
+                    m.content.as_str(),
+                    m.deleted,
+                    m.revision,
+                    m.edited_us,
+                )
+            })
+            .collect();
+        assert_eq!(
+            kept,
+            [(1, "first", false, 0, None), (2, "second", false, 0, None)]
+        );
+        assert_eq!(store.get_user("ada").unwrap().unwrap().name, "Ada");
+        // The directory knows the rooms' last message times from before.
+        let rooms = store
+            .rooms(&RoomsQuery {
+                limit: 10,
+                after: None,
+            })
+            .unwrap();
+        let listed: Vec<_> = rooms
+            .rooms
+            .iter()
+            .map(|r| (r.room_id.as_str(), r.last_seq, r.last_message_us))
+            .collect();
+        assert_eq!(listed, [("old", 2, 300), ("older", 1, 50)]);
+        // And the old rows take writes of the new kinds.
+        let written = store
+            .write_batch(vec![
+                message("old", "ada", "d", "third"),
+                change("old", 1, "ada", ChangeKind::Edit("first!".into())),
+                change("old", 2, "ada", ChangeKind::Delete),
+            ])
+            .unwrap();
+        assert_eq!(stored_seq(&written[0]), 3);
+        assert!(matches!(&written[1], Written::Changed(m) if m.revision == 1));
+        assert_eq!(written[2], Written::Refused(ChangeRefused::NotSender));
+        drop(store);
+        // Opening it again runs no step twice.
+        let store = open(&dir);
+        assert_eq!(changes_in(&store, "old").len(), 1);
+    }
+
+    fn changes_in(store: &SqliteStore, room: &str) -> Vec<StoredMessage> {
+        store
+            .changes(&ChangesQuery {
+                room_id: room.into(),
+                limit: 10,
+                after_revision: 0,
+            })
+            .unwrap()
+            .messages
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chat.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let Err(err) = SqliteStore::open(&path, SqliteOptions::default()) else {
+            panic!("opened a newer schema");
+        };
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
     #[test]
     fn history_pages_backwards() {
         let dir = tempfile::tempdir().unwrap();
@@ -806,6 +1340,9 @@ mod tests {
                 content: "text 130".into(),
                 timestamp_us: 1_000,
                 seq: 130,
+                edited_us: None,
+                deleted: false,
+                revision: 0,
             }]
         );
     }
@@ -890,7 +1427,8 @@ mod tests {
                 page,
                 HistoryPage {
                     messages: vec![],
-                    has_more: false
+                    has_more: false,
+                    revision: 0,
                 }
             );
         }
@@ -927,7 +1465,19 @@ mod tests {
             after.contains("SEARCH m USING PRIMARY KEY (room=? AND seq>? AND seq<?)"),
             "{after}"
         );
-        for plan in [before, after] {
+        let changes = plan(CHANGES, params!["r", 1, 51]);
+        assert!(
+            changes.contains("USING INDEX messages_by_revision (room=? AND revision>?)"),
+            "{changes}"
+        );
+        let rooms = plan(ROOMS, params![i64::MAX, "", 51]);
+        assert!(
+            rooms.contains(
+                "SEARCH rooms USING COVERING INDEX rooms_by_activity ((last_message_us,name)<(?,?))"
+            ),
+            "{rooms}"
+        );
+        for plan in [before, after, changes, rooms] {
             assert!(
                 !plan.contains("SCAN") && !plan.contains("TEMP B-TREE"),
                 "{plan}"

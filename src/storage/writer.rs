@@ -151,7 +151,8 @@ mod tests {
 
     use super::*;
     use crate::storage::{
-        HistoryPage, HistoryQuery, NewMessage, SqliteOptions, SqliteStore, UserRecord,
+        ChangesQuery, HistoryPage, HistoryQuery, NewMessage, RoomsPage, RoomsQuery, SqliteOptions,
+        SqliteStore, UserRecord,
     };
 
     /// Generous: only reached when something is broken.
@@ -290,6 +291,14 @@ mod tests {
         }
 
         fn history(&self, _: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+            Err(StoreError::Internal("not in this fake".into()))
+        }
+
+        fn changes(&self, _: &ChangesQuery) -> Result<HistoryPage, StoreError> {
+            Err(StoreError::Internal("not in this fake".into()))
+        }
+
+        fn rooms(&self, _: &RoomsQuery) -> Result<RoomsPage, StoreError> {
             Err(StoreError::Internal("not in this fake".into()))
         }
 

@@ -104,6 +104,7 @@ async fn newest_seq(client: &mut ChatServiceClient<Channel>, room: &str) -> anyh
             limit: 1,
             before_seq: 0,
             after_seq: None,
+            changed_since: None,
         })
         .await
         .context("GetChatHistory failed")?
@@ -239,6 +240,7 @@ async fn series(
                             limit: page_limit,
                             before_seq: before,
                             after_seq: None,
+                            changed_since: None,
                         })
                         .await;
                     let ns = sent.elapsed().as_nanos() as u64;

@@ -291,8 +291,7 @@ async fn sender(shared: Arc<Shared>, i: u32) -> SenderStats {
                         room_id: room.clone(),
                         sender_id: sender_id.clone(),
                         content: shared.content.clone(),
-                        timestamp: None,
-                        seq: 0,
+                        ..ChatMessage::default()
                     })),
                     request_id: None,
                 };
