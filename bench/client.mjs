@@ -4,6 +4,7 @@
 // Usage (from the repository root, after `scripts/e2e.sh` installed e2e/'s packages):
 //   node bench/client.mjs            # full run, prints a table and one JSON line
 //   node bench/client.mjs --smoke    # a few hundred messages: checks the harness works
+//   node bench/client.mjs --no-layout  # see below
 // env: WSGATE_BIN (default target/debug/wsgate), CHROMIUM_BIN (default /usr/bin/chromium)
 //
 // What "shown" means: the page's own clock, from the moment the WebSocket frame
@@ -16,6 +17,11 @@ import os from "node:os";
 import { Client, Gate, launch } from "../e2e/lib.mjs";
 
 const smoke = process.argv.includes("--smoke");
+// --no-layout: stop the clock when the element is in the DOM, without forcing
+// style and layout. Each message then costs what the page does for it, with
+// one layout per frame as a browser does; the long tasks of a burst show
+// what the client costs without the measurement's own layouts.
+const noLayout = process.argv.includes("--no-layout");
 const N = smoke
   ? { history: 300, live: 5, own: 5, burst: 20, background: 20, switches: 2 }
   : { history: 5000, live: 40, own: 20, burst: 100, background: 100, switches: 5 };
@@ -24,7 +30,7 @@ const SIDE = "side";
 const TIMEOUT_MS = smoke ? 60000 : 600000;
 
 /** Installed in the page before the client runs: clocks on frames, keys, clicks and DOM changes. */
-function instrument() {
+function instrument({ forceLayout }) {
   const b = {
     waits: new Map(), // data-id -> {t0, confirmed, resolve}
     ownText: null, // {text, t0, resolve, shownAt}
@@ -109,8 +115,10 @@ function instrument() {
     // The first call forces style and layout; later ones read the same clock.
     const now = () => {
       if (!t) {
-        if (list) list.getBoundingClientRect();
-        document.body.getBoundingClientRect();
+        if (forceLayout) {
+          if (list) list.getBoundingClientRect();
+          document.body.getBoundingClientRect();
+        }
         t = performance.now();
       }
       return t;
@@ -183,7 +191,7 @@ async function main() {
   const t = Date.now();
   const gate = await Gate.start();
   const browser = await launch();
-  const results = { smoke, history: N.history };
+  const results = { smoke, history: N.history, forced_layout: !noLayout };
   try {
     const alice = await seed(gate);
     console.error(`seeded ${N.history} messages in ${Date.now() - t} ms`);
@@ -192,7 +200,7 @@ async function main() {
       localStorage.setItem("wsgate.userName", JSON.stringify("me"));
       localStorage.setItem("wsgate.rooms", JSON.stringify(["bench", "side"]));
     });
-    await context.addInitScript(instrument);
+    await context.addInitScript(instrument, { forceLayout: !noLayout });
     const page = await context.newPage();
     page.on("pageerror", (e) => console.error("page error:", e));
     await page.goto(`${gate.url}/#${ROOM}`);

@@ -213,3 +213,36 @@ test("a room not shown is not drawn until it is shown; switching back keeps the 
   seeder.close();
   assert.deepEqual(page.errors || [], []);
 });
+
+test("a rename announced by the server shows on another page at once, in that user's headers only", async () => {
+  const seeder = await Client.open(fx.gate.url);
+  await seeder.setName("ann-id", "Ann");
+  for (let i = 1; i <= 3; i++) await seeder.say("renames", "ann-id", `from ann ${i}`, `r-${i}`);
+  const reader = await openChat(fx.browser, fx.gate, { name: "Reader", room: "renames" });
+  const writer = await openChat(fx.browser, fx.gate, { name: "Writer", room: "renames" });
+  await sendText(writer, "from the writer");
+  await waitMessage(reader, "from the writer");
+  await reader.waitForFunction(() =>
+    [...document.querySelectorAll("#messages li.msg:not(.grouped) .who")].some((e) => e.textContent === "Writer"),
+  );
+  await recordChanges(reader);
+  await writer.getByLabel("Your display name").fill("Writer Renamed");
+  await writer.getByLabel("Your display name").press("Enter");
+  await writer.locator("#name-note", { hasText: "Saved" }).waitFor();
+  const saved = Date.now();
+  await reader.waitForFunction(
+    () => [...document.querySelectorAll("#messages li.msg:not(.grouped) .who")].some((e) => e.textContent === "Writer Renamed"),
+    null,
+    { timeout: 1000 },
+  );
+  assert.ok(Date.now() - saved < 1000);
+  const who = await reader.locator("#messages li.msg:not(.grouped) .who").allTextContents();
+  assert.deepEqual(who, ["Ann", "Writer Renamed"]);
+  const log = await changes(reader);
+  assert.ok(
+    log.every((r) => /^span\.(who|avatar)/.test(r.target)),
+    `only the writer's header changed: ${JSON.stringify(log.filter((r) => !/^span\.(who|avatar)/.test(r.target)))}`,
+  );
+  seeder.close();
+  assert.deepEqual([...(reader.errors || []), ...(writer.errors || [])], []);
+});

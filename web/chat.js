@@ -121,8 +121,9 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
       const p = frame.presence;
       if (p && p.snapshot && store.room(p.room_id)) catchUp(p.room_id);
     } else if (frame.typing) onTyping(frame.typing);
-    // A rename announced by the server is one line here: store.renameUser(id, name)
-    // (the message list, the online list and the typing line follow it).
+    // A rename, announced to the rooms the user shares with us: the message
+    // list, the online list and the typing line follow the store.
+    else if (frame.user_renamed) store.renameUser(frame.user_renamed.user_id, frame.user_renamed.name);
   }
 
   function onError(error, rid) {

@@ -15,6 +15,8 @@ const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "lon
 
 /** Within this many pixels of the end counts as "at the bottom" (stick to new messages). */
 const BOTTOM_SLACK_PX = 48;
+/** A message's height until it has been drawn (a grouped one is less, one with a header more). */
+const ESTIMATE_PX = 36;
 /** Entries per chunk of the list, for live messages (see chunk()). */
 const CHUNK = 100;
 /** Closer than this to the top asks for the older page. */
@@ -203,6 +205,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   function chunk(content) {
     const li = document.createElement("li");
     li.className = "chunk";
+    // Off screen a chunk is skipped (content-visibility: auto) and counts
+    // this estimate until it has been drawn once; then its real height.
+    li.style.containIntrinsicSize = `auto ${Math.max(1, content.childElementCount) * ESTIMATE_PX}px`;
     const ol = document.createElement("ol");
     ol.className = "chunk-list";
     ol.append(content);
@@ -347,8 +352,10 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     stuck = true;
   };
   const resized = new ResizeObserver(() => {
+    const sc = dom.scroller;
+    // Following: all the way down, not just within the slack of atBottom().
     if (stuck) {
-      if (!atBottom()) dom.scroller.scrollTop = dom.scroller.scrollHeight;
+      if (sc.scrollHeight - sc.scrollTop - sc.clientHeight > 1) sc.scrollTop = sc.scrollHeight;
     } else keepAnchor();
   });
 
