@@ -228,3 +228,26 @@ test("the message pane shows a banner while the upstream is away, and clears it 
     await split.stop();
   }
 });
+
+test("the room directory lists a room another page just created, filters, and joins it", async () => {
+  const ada = await openChat(fx.browser, fx.gate, { name: "Ada", room: "dir-home" });
+  const bob = await openChat(fx.browser, fx.gate, { name: "Bob", room: "dir-created-by-bob" });
+  await sendText(bob, "first message here");
+  await waitMessage(bob, "first message here");
+
+  await ada.getByRole("button", { name: "Browse rooms" }).click();
+  const dialog = ada.getByRole("dialog", { name: "Browse rooms" });
+  const filter = dialog.getByLabel("Filter rooms");
+  assert.equal(await filter.evaluate((e) => e === document.activeElement), true);
+  const entry = dialog.getByRole("button", { name: /# dir-created-by-bob/ });
+  await entry.waitFor();
+  assert.match(await entry.textContent(), /1 online · active just now · 1 message$/);
+  await filter.fill("created-by");
+  assert.equal(await dialog.locator("button.dir-room").count(), 1);
+  await filter.press("Enter");
+  await ada.waitForFunction(() => location.hash === "#dir-created-by-bob");
+  await waitMessage(ada, "first message here");
+  assert.equal(await dialog.isHidden(), true);
+  await ada.context().close();
+  await bob.context().close();
+});

@@ -12,6 +12,7 @@
 //   message-list.js   the message list, redrawn at the cost of what changed
 //   message-edit.js   editing and deleting the own messages in place
 //   room-list.js      the side list of rooms and the unread badges
+//   room-directory.js the "Browse rooms" dialog (list_rooms)
 //   presence-view.js  who is online and who is typing in the shown room
 //   format.js         pure helpers: links, days, grouping, typing text
 //   backoff.js        retry delays
@@ -24,6 +25,7 @@ import { createMessageEdit } from "./message-edit.js";
 import { createMessageList } from "./message-list.js";
 import { KEYS, createPersist } from "./persist.js";
 import { createPresenceView } from "./presence-view.js";
+import { createRoomDirectory } from "./room-directory.js";
 import { createRoomList } from "./room-list.js";
 import { createSession } from "./session.js";
 import { createStore } from "./store.js";
@@ -86,6 +88,23 @@ const messages = createMessageList({
   dom: { scroller: $("scroller"), list: $("messages"), empty: $("empty"), note: $("history-note"), jump: $("jump") },
   isOpen: conn.isOpen,
   onWantOlder: (room) => chat.loadOlder(room),
+});
+
+const directory = createRoomDirectory({
+  conn,
+  onJoin: (name) => {
+    chat.joinRoom(name);
+    closeDrawer();
+    $("content").focus();
+  },
+  dom: {
+    dialog: $("directory"),
+    filter: $("directory-filter"),
+    list: $("directory-list"),
+    status: $("directory-status"),
+    more: $("directory-more"),
+    close: $("directory-close"),
+  },
 });
 
 const edits = createMessageEdit({ chat, room: () => store.state.current });
@@ -249,6 +268,7 @@ function wire() {
   });
   $("leave").addEventListener("click", () => store.state.current !== null && chat.leaveRoom(store.state.current));
   $("retry").addEventListener("click", conn.reconnectNow);
+  $("browse-rooms").addEventListener("click", () => directory.open());
   $("banner-retry").addEventListener("click", () => {
     conn.reconnectNow();
     chat.retryNow();
