@@ -219,10 +219,13 @@ test("the message pane shows a banner while the upstream is away, and clears it 
     const banner = page.locator("#conn-banner");
     await banner.waitFor();
     assert.match(await banner.textContent(), /Server unavailable/);
-    await banner.getByRole("button", { name: "Retry now" }).waitFor();
-    await split.startServer();
+    // Retry now while the server is still away: the banner stays.
     await banner.getByRole("button", { name: "Retry now" }).click();
+    await page.locator("#status[data-state=\"reconnecting\"]").waitFor({ state: "attached" });
+    assert.equal(await banner.isVisible(), true);
+    await split.startServer();
     await banner.waitFor({ state: "hidden", timeout: 20000 });
+    assert.equal(await page.locator("#status").getAttribute("data-state"), "connected");
     await page.context().close();
   } finally {
     await split.stop();

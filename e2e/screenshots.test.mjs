@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { before, test } from "node:test";
-import { Client, SCREENSHOTS, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
+import { Client, SCREENSHOTS, openChat, sendText, useGateAndBrowser, waitConnected, waitMessage } from "./lib.mjs";
 
 const fx = useGateAndBrowser();
 before(() => mkdirSync(SCREENSHOTS, { recursive: true }));
@@ -41,8 +41,21 @@ test("screenshots of the main states", async () => {
 
     await shot(page, `desktop-${scheme}`);
 
-    // A send the server refuses (content too long) shows its error by the message.
+    // A message over the byte limit is refused in place, the text kept.
     await sendText(page, "x".repeat(5000));
+    await page.locator("#composer-count.over", { hasText: "Too long" }).waitFor();
+    await shot(page, `desktop-too-long-${scheme}`);
+    await page.getByLabel("Message", { exact: true }).fill("");
+
+    // A send the server refused for good (kept in the outbox across a reload) shows its error by the message.
+    await page.evaluate(() => {
+      const sender = JSON.parse(localStorage.getItem("wsgate.userId"));
+      const item = { id: "refused-1", room_id: "design", sender, content: "a message the server refused",
+        created: Date.now(), state: "failed", error: "content is not allowed here" };
+      localStorage.setItem("wsgate.outbox", JSON.stringify([item]));
+    });
+    await page.reload();
+    await waitConnected(page);
     const failed = page.locator("#messages li.msg.failed");
     await failed.waitFor();
     assert.match(await failed.locator(".send-error").textContent(), /Not sent: .+/);

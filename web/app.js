@@ -327,7 +327,11 @@ function wire() {
     if (!text.trim() || store.state.current === null) return;
     // Refused here, the text kept: the server would refuse it for good.
     const problem = contentProblem(text);
-    if (problem) return renderCount(problem);
+    if (problem) {
+      renderCount(problem);
+      announce(problem); // the counter is not a live region: it changes with every key
+      return;
+    }
     content.value = "";
     grow();
     renderCount();

@@ -19,6 +19,10 @@ export function createMessageEdit({ chat, room }) {
     return p;
   }
 
+  function focusEdit(seq) {
+    document.querySelector(`#messages li.msg[data-seq="${seq}"] button[data-action="edit"]`)?.focus();
+  }
+
   function edit(li) {
     if (li.classList.contains("editing")) return;
     const text = li.querySelector(".text");
@@ -59,8 +63,9 @@ export function createMessageEdit({ chat, room }) {
         box.readOnly = true;
         try {
           await chat.editMessage(name, seq, value);
-          // The element was rebuilt from the store; this one is gone.
+          // The element was rebuilt from the store; this one is gone: focus goes where it was.
           if (li.isConnected) done();
+          else focusEdit(seq);
         } catch (e) {
           box.readOnly = false;
           problemEl(li).textContent = `Not saved: ${(e && (e.message || e.code)) || "no answer"}`;
@@ -104,6 +109,8 @@ export function createMessageEdit({ chat, room }) {
       yes.disabled = true;
       try {
         await chat.deleteMessage(name, seq);
+        // The marker that replaced the message has nothing to focus.
+        if (!li.isConnected && document.activeElement === document.body) document.getElementById("content")?.focus();
       } catch (e) {
         yes.disabled = false;
         problemEl(li).textContent = `Not deleted: ${(e && (e.message || e.code)) || "no answer"}`;
