@@ -91,3 +91,38 @@ test("screenshots of the main states", async () => {
   await waitMessage(page, "this waits in the outbox", 20000);
   c.close();
 });
+
+test("screenshots of the chat basics: editing, edited and deleted messages, the directory, a first visit", async () => {
+  const c = await Client.open(fx.gate.url);
+  await c.setName("grace", "Grace Hopper");
+  await c.say("basics", "grace", "Anyone up for a review at 3?");
+  for (const scheme of ["light", "dark"]) {
+    const page = await openChat(fx.browser, fx.gate, { name: "Ada Lovelace", room: "basics", colorScheme: scheme });
+    const mine = (t) => page.locator("#messages li.msg:not(.pending)", { hasText: t });
+    await sendText(page, `Yes, at 3 works (${scheme})`);
+    await sendText(page, `Actually, wait (${scheme})`);
+    await waitMessage(page, `Actually, wait (${scheme})`);
+    await mine(`Yes, at 3 works (${scheme})`).getByRole("button", { name: "Edit message" }).click();
+    await page.getByRole("textbox", { name: "Edit message" }).fill(`Yes, at 3:30 works (${scheme})`);
+    await shot(page, `edit-open-${scheme}`);
+    await page.getByRole("textbox", { name: "Edit message" }).press("Enter");
+    await waitMessage(page, `Yes, at 3:30 works (${scheme})`);
+    await mine(`Actually, wait (${scheme})`).getByRole("button", { name: "Delete message" }).click();
+    await shot(page, `delete-confirm-${scheme}`);
+    await page.getByRole("group", { name: "Delete this message?" }).getByRole("button", { name: "Delete" }).click();
+    await page.locator("#messages li.msg.deleted").last().waitFor();
+    await mine(`Yes, at 3:30 works (${scheme})`).hover();
+    await shot(page, `edited-deleted-${scheme}`);
+    await page.getByRole("button", { name: "Browse rooms" }).click();
+    await page.getByRole("dialog", { name: "Browse rooms" }).getByRole("button", { name: /# basics/ }).waitFor();
+    await shot(page, `directory-${scheme}`);
+    await page.context().close();
+  }
+  const context = await fx.browser.newContext({ viewport: { width: 1100, height: 720 } });
+  const first = await context.newPage();
+  await first.goto(`${fx.gate.url}/#basics`);
+  await waitConnected(first);
+  await shot(first, "first-visit");
+  await context.close();
+  c.close();
+});
