@@ -254,3 +254,28 @@ test("the room directory lists a room another page just created, filters, and jo
   await ada.context().close();
   await bob.context().close();
 });
+
+test("the room directory pages with More", async () => {
+  const c = await Client.open(fx.gate.url);
+  // More rooms than one page (50): the oldest come with "More".
+  for (let i = 0; i < 55; i++) await c.say(`paged-${String(i).padStart(2, "0")}`, "seeder", "hello");
+  const page = await openChat(fx.browser, fx.gate, { name: "Ada", room: "paged-home" });
+  await page.getByRole("button", { name: "Browse rooms" }).click();
+  const dialog = page.getByRole("dialog", { name: "Browse rooms" });
+  const more = dialog.getByRole("button", { name: "More" });
+  await more.waitFor();
+  assert.equal(await dialog.locator("button.dir-room").count(), 50);
+  // Newest activity first: the last room written to leads.
+  assert.equal(await dialog.locator("button.dir-room").first().getAttribute("data-room"), "paged-54");
+  await more.click();
+  await dialog.getByRole("button", { name: /# paged-00/ }).waitFor();
+  const names = await dialog.locator("button.dir-room").evaluateAll((bs) => bs.map((b) => b.dataset.room));
+  assert.equal(new Set(names).size, names.length, "no room twice");
+  assert.ok(names.length >= 55);
+  await dialog.getByLabel("Filter rooms").fill("paged-0");
+  assert.equal(await dialog.locator("button.dir-room").count(), 10);
+  await page.keyboard.press("Escape");
+  await dialog.waitFor({ state: "hidden" });
+  c.close();
+  await page.context().close();
+});

@@ -82,6 +82,12 @@ export function createRoomDirectory({ conn, onJoin, dom }) {
 
   dom.filter.addEventListener("input", render);
   dom.filter.addEventListener("keydown", (ev) => {
+    // A search field takes the first Escape to clear itself: the dialog closes on it instead.
+    if (ev.key === "Escape") {
+      ev.preventDefault();
+      dom.dialog.close();
+      return;
+    }
     // Enter in the filter joins the first room shown, or the room typed.
     if (ev.key !== "Enter") return;
     ev.preventDefault();
