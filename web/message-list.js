@@ -110,7 +110,10 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       text.textContent = "message deleted";
     } else appendText(text, m.content);
     body.append(text);
-    if (m.edited_at && !m.deleted) body.append(editedMark(m));
+    if (m.edited_at && !m.deleted) {
+      text.classList.add("is-edited");
+      body.append(editedMark(m));
+    }
     if (pending || failed) body.append(sendState(entry));
     else if (m.sender_id === me() && !m.deleted) body.append(ownActions());
     li.append(body);
