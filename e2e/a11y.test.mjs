@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
-import { Client, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
+import { Client, SplitGate, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
 
 const AXE = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 const fx = useGateAndBrowser();
@@ -50,3 +50,39 @@ for (const layout of [
     other.close();
   });
 }
+
+test("axe-core finds no violation with an edited and a deleted message, the directory open, and the banner", async () => {
+  const split = await SplitGate.start();
+  try {
+    const page = await openChat(fx.browser, split, { name: "Ada", room: "a11y-basics" });
+    await sendText(page, "to be edited");
+    await sendText(page, "to be deleted");
+    await waitMessage(page, "to be deleted");
+    const mine = (t) => page.locator("#messages li.msg:not(.pending)", { hasText: t });
+    await mine("to be edited").getByRole("button", { name: "Edit message" }).click();
+    await page.getByRole("textbox", { name: "Edit message" }).fill("edited once");
+    await page.getByRole("textbox", { name: "Edit message" }).press("Enter");
+    await waitMessage(page, "edited once");
+    await mine("to be deleted").getByRole("button", { name: "Delete message" }).click();
+    await page.getByRole("group", { name: "Delete this message?" }).getByRole("button", { name: "Delete" }).click();
+    await page.locator("#messages li.msg.deleted").waitFor();
+    // Edit controls shown (focus within the message).
+    await mine("edited once").getByRole("button", { name: "Edit message" }).focus();
+    let found = await violations(page);
+    assert.deepEqual(found, [], `\n${found.join("\n")}`);
+
+    await page.getByRole("button", { name: "Browse rooms" }).click();
+    await page.getByRole("dialog", { name: "Browse rooms" }).getByRole("button", { name: /# a11y-basics/ }).waitFor();
+    found = await violations(page);
+    assert.deepEqual(found, [], `\n${found.join("\n")}`);
+    await page.getByRole("button", { name: "Close" }).click();
+
+    await split.killServer();
+    await page.locator("#conn-banner").waitFor();
+    found = await violations(page);
+    assert.deepEqual(found, [], `\n${found.join("\n")}`);
+    await page.context().close();
+  } finally {
+    await split.stop();
+  }
+});

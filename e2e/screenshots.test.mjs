@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { before, test } from "node:test";
-import { Client, SCREENSHOTS, openChat, sendText, useGateAndBrowser, waitMessage } from "./lib.mjs";
+import { Client, SCREENSHOTS, openChat, sendText, useGateAndBrowser, waitConnected, waitMessage } from "./lib.mjs";
 
 const fx = useGateAndBrowser();
 before(() => mkdirSync(SCREENSHOTS, { recursive: true }));
@@ -41,8 +41,21 @@ test("screenshots of the main states", async () => {
 
     await shot(page, `desktop-${scheme}`);
 
-    // A send the server refuses (content too long) shows its error by the message.
+    // A message over the byte limit is refused in place, the text kept.
     await sendText(page, "x".repeat(5000));
+    await page.locator("#composer-count.over", { hasText: "Too long" }).waitFor();
+    await shot(page, `desktop-too-long-${scheme}`);
+    await page.getByLabel("Message", { exact: true }).fill("");
+
+    // A send the server refused for good (kept in the outbox across a reload) shows its error by the message.
+    await page.evaluate(() => {
+      const sender = JSON.parse(localStorage.getItem("wsgate.userId"));
+      const item = { id: "refused-1", room_id: "design", sender, content: "a message the server refused",
+        created: Date.now(), state: "failed", error: "content is not allowed here" };
+      localStorage.setItem("wsgate.outbox", JSON.stringify([item]));
+    });
+    await page.reload();
+    await waitConnected(page);
     const failed = page.locator("#messages li.msg.failed");
     await failed.waitFor();
     assert.match(await failed.locator(".send-error").textContent(), /Not sent: .+/);
@@ -76,5 +89,40 @@ test("screenshots of the main states", async () => {
   await shot(page, "mobile-reconnecting-dark");
   await fx.gate.restart();
   await waitMessage(page, "this waits in the outbox", 20000);
+  c.close();
+});
+
+test("screenshots of the chat basics: editing, edited and deleted messages, the directory, a first visit", async () => {
+  const c = await Client.open(fx.gate.url);
+  await c.setName("grace", "Grace Hopper");
+  await c.say("basics", "grace", "Anyone up for a review at 3?");
+  for (const scheme of ["light", "dark"]) {
+    const page = await openChat(fx.browser, fx.gate, { name: "Ada Lovelace", room: "basics", colorScheme: scheme });
+    const mine = (t) => page.locator("#messages li.msg:not(.pending)", { hasText: t });
+    await sendText(page, `Yes, at 3 works (${scheme})`);
+    await sendText(page, `Actually, wait (${scheme})`);
+    await waitMessage(page, `Actually, wait (${scheme})`);
+    await mine(`Yes, at 3 works (${scheme})`).getByRole("button", { name: "Edit message" }).click();
+    await page.getByRole("textbox", { name: "Edit message" }).fill(`Yes, at 3:30 works (${scheme})`);
+    await shot(page, `edit-open-${scheme}`);
+    await page.getByRole("textbox", { name: "Edit message" }).press("Enter");
+    await waitMessage(page, `Yes, at 3:30 works (${scheme})`);
+    await mine(`Actually, wait (${scheme})`).getByRole("button", { name: "Delete message" }).click();
+    await shot(page, `delete-confirm-${scheme}`);
+    await page.getByRole("group", { name: "Delete this message?" }).getByRole("button", { name: "Delete" }).click();
+    await page.locator("#messages li.msg.deleted").last().waitFor();
+    await mine(`Yes, at 3:30 works (${scheme})`).hover();
+    await shot(page, `edited-deleted-${scheme}`);
+    await page.getByRole("button", { name: "Browse rooms" }).click();
+    await page.getByRole("dialog", { name: "Browse rooms" }).getByRole("button", { name: /# basics/ }).waitFor();
+    await shot(page, `directory-${scheme}`);
+    await page.context().close();
+  }
+  const context = await fx.browser.newContext({ viewport: { width: 1100, height: 720 } });
+  const first = await context.newPage();
+  await first.goto(`${fx.gate.url}/#basics`);
+  await waitConnected(first);
+  await shot(first, "first-visit");
+  await context.close();
   c.close();
 });

@@ -10,7 +10,9 @@
 //   store.js          the state (rooms, messages, outbox, names, presence); emits what changed
 //   persist.js        what is kept across visits (localStorage)
 //   message-list.js   the message list, redrawn at the cost of what changed
+//   message-edit.js   editing and deleting the own messages in place
 //   room-list.js      the side list of rooms and the unread badges
+//   room-directory.js the "Browse rooms" dialog (list_rooms)
 //   presence-view.js  who is online and who is typing in the shown room
 //   format.js         pure helpers: links, days, grouping, typing text
 //   backoff.js        retry delays
@@ -18,10 +20,12 @@
 import * as auth from "./auth.js";
 import { createChat } from "./chat.js";
 import { createConnection } from "./connection.js";
-import { normalizeRoom } from "./format.js";
+import { MAX_CONTENT_BYTES, contentProblem, normalizeRoom, roomProblem, utf8Bytes } from "./format.js";
+import { createMessageEdit } from "./message-edit.js";
 import { createMessageList } from "./message-list.js";
 import { KEYS, createPersist } from "./persist.js";
 import { createPresenceView } from "./presence-view.js";
+import { createRoomDirectory } from "./room-directory.js";
 import { createRoomList } from "./room-list.js";
 import { createSession } from "./session.js";
 import { createStore } from "./store.js";
@@ -32,7 +36,10 @@ const persist = createPersist();
 // With `--auth jwt` the id is the token's `sub`, learnt when signing in (session.js).
 const userId = persist.get(KEYS.userId, null) || crypto.randomUUID();
 persist.set(KEYS.userId, userId);
-const userName = persist.get(KEYS.userName, null) || `guest-${userId.slice(0, 4)}`;
+const storedName = persist.get(KEYS.userName, null);
+/** A first visit: no name chosen yet (asked once; in jwt mode the token's name is used). */
+const firstVisit = !storedName && !persist.get(KEYS.welcomed, false) && auth.lastMode() !== "jwt";
+const userName = storedName || `guest-${userId.slice(0, 4)}`;
 persist.set(KEYS.userName, userName);
 
 const store = createStore({ persist, userId, userName });
@@ -83,6 +90,25 @@ const messages = createMessageList({
   onWantOlder: (room) => chat.loadOlder(room),
 });
 
+const directory = createRoomDirectory({
+  conn,
+  onJoin: (name) => {
+    chat.joinRoom(name);
+    closeDrawer();
+    $("content").focus();
+  },
+  dom: {
+    dialog: $("directory"),
+    filter: $("directory-filter"),
+    list: $("directory-list"),
+    status: $("directory-status"),
+    more: $("directory-more"),
+    close: $("directory-close"),
+  },
+});
+
+const edits = createMessageEdit({ chat, room: () => store.state.current });
+
 /** The room header and the composer follow the shown room. */
 function renderHead() {
   const r = store.currentRoom();
@@ -95,9 +121,14 @@ function renderHead() {
   if (location.hash !== hash) history.replaceState(null, "", hash || location.pathname + location.search);
 }
 
-/** The connection state, in the sidebar footer and the header; changes are read out. */
+/** The connection state, in the sidebar footer, the header and the banner; changes are read out. */
 function renderStatus() {
   const { state, text, prev } = store.state.connection;
+  // Not a live region: the countdown changes every second; the change of state is announced once below.
+  const banner = $("conn-banner");
+  banner.hidden = state === "connected" || state === "connecting" || state === "signed-out";
+  banner.dataset.state = state;
+  if ($("conn-banner-text").textContent !== text) $("conn-banner-text").textContent = text;
   for (const el of [$("status"), $("head-status")]) el.dataset.state = state;
   $("status-text").textContent = text;
   $("head-status-text").textContent = text;
@@ -116,6 +147,8 @@ store.subscribe((ev) => {
   } else if (ev.type === "connection") renderStatus();
   else if ((ev.type === "name" && ev.id === store.state.userId) || ev.type === "identity") {
     $("name").value = store.state.userName;
+    // Signed in: the token's name is used, nothing to ask.
+    if (ev.type === "identity") endWelcome();
   }
 });
 
@@ -138,6 +171,35 @@ function closeDrawer() {
   document.body.classList.remove("drawer-open");
   $("scrim").hidden = true;
   $("toggle-rooms").setAttribute("aria-expanded", "false");
+}
+
+// ---------- first visit ----------
+
+function startWelcome() {
+  $("welcome").hidden = false;
+  $("welcome-name").value = store.state.userName;
+  $("welcome-name").focus();
+  $("welcome-name").select();
+}
+function endWelcome() {
+  persist.set(KEYS.welcomed, true);
+  if ($("welcome").hidden) return;
+  $("welcome").hidden = true;
+  $("content").focus();
+}
+
+// ---------- composer limits ----------
+
+/** Shown from this share of the limit on (UTF-8 bytes, as the server counts). */
+const COUNT_FROM = 0.8;
+function renderCount(refused = null) {
+  const n = utf8Bytes($("content").value);
+  const el = $("composer-count");
+  const over = n > MAX_CONTENT_BYTES;
+  const text = refused || (n >= MAX_CONTENT_BYTES * COUNT_FROM ? `${n} / ${MAX_CONTENT_BYTES} bytes` : "");
+  if (el.textContent !== text) el.textContent = text;
+  el.classList.toggle("over", over);
+  $("content").setAttribute("aria-invalid", String(over));
 }
 
 function roomFromHash() {
@@ -167,9 +229,33 @@ function wire() {
     }
   });
 
+  $("welcome").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const name = $("welcome-name").value.trim();
+    if (!name) return;
+    try {
+      await chat.setName(name);
+    } catch (e) {
+      if (e.code !== "UNAVAILABLE") {
+        $("welcome-note").textContent = e.message || e.code;
+        $("welcome-note").className = "note error";
+        return;
+      }
+      // Not connected yet: kept here, stored by the next connection (onOpen sends it).
+      store.setUserName(name);
+    }
+    $("name").value = store.state.userName;
+    endWelcome();
+  });
+
   $("join").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const name = normalizeRoom($("join-room").value);
+    const problem = roomProblem(name);
+    $("join-note").textContent = problem || "";
+    $("join-note").className = problem ? "note error" : "note";
+    $("join-room").setAttribute("aria-invalid", String(!!problem));
+    if (problem) return; // the name stays, to be shortened
     $("join-room").value = "";
     chat.joinRoom(name);
     $("content").focus();
@@ -182,6 +268,11 @@ function wire() {
   });
   $("leave").addEventListener("click", () => store.state.current !== null && chat.leaveRoom(store.state.current));
   $("retry").addEventListener("click", conn.reconnectNow);
+  $("browse-rooms").addEventListener("click", () => directory.open());
+  $("banner-retry").addEventListener("click", () => {
+    conn.reconnectNow();
+    chat.retryNow();
+  });
   $("toggle-rooms").addEventListener("click", () =>
     document.body.classList.contains("drawer-open") ? closeDrawer() : openDrawer(),
   );
@@ -223,6 +314,7 @@ function wire() {
   };
   content.addEventListener("input", grow);
   content.addEventListener("input", () => chat.noteTyping(content.value));
+  content.addEventListener("input", () => renderCount());
   content.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
@@ -233,15 +325,23 @@ function wire() {
     ev.preventDefault();
     const text = content.value.replace(/^\s*\n|\s+$/g, "");
     if (!text.trim() || store.state.current === null) return;
+    // Refused here, the text kept: the server would refuse it for good.
+    const problem = contentProblem(text);
+    if (problem) {
+      renderCount(problem);
+      announce(problem); // the counter is not a live region: it changes with every key
+      return;
+    }
     content.value = "";
     grow();
+    renderCount();
     chat.send(text);
   });
 
   // Retry and Discard on a message that was not sent (the list is replaced per room: listen above it).
   $("scroller").addEventListener("click", (ev) => {
     const btn = ev.target.closest("button[data-action]");
-    if (!btn) return;
+    if (!btn || edits.onAction(btn)) return;
     const id = btn.closest("li").dataset.id;
     if (btn.dataset.action === "retry") chat.retry(id);
     else chat.discard(id);
@@ -261,6 +361,8 @@ function start() {
   store.addRoom(wanted);
   chat.selectRoom(wanted);
   if (store.state.current === null) messages.show(null);
+  if (firstVisit) startWelcome();
+  else persist.set(KEYS.welcomed, true);
   conn.connect();
 }
 

@@ -8,8 +8,10 @@ const CATCH_UP_PAGE = 200;
 /** An unconfirmed message is sent again after this (the server deduplicates by id). */
 const RESEND_AFTER_MS = 10000;
 const FLUSH_EVERY_MS = 3000;
-/** A name looked up on this connection is asked again after this. */
-const NAME_TTL_MS = 2 * 60 * 1000;
+/** An id still without a name is asked again at most this far apart. */
+const NAME_RETRY_MAX_MS = 2 * 60 * 1000;
+/** Edits caught up per page after a reconnect. */
+const CHANGES_PAGE = 200;
 const TYPING_SHOW_MS = 5000;
 const TYPING_SEND_EVERY_MS = 3000;
 
@@ -37,11 +39,14 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
   const lookingUp = new Set();
   const nameRetries = new Map(); // id -> lookups that found no name yet
 
-  /** Looks a name up if it is unknown or stale; the store announces any change. */
+  /**
+   * Looks a name up once per connection: renames of users sharing a room with
+   * us are announced (user_renamed), so a name does not go stale while
+   * connected; the lookup on each new connection covers what was missed.
+   */
   function wantName(id) {
     if (typeof id !== "string" || id === me() || lookingUp.has(id) || !conn.isOpen()) return;
-    const at = fresh.get(id);
-    if (at !== undefined && Date.now() - at < NAME_TTL_MS) return;
+    if (fresh.has(id)) return;
     lookingUp.add(id);
     conn
       .call("get_user", { user_id: id })
@@ -67,7 +72,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
           fresh.delete(id);
           wantName(id);
         },
-        Math.min(NAME_TTL_MS, 1000 * 2 ** n),
+        Math.min(NAME_RETRY_MAX_MS, 1000 * 2 ** n),
       );
       if (!store.state.names.has(id)) store.renameUser(id, id);
       return;
@@ -121,9 +126,18 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
       const p = frame.presence;
       if (p && p.snapshot && store.room(p.room_id)) catchUp(p.room_id);
     } else if (frame.typing) onTyping(frame.typing);
-    // A rename, announced to the rooms the user shares with us: the message
-    // list, the online list and the typing line follow the store.
+    else if (frame.message_changed) onMessageChanged(frame.message_changed);
+    // The message list, the online list and the typing line follow the store.
     else if (frame.user_renamed) store.renameUser(frame.user_renamed.user_id, frame.user_renamed.name);
+  }
+
+  function onMessageChanged(m) {
+    if (!m || typeof m.room_id !== "string" || !store.room(m.room_id)) return;
+    const r = store.room(m.room_id);
+    const known = r.revision;
+    store.changeMessage(m.room_id, m);
+    // A revision skipped: a change we did not hear of (as a seq gap is).
+    if (known !== null && r.lastSeq !== null && (Number(m.revision) || 0) > known + 1) catchUp(m.room_id);
   }
 
   function onError(error, rid) {
@@ -221,11 +235,18 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
       .call("join_room", { room_id: name, user_id: me() })
       .then((f) => {
         if (f.presence) onPresence(f.presence);
+        store.setRoomMeta(name, { error: null });
+        return true;
       })
-      // Closed meanwhile: the re-join after reconnecting does it again.
-      .catch(() => {})
-      .finally(() => {
-        if (conn.isOpen() && store.room(name)) catchUp(name);
+      .catch((e) => {
+        // Closed meanwhile: the re-join after reconnecting does it again.
+        if (!e || e.code === "UNAVAILABLE" || e.code === "DEADLINE_EXCEEDED") return true;
+        // Refused for good (a name too long, a room the token may not enter): say why.
+        store.setRoomMeta(name, { error: e.message || e.code });
+        return false;
+      })
+      .then((ok) => {
+        if (ok && conn.isOpen() && store.room(name)) catchUp(name);
       });
   }
 
@@ -248,6 +269,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
           const h = a.chat_history;
           const added = store.insertMessages(name, h.messages);
           wantNamesOf(added);
+          store.noteRevision(name, h.revision);
           const now = store.room(name);
           if (now) store.setRoomMeta(name, { hasOlder: !!h.has_more, lastSeq: now.maxSeq });
         } else {
@@ -267,6 +289,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
             if (!h.has_more) break;
           }
           if (r.maxSeq > r.lastSeq) store.setRoomMeta(name, { lastSeq: r.maxSeq });
+          await catchUpChanges(name);
         }
       } while (s.catchAgain);
       s.retryAttempt = 0;
@@ -281,6 +304,25 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     }
   }
 
+  /** Edits and deletions made since the highest revision known (after a disconnection or a gap). */
+  async function catchUpChanges(name) {
+    for (;;) {
+      const r = store.room(name);
+      if (!r || r.revision === null) return;
+      const a = await conn.call("get_chat_history", {
+        room_id: name,
+        limit: CHANGES_PAGE,
+        changed_since: String(r.revision),
+      });
+      const h = a.chat_history;
+      for (const m of h.messages) store.changeMessage(name, m);
+      if (!h.has_more || !h.messages.length) {
+        store.noteRevision(name, h.revision);
+        return;
+      }
+    }
+  }
+
   /** Retries a catch-up with backoff (used while the gateway's upstream is away). */
   function scheduleCatchUp(name) {
     const s = sync(name);
@@ -292,6 +334,17 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
       s.retryTimer = null;
       if (conn.isOpen() && store.room(name)) catchUp(name);
     }, delay);
+  }
+
+  /** "Retry now" while the upstream is away: the catch-ups waiting on a backoff go at once. */
+  function retryNow() {
+    if (!conn.isOpen()) return;
+    for (const [name, s] of rooms) {
+      if (!s.retryTimer) continue;
+      clearTimeout(s.retryTimer);
+      s.retryTimer = null;
+      catchUp(name);
+    }
   }
 
   /** The page before the oldest message held. */
@@ -369,6 +422,19 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     if (item) transmit(item);
   }
 
+  /**
+   * Edits (content) or deletes (content null) one of the own messages. The
+   * answer is our copy of message_changed; a refusal rejects with {code, message}.
+   */
+  async function changeOwn(room, seq, content) {
+    const ref = { room_id: room, seq: String(seq), sender_id: me() };
+    const a =
+      content === null
+        ? await conn.call("delete_message", ref)
+        : await conn.call("edit_message", { ...ref, content });
+    if (a.message_changed) store.changeMessage(room, a.message_changed);
+  }
+
   async function setName(name) {
     const a = await conn.call("set_user_name", { user_id: me(), name });
     store.setUserName((a.user && a.user.name) || name);
@@ -387,5 +453,8 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     discard: (id) => store.discardOutbox(id),
     setName,
     noteTyping,
+    retryNow,
+    editMessage: (room, seq, content) => changeOwn(room, seq, content),
+    deleteMessage: (room, seq) => changeOwn(room, seq, null),
   };
 }

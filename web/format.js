@@ -92,3 +92,44 @@ export const normalizeRoom = (s) => s.trim().replace(/^#+/, "").trim();
 
 /** Badge text of an unread count. */
 export const badgeText = (n) => (n > 99 ? "99+" : String(n));
+
+/**
+ * The server's default `--max-content-bytes`: the client cannot ask the
+ * server for it, so a server run with another limit still refuses (and the
+ * refusal is shown) where this one would have let a message through.
+ */
+export const MAX_CONTENT_BYTES = 4096;
+/** The server's limit on ids, room names included (src/server/validate.rs). */
+export const MAX_ID_BYTES = 128;
+
+const utf8 = new TextEncoder();
+/** Length in UTF-8 bytes, as the server counts content and ids. */
+export const utf8Bytes = (s) => utf8.encode(s).length;
+
+/** Why the server would refuse this message content, or null. */
+export function contentProblem(text, limit = MAX_CONTENT_BYTES) {
+  if (!text.trim()) return "The message is empty.";
+  const n = utf8Bytes(text);
+  return n > limit ? `Too long: ${n} bytes, the limit is ${limit}. Shorten it to send.` : null;
+}
+
+/** Why the server would refuse this room name (already normalized), or null. */
+export function roomProblem(name) {
+  if (!name) return "Type a room name.";
+  const n = utf8Bytes(name);
+  return n > MAX_ID_BYTES ? `Room names are at most ${MAX_ID_BYTES} bytes; this one is ${n}.` : null;
+}
+
+/** "just now", "5 min ago", "3 h ago", "2 days ago", or the date for older ones. */
+export function relativeTime(then, now = new Date(), fmt = (d) => d.toDateString()) {
+  const s = Math.round((now - then) / 1000);
+  if (!Number.isFinite(s)) return "";
+  if (s < 60) return "just now";
+  const min = Math.floor(s / 60);
+  if (min < 60) return `${min} min ago`;
+  const h = Math.floor(min / 60);
+  if (h < 24) return `${h} h ago`;
+  const days = Math.floor(h / 24);
+  if (days < 30) return days === 1 ? "yesterday" : `${days} days ago`;
+  return fmt(then);
+}

@@ -107,12 +107,48 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     }
     const text = document.createElement("div");
     text.className = "text";
-    appendText(text, m.content);
+    if (m.deleted) {
+      li.classList.add("deleted");
+      text.textContent = "message deleted";
+    } else appendText(text, m.content);
     body.append(text);
+    if (m.edited_at && !m.deleted) {
+      text.classList.add("is-edited");
+      body.append(editedMark(m));
+    }
     if (pending || failed) body.append(sendState(entry));
+    else if (m.sender_id === me() && !m.deleted) body.append(ownActions());
     li.append(body);
     if (!grouped) senderHeader(li, m);
     return li;
+  }
+
+  function editedMark(m) {
+    const mark = document.createElement("span");
+    mark.className = "edited";
+    mark.textContent = "(edited)";
+    const at = new Date(m.edited_at);
+    if (!Number.isNaN(at.getTime())) mark.title = `Edited ${fullFmt.format(at)}`;
+    return mark;
+  }
+
+  /** Edit and Delete on the own confirmed messages (message-edit.js runs them). */
+  function ownActions() {
+    const actions = document.createElement("div");
+    actions.className = "msg-actions";
+    for (const [action, label] of [
+      ["edit", "Edit"],
+      ["delete", "Delete"],
+    ]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "btn link";
+      b.dataset.action = action;
+      b.textContent = label;
+      b.setAttribute("aria-label", `${label} message`);
+      actions.append(b);
+    }
+    return actions;
   }
 
   function sendState(entry) {
@@ -445,6 +481,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     const hasPending = r ? store.state.outbox.some((o) => o.room_id === r.name) : false;
     let text = null;
     if (!r) text = "Join a room from the side list to start chatting.";
+    else if (r.error) text = `Could not open #${r.name}: ${r.error}`;
     else if (r.lastSeq === null && !r.bySeq.size) text = isOpen() ? "Loading messages…" : "Messages will load once connected.";
     else if (!r.bySeq.size && !hasPending) text = `This is the start of #${r.name}. Say hello!`;
     empty.hidden = text === null;
@@ -498,7 +535,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   function flushQueued(view) {
     const queued = view.queued;
     view.queued = [];
-    for (const added of queued) addMessages(view, added);
+    // As they are now: one may have been edited while the room was not shown.
+    const held = store.room(view.room)?.bySeq;
+    for (const added of queued) addMessages(view, held ? added.map((m) => held.get(m.seq) || m) : added);
     if (view.outboxStale) {
       view.outboxStale = false;
       syncPending(view);
@@ -545,6 +584,19 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       case "name":
         for (const view of views.values()) rename(view, ev.id);
         break;
+      case "changed": {
+        // One element, rebuilt where it stands (in a room not shown too: it is one element).
+        const view = views.get(ev.room);
+        if (!view) break; // built from the store when first shown
+        const at = confirmedIndex(view, ev.msg.seq);
+        const entry = view.entries[at];
+        if (at >= view.confirmed || entry.key !== ev.msg.seq) break;
+        entry.msg = ev.msg;
+        entry.grouped = undefined;
+        if (view === shown) changeShown(() => (place(entry, view.entries[at - 1] || null), { appended: false }));
+        else place(entry, view.entries[at - 1] || null);
+        break;
+      }
       case "identity": {
         // Signed in as someone else: which messages are "mine" changed everywhere.
         for (const view of views.values()) if (view !== shown) view.ol.remove();

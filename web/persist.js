@@ -7,6 +7,7 @@ export const KEYS = {
   outbox: "wsgate.outbox",
   rooms: "wsgate.rooms",
   names: "wsgate.names",
+  welcomed: "wsgate.welcomed", // the first-visit name prompt was shown
 };
 
 /** JSON values over a Storage-like backend (`getItem`/`setItem`); tests pass a Map-backed one. */

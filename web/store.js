@@ -9,6 +9,7 @@
 //   current    {prev, room}    another room is shown
 //   room       {room}          a room's unread count or loading state changed
 //   messages   {room, added}   stored messages were added (sorted by seq; any position)
+//   changed    {room, msg}     a held message was edited or deleted (same seq)
 //   outbox     {room}          the room's unconfirmed messages changed
 //   name       {id}            a user's display name changed
 //   presence   {room}          who is online in a room changed
@@ -65,6 +66,8 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
       unread: 0,
       online: null, // Set of user ids from the last presence snapshot; null = not known yet
       typing: new Set(), // user ids typing now
+      revision: null, // highest edit revision known (docs/protocol.md, catching up); null = none yet
+      error: null, // why the server refused to let us in, shown instead of the messages
     };
   }
 
@@ -119,7 +122,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
       if (prev !== name) emit({ type: "current", prev, room: name });
     },
 
-    /** Loading state and paging of a room: {lastSeq, hasOlder, loadingOlder}. */
+    /** Loading state and paging of a room: {lastSeq, hasOlder, loadingOlder, error}. */
     setRoomMeta(name, patch) {
       const r = state.rooms.get(name);
       if (!r) return;
@@ -177,6 +180,33 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
       }
       if (confirmed) emitOutboxChanged(confirmed);
       return added;
+    },
+
+    /**
+     * A message as it is now after an edit or deletion (message_changed, or a
+     * catch-up page): replaces the held one at its seq if this is newer; the
+     * room's known revision follows. Returns whether anything shown changed.
+     */
+    changeMessage(name, m) {
+      const r = state.rooms.get(name);
+      const seq = Number(m && m.seq);
+      if (!r || !Number.isSafeInteger(seq) || seq <= 0) return false;
+      const rev = Number(m.revision) || 0;
+      if (rev > (r.revision || 0)) r.revision = rev;
+      const held = r.bySeq.get(seq);
+      if (!held || (Number(held.revision) || 0) >= rev) return false;
+      const msg = { ...m, seq };
+      r.bySeq.set(seq, msg);
+      emit({ type: "changed", room: name, msg });
+      return true;
+    },
+
+    /** A revision the room is known to be at (a history answer); only ever goes up. */
+    noteRevision(name, rev) {
+      const r = state.rooms.get(name);
+      const n = Number(rev);
+      if (r && Number.isSafeInteger(n) && n > (r.revision || 0)) r.revision = n;
+      else if (r && r.revision === null && n === 0) r.revision = 0;
     },
 
     /** The room's messages in seq order (for a view built from scratch). */

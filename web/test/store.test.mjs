@@ -145,3 +145,37 @@ test("a corrupt outbox in storage is filtered, not fatal", () => {
   const broken = setup({ [KEYS.outbox]: "{not json" });
   assert.deepEqual(broken.store.state.outbox, []);
 });
+
+test("an edit replaces the held message at its seq, once, and the room's revision follows", () => {
+  const { store, events } = setup();
+  store.addRoom("r");
+  store.insertMessages("r", [msg(1), msg(2)]);
+  store.noteRevision("r", "0");
+  assert.equal(store.room("r").revision, 0);
+  events.length = 0;
+  const edited = msg(2, { content: "new", edited_at: "2026-12-02T10:00:00Z", revision: "1" });
+  assert.equal(store.changeMessage("r", edited), true);
+  assert.equal(events.length, 1);
+  assert.equal(events[0].type, "changed");
+  assert.equal(events[0].msg.seq, 2);
+  assert.equal(store.room("r").bySeq.get(2).content, "new");
+  assert.equal(store.room("r").revision, 1);
+  // The same change again (an idempotent resend, or a catch-up page) changes nothing.
+  assert.equal(store.changeMessage("r", edited), false);
+  assert.equal(events.length, 1);
+  // An older state never overwrites a newer one.
+  store.changeMessage("r", msg(2, { content: "", deleted: true, revision: "3" }));
+  assert.equal(store.changeMessage("r", msg(2, { content: "stale", revision: "2" })), false);
+  assert.equal(store.room("r").bySeq.get(2).deleted, true);
+  // A change of a message not held moves the revision but emits nothing (its page loads as it is now).
+  events.length = 0;
+  assert.equal(store.changeMessage("r", msg(40, { revision: "7" })), false);
+  assert.deepEqual(events, []);
+  assert.equal(store.room("r").revision, 7);
+  // The revision only goes up; bad input is ignored.
+  store.noteRevision("r", "5");
+  store.noteRevision("r", "x");
+  assert.equal(store.room("r").revision, 7);
+  assert.equal(store.changeMessage("r", { ...msg(1), seq: "-1" }), false);
+  assert.equal(store.changeMessage("nope", msg(1, { revision: "9" })), false);
+});
