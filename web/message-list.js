@@ -8,6 +8,7 @@
 // Reads the store; never changes it (asks for older pages through `onWantOlder`).
 
 import { dayKey, dayLabel, groupsWith, hue, linkParts, whenOf } from "./format.js";
+import { mentionParts } from "./mention.js";
 
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
@@ -28,8 +29,12 @@ export function youBadge() {
   return you;
 }
 
-/** Appends `text` to `el`, with http(s) links made clickable; never parses HTML. */
-export function appendText(el, text) {
+/**
+ * Appends `text` to `el`, with http(s) links made clickable and mentions of
+ * `people` ([{id, name}]) marked (`me`: the own id, marked more strongly);
+ * never parses HTML.
+ */
+export function appendText(el, text, people = [], me = null) {
   for (const part of linkParts(text)) {
     if (part.url) {
       const a = document.createElement("a");
@@ -39,7 +44,16 @@ export function appendText(el, text) {
       a.target = "_blank";
       el.append(a);
     } else {
-      el.append(document.createTextNode(part.text));
+      for (const p of people.length ? mentionParts(part.text, people) : [part]) {
+        if (p.id === undefined) {
+          el.append(document.createTextNode(p.text));
+          continue;
+        }
+        const m = document.createElement("span");
+        m.className = p.id === me ? "mention me" : "mention";
+        m.textContent = p.text;
+        el.append(m);
+      }
     }
   }
 }
@@ -63,6 +77,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     if (avatar) avatar.textContent = (name.trim()[0] || "?").toUpperCase();
     const who = li.querySelector(".who");
     if (who) who.textContent = name;
+    // A grouped message shows no name: a screen reader still says whose it is.
+    const said = li.querySelector(".sr-sender");
+    if (said) said.textContent = `${name}: `;
   }
 
   function messageEl(entry) {
@@ -87,7 +104,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     body.className = "body";
     if (grouped) {
       time.className = "gutter-time";
-      li.append(time);
+      const said = document.createElement("span");
+      said.className = "sr-only sr-sender";
+      li.append(said, time);
     } else {
       const avatar = document.createElement("span");
       avatar.className = "avatar";
@@ -105,11 +124,14 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     }
     const text = document.createElement("div");
     text.className = "text";
-    appendText(text, m.content);
+    // Mentions are looked for only where an "@" is (most messages have none).
+    const people = m.content.includes("@") ? store.people(m.room_id) : [];
+    appendText(text, m.content, people, me());
+    if (people.length && text.querySelector(".mention.me")) li.classList.add("mentions-me");
     body.append(text);
     if (pending || failed) body.append(sendState(entry));
     li.append(body);
-    if (!grouped) senderHeader(li, m);
+    senderHeader(li, m);
     return li;
   }
 
@@ -572,7 +594,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   });
 
   function rename(view, id) {
-    const sel = `li.msg[data-sender="${CSS.escape(id)}"]:not(.grouped)`;
+    const sel = `li.msg[data-sender="${CSS.escape(id)}"]`;
     for (const li of view.ol.querySelectorAll(sel)) senderHeader(li, { sender_id: id });
   }
 

@@ -260,6 +260,22 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     },
     knowsName: (id) => state.names.has(id) && state.names.get(id) !== id,
 
+    /**
+     * Who may be mentioned in a room ([{id, name}]): who is online there, who
+     * wrote there, and everyone whose name is known (a mention of a known
+     * name is one wherever it is written).
+     */
+    people(room) {
+      const ids = new Set(state.names.keys());
+      const r = room === undefined ? null : state.rooms.get(room);
+      if (r) {
+        for (const id of r.online || []) ids.add(id);
+        for (const m of r.bySeq.values()) ids.add(m.sender_id);
+      }
+      ids.add(me());
+      return [...ids].filter((id) => typeof id === "string").map((id) => ({ id, name: api.nameOf(id) }));
+    },
+
     /** A user is called `name` from now on (looked up, or announced by the server). */
     renameUser(id, name) {
       if (typeof id !== "string" || typeof name !== "string" || !name) return;
