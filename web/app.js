@@ -12,13 +12,18 @@
 //   message-list.js   the message list, redrawn at the cost of what changed
 //   room-list.js      the side list of rooms and the unread badges
 //   presence-view.js  who is online and who is typing in the shown room
+//   attention.js      read positions, the "New messages" line, the title badge, notifications
+//   mention-box.js    @mention completion in the composer
+//   mention.js        pure: the @mention syntax
 //   format.js         pure helpers: links, days, grouping, typing text
 //   backoff.js        retry delays
 
+import { createAttention } from "./attention.js";
 import * as auth from "./auth.js";
 import { createChat } from "./chat.js";
 import { createConnection } from "./connection.js";
 import { normalizeRoom } from "./format.js";
+import { createMentionBox } from "./mention-box.js";
 import { createMessageList } from "./message-list.js";
 import { KEYS, createPersist } from "./persist.js";
 import { createPresenceView } from "./presence-view.js";
@@ -82,6 +87,67 @@ const messages = createMessageList({
   isOpen: conn.isOpen,
   onWantOlder: (room) => chat.loadOlder(room),
 });
+const attention = createAttention({
+  store,
+  persist,
+  messages,
+  dom: { scroller: $("scroller") },
+  notify: (title, options) => {
+    try {
+      new Notification(title, options);
+    } catch {
+      /* notifications refused or unsupported: the title badge still tells */
+    }
+  },
+});
+const mentionBox = createMentionBox({
+  store,
+  input: $("content"),
+  list: $("mention-list"),
+  announce,
+});
+
+// ---------- drafts ----------
+// Each room keeps what was typed in it (across reloads): the composer always
+// holds the shown room's draft, so Enter sends it to that room only.
+const drafts = new Map(Object.entries(persist.get(KEYS.drafts, {}) || {}));
+let draftRoom = null; // the room whose draft the composer holds
+function saveDraft() {
+  if (draftRoom === null) return;
+  const text = $("content").value;
+  if (text) drafts.set(draftRoom, text);
+  else drafts.delete(draftRoom);
+  persist.set(KEYS.drafts, Object.fromEntries(drafts));
+}
+function loadDraft(room) {
+  draftRoom = room;
+  const text = room === null ? "" : drafts.get(room) || "";
+  if ($("content").value !== text) $("content").value = text;
+  $("content").dispatchEvent(new Event("input-draft"));
+}
+
+// ---------- notifications ----------
+
+function renderNotify() {
+  const supported = typeof Notification !== "undefined";
+  const btn = $("notify");
+  btn.hidden = !supported;
+  if (!supported) return;
+  const on = attention.notificationsOn() && Notification.permission === "granted";
+  btn.setAttribute("aria-pressed", String(on));
+  btn.textContent = on ? "Notifications on" : "Turn on notifications";
+  $("notify-note").textContent =
+    Notification.permission === "denied" ? "Notifications are blocked in this browser's settings." : "";
+  const r = store.currentRoom();
+  const room = $("notify-room");
+  room.hidden = !r || !on;
+  if (r) {
+    const all = attention.notifiesRoom(r.name);
+    room.setAttribute("aria-pressed", String(all));
+    room.textContent = all ? "Notifying every message" : "Notify every message";
+    room.title = all ? `Only mentions of you in #${r.name} notify` : `Every message in #${r.name} notifies`;
+  }
+}
 
 /** The room header and the composer follow the shown room. */
 function renderHead() {
@@ -111,7 +177,10 @@ function renderStatus() {
 
 store.subscribe((ev) => {
   if (ev.type === "current") {
+    saveDraft();
+    loadDraft(ev.room);
     renderHead();
+    renderNotify();
     closeDrawer();
   } else if (ev.type === "connection") renderStatus();
   else if ((ev.type === "name" && ev.id === store.state.userId) || ev.type === "identity") {
@@ -222,8 +291,11 @@ function wire() {
     content.style.height = `${Math.min(content.scrollHeight, 200)}px`;
   };
   content.addEventListener("input", grow);
+  content.addEventListener("input-draft", grow);
   content.addEventListener("input", () => chat.noteTyping(content.value));
+  content.addEventListener("input", saveDraft);
   content.addEventListener("keydown", (ev) => {
+    if (mentionBox.onKey(ev)) return;
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
       $("send").requestSubmit();
@@ -232,8 +304,9 @@ function wire() {
   $("send").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = content.value.replace(/^\s*\n|\s+$/g, "");
-    if (!text.trim() || store.state.current === null) return;
+    if (!text.trim() || store.state.current === null || draftRoom !== store.state.current) return;
     content.value = "";
+    saveDraft();
     grow();
     chat.send(text);
   });
@@ -247,11 +320,28 @@ function wire() {
     else chat.discard(id);
   });
   $("jump").addEventListener("click", () => $("content").focus());
+
+  $("notify").addEventListener("click", async () => {
+    if (attention.notificationsOn() && Notification.permission === "granted") {
+      attention.setNotifications(false);
+    } else {
+      const p = Notification.permission === "default" ? await Notification.requestPermission() : Notification.permission;
+      attention.setNotifications(p === "granted");
+    }
+    renderNotify();
+  });
+  $("notify-room").addEventListener("click", () => {
+    const r = store.currentRoom();
+    if (!r) return;
+    attention.setNotifyRoom(r.name, !attention.notifiesRoom(r.name));
+    renderNotify();
+  });
 }
 
 function start() {
   wire();
   renderStatus();
+  renderNotify();
   auth.takeTokenFromUrl(); // before the fragment is read as a room name
   // Rooms: the saved list, the rooms of unsent messages, and the one in the URL.
   for (const name of persist.get(KEYS.rooms, [])) if (typeof name === "string" && name) store.addRoom(name);

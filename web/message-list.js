@@ -68,6 +68,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   const views = new Map(); // room name -> view
   let shown = null; // the view in the scroller
   const template = dom.list;
+  const dividers = new Map(); // room -> seq of the first unread message ("New messages" above it)
 
   // ---------- elements ----------
 
@@ -132,6 +133,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     if (pending || failed) body.append(sendState(entry));
     li.append(body);
     senderHeader(li, m);
+    if (m.seq && dividers.get(m.room_id) === m.seq) li.prepend(dividerEl());
     return li;
   }
 
@@ -157,6 +159,27 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       st.textContent = isOpen() ? "Sending…" : "Waiting for connection…";
     }
     return st;
+  }
+
+  function dividerEl() {
+    const line = document.createElement("div");
+    line.className = "unread-line";
+    line.setAttribute("role", "separator");
+    line.textContent = "New messages";
+    return line;
+  }
+
+  /** Puts the "New messages" line above message `seq` of `room` (null: none). */
+  function setDivider(room, seq) {
+    const view = views.get(room);
+    if (view) for (const old of view.ol.querySelectorAll(".unread-line")) old.remove();
+    if (seq === null) {
+      dividers.delete(room);
+      return;
+    }
+    dividers.set(room, seq);
+    const li = view && view.ol.querySelector(`li.msg[data-seq="${seq}"]`);
+    if (li) li.prepend(dividerEl());
   }
 
   function daySep(m) {
@@ -622,6 +645,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   return {
     show,
+    setDivider,
+    /** Whether the list follows its newest message (the reader is at the bottom). */
+    atBottom: () => stuck || atBottom(),
     /** Scrolls to the newest message (after sending). */
     toBottom() {
       stick();

@@ -7,6 +7,10 @@ export const KEYS = {
   outbox: "wsgate.outbox",
   rooms: "wsgate.rooms",
   names: "wsgate.names",
+  lastRead: "wsgate.lastRead", // room -> the seq read up to
+  drafts: "wsgate.drafts", // room -> the text typed, not sent
+  notifyOn: "wsgate.notifyOn",
+  notifyRooms: "wsgate.notifyRooms", // rooms whose every message notifies
 };
 
 /** JSON values over a Storage-like backend (`getItem`/`setItem`); tests pass a Map-backed one. */
