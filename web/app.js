@@ -42,6 +42,17 @@ persist.set(KEYS.userName, userName);
 
 const store = createStore({ persist, userId, userName });
 
+// Of the tabs of this browser, the one holding this lock sends the outbox;
+// the others queue into the shared outbox and show it (a message is sent by
+// one tab, once). The lock passes on when that tab closes. Without Web Locks
+// (an insecure context) every tab sends: the server keeps one per id.
+let sendsOutbox = !navigator.locks;
+navigator.locks?.request("wsgate.outbox", () => {
+  sendsOutbox = true;
+  chat.flushOutbox();
+  return new Promise(() => {}); // held while the tab lives
+});
+
 let announceTimer = null;
 /** Read out by screen readers (a short delay lets a burst settle on its last words). */
 function announce(text) {
@@ -70,6 +81,7 @@ const chat = createChat({
   announce,
   newId: () => crypto.randomUUID(),
   isVisible: () => document.visibilityState === "visible",
+  sendsOutbox: () => sendsOutbox,
 });
 
 const session = createSession({ store, conn, onConnected: (signedIn) => chat.onOpen(signedIn), $ });
@@ -115,9 +127,14 @@ let draftRoom = null; // the room whose draft the composer holds
 function saveDraft() {
   if (draftRoom === null) return;
   const text = $("content").value;
+  if ((drafts.get(draftRoom) || "") === text) return;
   if (text) drafts.set(draftRoom, text);
   else drafts.delete(draftRoom);
-  persist.set(KEYS.drafts, Object.fromEntries(drafts));
+  // Another tab's drafts of other rooms stay.
+  const stored = persist.get(KEYS.drafts, {}) || {};
+  if (text) stored[draftRoom] = text;
+  else delete stored[draftRoom];
+  persist.set(KEYS.drafts, stored);
 }
 function loadDraft(room) {
   draftRoom = room;
@@ -185,6 +202,23 @@ store.subscribe((ev) => {
   } else if (ev.type === "connection") renderStatus();
   else if ((ev.type === "name" && ev.id === store.state.userId) || ev.type === "identity") {
     $("name").value = store.state.userName;
+  }
+});
+
+// Another tab of this browser changed what the tabs share.
+addEventListener("storage", (ev) => {
+  if (ev.key === KEYS.outbox) {
+    store.syncOutbox();
+    chat.flushOutbox();
+  } else if (ev.key === KEYS.rooms) {
+    const list = persist.get(KEYS.rooms, []);
+    if (!Array.isArray(list)) return;
+    for (const name of list) if (typeof name === "string" && name) chat.joinRoom(name, false);
+    for (const name of [...store.state.rooms.keys()]) if (!list.includes(name)) chat.leaveRoom(name);
+  } else if (ev.key === KEYS.drafts) {
+    const stored = persist.get(KEYS.drafts, {}) || {};
+    for (const room of [...drafts.keys()]) if (room !== draftRoom && !(room in stored)) drafts.delete(room);
+    for (const [room, text] of Object.entries(stored)) if (room !== draftRoom) drafts.set(room, String(text));
   }
 });
 

@@ -30,8 +30,16 @@ export function createAttention({ store, persist, messages, dom, notify }) {
   const reading = () => store.state.current !== null && visible() && messages.atBottom();
   const othersAfter = (msgs, seq) => msgs.filter((m) => m.sender_id !== me() && m.seq > seq);
 
+  /** Writes the read positions, keeping what another tab read further. */
   function saveRead() {
+    mergeStored();
     persist.set(KEYS.lastRead, Object.fromEntries(readSeq));
+  }
+  function mergeStored() {
+    const other = persist.get(KEYS.lastRead, {}) || {};
+    for (const [room, seq] of Object.entries(other)) {
+      if (typeof seq === "number" && seq > (readSeq.get(room) || 0)) readSeq.set(room, seq);
+    }
   }
 
   /** The shown room is read up to its newest message (when the user sees it). */
@@ -124,11 +132,7 @@ export function createAttention({ store, persist, messages, dom, notify }) {
 
   // Another tab read further: take the furthest position of the two.
   addEventListener("storage", (ev) => {
-    if (ev.key !== KEYS.lastRead) return;
-    const other = persist.get(KEYS.lastRead, {}) || {};
-    for (const [room, seq] of Object.entries(other)) {
-      if (typeof seq === "number" && seq > (readSeq.get(room) || 0)) readSeq.set(room, seq);
-    }
+    if (ev.key === KEYS.lastRead) mergeStored();
   });
 
   return {

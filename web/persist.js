@@ -24,11 +24,13 @@ export function createPersist(backend = globalThis.localStorage) {
         return fallback;
       }
     },
+    /** Returns whether it was stored (false: storage full or disabled, keep going in memory). */
     set(key, value) {
       try {
         backend.setItem(key, JSON.stringify(value));
+        return true;
       } catch {
-        /* storage full or disabled: keep going in memory */
+        return false;
       }
     },
   };
