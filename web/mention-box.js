@@ -52,7 +52,9 @@ export function createMentionBox({ store, input, list, announce }) {
   function update() {
     const q = mentionQuery(input.value, input.selectionStart);
     const options = q ? completions(q.query, roomPeople()) : [];
-    if (!options.length) {
+    // A name typed out whole needs no list (Enter then sends).
+    const whole = options.length === 1 && options[0].name.toLowerCase() === q.query.toLowerCase();
+    if (!options.length || whole) {
       close();
       return;
     }
