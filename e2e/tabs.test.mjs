@@ -51,6 +51,12 @@ test("two tabs share rooms, the outbox and read positions; each message is sent 
   assert.equal(sent.get("from the first tab"), 1);
   for (const p of [first, second]) {
     assert.deepEqual(await p.evaluate(() => JSON.parse(localStorage.getItem("wsgate.outbox"))), []);
+    // Shown once each, confirmed: no pending copy is left in either tab.
+    await p.waitForFunction(() => document.querySelectorAll("#messages li.msg.pending").length === 0);
+    assert.deepEqual(await p.locator("#messages li.msg .text").allTextContents(), [
+      "from the second tab",
+      "from the first tab",
+    ]);
   }
 
   // A room joined in one tab is in the other's list; neither overwrites the other's.

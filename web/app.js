@@ -104,9 +104,14 @@ const attention = createAttention({
   persist,
   messages,
   dom: { scroller: $("scroller") },
-  notify: (title, options) => {
+  notify: (title, options, room) => {
     try {
-      new Notification(title, options);
+      const n = new Notification(title, options);
+      n.onclick = () => {
+        focus();
+        if (store.room(room)) chat.selectRoom(room);
+        n.close();
+      };
     } catch {
       /* notifications refused or unsupported: the title badge still tells */
     }
@@ -137,6 +142,7 @@ function saveDraft() {
   persist.set(KEYS.drafts, stored);
 }
 function loadDraft(room) {
+  mentionBox.close();
   draftRoom = room;
   const text = room === null ? "" : drafts.get(room) || "";
   if ($("content").value !== text) $("content").value = text;

@@ -13,7 +13,7 @@ import { mentionsUser } from "./mention.js";
 /**
  * `store`: store.js; `persist`: persist.js; `messages`: message-list.js
  * (the divider, whether the list is at its bottom); `dom.scroller`: the message scroller;
- * `notify(title, options)`: shows a desktop notification.
+ * `notify(title, options, room)`: shows a desktop notification (a click opens the room).
  */
 export function createAttention({ store, persist, messages, dom, notify }) {
   const me = () => store.state.userId;
@@ -108,7 +108,7 @@ export function createAttention({ store, persist, messages, dom, notify }) {
     notify(`${mention ? "Mention" : "New message"} in #${room}`, {
       body: `${store.nameOf(m.sender_id)}: ${(m.content || "").slice(0, 200)}`,
       tag: `wsgate:${room}`,
-    });
+    }, room);
   }
 
   store.subscribe((ev) => {
