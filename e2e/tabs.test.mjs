@@ -78,10 +78,10 @@ test("two tabs share rooms, the outbox and read positions; each message is sent 
   await watcher.say("alpha", "someone", "news in alpha");
   await waitMessage(first, "news in alpha");
   const seq = Math.max(...(await watcher.history("alpha")).map((m) => Number(m.seq)));
-  await first.waitForFunction((n) => JSON.parse(localStorage.getItem("wsgate.lastRead")).alpha === n, seq);
+  await first.waitForFunction((n) => (JSON.parse(localStorage.getItem("wsgate.lastRead")) || {}).alpha === n, seq);
   await watcher.say("beta", "someone", "news in beta");
   await waitMessage(second, "news in beta");
-  await second.waitForFunction(() => JSON.parse(localStorage.getItem("wsgate.lastRead")).beta > 0);
+  await second.waitForFunction(() => (JSON.parse(localStorage.getItem("wsgate.lastRead")) || {}).beta > 0);
   const read = await second.evaluate(() => JSON.parse(localStorage.getItem("wsgate.lastRead")));
   assert.equal(read.alpha, seq);
 

@@ -10,6 +10,8 @@
 import { KEYS } from "./persist.js";
 import { mentionsUser } from "./mention.js";
 
+const READ_SAVE_DELAY_MS = 250;
+
 /**
  * `store`: store.js; `persist`: persist.js; `messages`: message-list.js
  * (the divider, whether the list is at its bottom); `dom.scroller`: the message scroller;
@@ -30,8 +32,18 @@ export function createAttention({ store, persist, messages, dom, notify }) {
   const reading = () => store.state.current !== null && visible() && messages.atBottom();
   const othersAfter = (msgs, seq) => msgs.filter((m) => m.sender_id !== me() && m.seq > seq);
 
-  /** Writes the read positions, keeping what another tab read further. */
+  /**
+   * Writes the read positions, keeping what another tab read further; a
+   * burst of messages read as they come is one write.
+   */
+  let saveTimer = null;
   function saveRead() {
+    if (saveTimer !== null) return;
+    saveTimer = setTimeout(flushRead, READ_SAVE_DELAY_MS);
+  }
+  function flushRead() {
+    clearTimeout(saveTimer);
+    saveTimer = null;
     mergeStored();
     persist.set(KEYS.lastRead, Object.fromEntries(readSeq));
   }
@@ -129,6 +141,7 @@ export function createAttention({ store, persist, messages, dom, notify }) {
     renderTitle();
   });
   dom.scroller.addEventListener("scroll", markRead, { passive: true });
+  addEventListener("pagehide", () => saveTimer !== null && flushRead());
 
   // Another tab read further: take the furthest position of the two.
   addEventListener("storage", (ev) => {
