@@ -1,6 +1,7 @@
 // Accessibility: axe-core (WCAG 2.1 A and AA rules) finds nothing in the
 // light, dark and phone layouts of a room with messages, grouped messages,
-// people online and a message being typed.
+// people online, the "New messages" line, mentions (the user's own among
+// them) and the @mention completion list open on a message being typed.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
@@ -41,9 +42,26 @@ for (const layout of [
     const other = await roomWithTraffic(room);
     const page = await openChat(fx.browser, fx.gate, { name: "Ada", room, ...layout });
     await waitMessage(page, "First of two");
-    await sendText(page, "My own reply");
-    await waitMessage(page, "My own reply");
-    await page.getByLabel("Message", { exact: true }).fill("a draft");
+    await sendText(page, "My own reply to @Grace");
+    await waitMessage(page, "My own reply to @Grace");
+    // A grouped message has no visible name; a screen reader hears it.
+    const grouped = page.locator("#messages li.msg.grouped", { hasText: "Second of two" });
+    assert.equal(await grouped.locator(".sr-sender").textContent(), "Grace: ");
+    // Away in another room while Grace names the user: back, the line marks it.
+    const drawer = () => layout.viewport && page.getByRole("button", { name: "Rooms" }).click();
+    await drawer();
+    await page.getByLabel("Join a room").fill(`${room}-side`);
+    await page.getByLabel("Join a room").press("Enter");
+    await page.waitForFunction((r) => location.hash === `#${r}-side`, room);
+    await other.say(room, "grace", `@${layout.name} are you there?`); // openChat's name is the layout's
+    await page.locator(`#room-list a[href="#${room}"] .badge`).waitFor({ state: "attached" });
+    await drawer();
+    await page.locator(`#room-list a[href="#${room}"]`).click();
+    await page.locator("#messages li.msg.mentions-me .unread-line").waitFor();
+    const box = page.getByLabel("Message", { exact: true });
+    await box.focus();
+    await page.keyboard.type("a draft for @gr");
+    await page.getByRole("listbox", { name: "People to mention" }).waitFor();
     const found = await violations(page);
     assert.deepEqual(found, [], `\n${found.join("\n")}`);
     await page.context().close();

@@ -14,13 +14,18 @@
 //   room-list.js      the side list of rooms and the unread badges
 //   room-directory.js the "Browse rooms" dialog (list_rooms)
 //   presence-view.js  who is online and who is typing in the shown room
+//   attention.js      read positions, the "New messages" line, the title badge, notifications
+//   mention-box.js    @mention completion in the composer
+//   mention.js        pure: the @mention syntax
 //   format.js         pure helpers: links, days, grouping, typing text
 //   backoff.js        retry delays
 
+import { createAttention } from "./attention.js";
 import * as auth from "./auth.js";
 import { createChat } from "./chat.js";
 import { createConnection } from "./connection.js";
 import { MAX_CONTENT_BYTES, contentProblem, normalizeRoom, roomProblem, utf8Bytes } from "./format.js";
+import { createMentionBox } from "./mention-box.js";
 import { createMessageEdit } from "./message-edit.js";
 import { createMessageList } from "./message-list.js";
 import { KEYS, createPersist } from "./persist.js";
@@ -43,6 +48,17 @@ const userName = storedName || `guest-${userId.slice(0, 4)}`;
 persist.set(KEYS.userName, userName);
 
 const store = createStore({ persist, userId, userName });
+
+// Of the tabs of this browser, the one holding this lock sends the outbox;
+// the others queue into the shared outbox and show it (a message is sent by
+// one tab, once). The lock passes on when that tab closes. Without Web Locks
+// (an insecure context) every tab sends: the server keeps one per id.
+let sendsOutbox = !navigator.locks;
+navigator.locks?.request("wsgate.outbox", () => {
+  sendsOutbox = true;
+  chat.flushOutbox();
+  return new Promise(() => {}); // held while the tab lives
+});
 
 let announceTimer = null;
 /** Read out by screen readers (a short delay lets a burst settle on its last words). */
@@ -72,6 +88,7 @@ const chat = createChat({
   announce,
   newId: () => crypto.randomUUID(),
   isVisible: () => document.visibilityState === "visible",
+  sendsOutbox: () => sendsOutbox,
 });
 
 const session = createSession({ store, conn, onConnected: (signedIn) => chat.onOpen(signedIn), $ });
@@ -89,6 +106,78 @@ const messages = createMessageList({
   isOpen: conn.isOpen,
   onWantOlder: (room) => chat.loadOlder(room),
 });
+const attention = createAttention({
+  store,
+  persist,
+  messages,
+  dom: { scroller: $("scroller") },
+  notify: (title, options, room) => {
+    try {
+      const n = new Notification(title, options);
+      n.onclick = () => {
+        focus();
+        if (store.room(room)) chat.selectRoom(room);
+        n.close();
+      };
+    } catch {
+      /* notifications refused or unsupported: the title badge still tells */
+    }
+  },
+});
+const mentionBox = createMentionBox({
+  store,
+  input: $("content"),
+  list: $("mention-list"),
+  announce,
+});
+
+// ---------- drafts ----------
+// Each room keeps what was typed in it (across reloads): the composer always
+// holds the shown room's draft, so Enter sends it to that room only.
+const drafts = new Map(Object.entries(persist.get(KEYS.drafts, {}) || {}));
+let draftRoom = null; // the room whose draft the composer holds
+function saveDraft() {
+  if (draftRoom === null) return;
+  const text = $("content").value;
+  if ((drafts.get(draftRoom) || "") === text) return;
+  if (text) drafts.set(draftRoom, text);
+  else drafts.delete(draftRoom);
+  // Another tab's drafts of other rooms stay.
+  const stored = persist.get(KEYS.drafts, {}) || {};
+  if (text) stored[draftRoom] = text;
+  else delete stored[draftRoom];
+  persist.set(KEYS.drafts, stored);
+}
+function loadDraft(room) {
+  mentionBox.close();
+  draftRoom = room;
+  const text = room === null ? "" : drafts.get(room) || "";
+  if ($("content").value !== text) $("content").value = text;
+  $("content").dispatchEvent(new Event("input-draft"));
+}
+
+// ---------- notifications ----------
+
+function renderNotify() {
+  const supported = typeof Notification !== "undefined";
+  const btn = $("notify");
+  btn.hidden = !supported;
+  if (!supported) return;
+  const on = attention.notificationsOn() && Notification.permission === "granted";
+  btn.setAttribute("aria-pressed", String(on));
+  btn.textContent = on ? "Notifications on" : "Turn on notifications";
+  $("notify-note").textContent =
+    Notification.permission === "denied" ? "Notifications are blocked in this browser's settings." : "";
+  const r = store.currentRoom();
+  const room = $("notify-room");
+  room.hidden = !r || !on;
+  if (r) {
+    const all = attention.notifiesRoom(r.name);
+    room.setAttribute("aria-pressed", String(all));
+    room.textContent = all ? "Notifying every message" : "Notify every message";
+    room.title = all ? `Only mentions of you in #${r.name} notify` : `Every message in #${r.name} notifies`;
+  }
+}
 
 const directory = createRoomDirectory({
   conn,
@@ -142,13 +231,33 @@ function renderStatus() {
 
 store.subscribe((ev) => {
   if (ev.type === "current") {
+    saveDraft();
+    loadDraft(ev.room);
     renderHead();
+    renderNotify();
     closeDrawer();
   } else if (ev.type === "connection") renderStatus();
   else if ((ev.type === "name" && ev.id === store.state.userId) || ev.type === "identity") {
     $("name").value = store.state.userName;
     // Signed in: the token's name is used, nothing to ask.
     if (ev.type === "identity") endWelcome();
+  }
+});
+
+// Another tab of this browser changed what the tabs share.
+addEventListener("storage", (ev) => {
+  if (ev.key === KEYS.outbox) {
+    store.syncOutbox();
+    chat.flushOutbox();
+  } else if (ev.key === KEYS.rooms) {
+    const list = persist.get(KEYS.rooms, []);
+    if (!Array.isArray(list)) return;
+    for (const name of list) if (typeof name === "string" && name) chat.joinRoom(name, false);
+    for (const name of [...store.state.rooms.keys()]) if (!list.includes(name)) chat.leaveRoom(name);
+  } else if (ev.key === KEYS.drafts) {
+    const stored = persist.get(KEYS.drafts, {}) || {};
+    for (const room of [...drafts.keys()]) if (room !== draftRoom && !(room in stored)) drafts.delete(room);
+    for (const [room, text] of Object.entries(stored)) if (room !== draftRoom) drafts.set(room, String(text));
   }
 });
 
@@ -313,9 +422,12 @@ function wire() {
     content.style.height = `${Math.min(content.scrollHeight, 200)}px`;
   };
   content.addEventListener("input", grow);
+  content.addEventListener("input-draft", grow);
   content.addEventListener("input", () => chat.noteTyping(content.value));
   content.addEventListener("input", () => renderCount());
+  content.addEventListener("input", saveDraft);
   content.addEventListener("keydown", (ev) => {
+    if (mentionBox.onKey(ev)) return;
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
       $("send").requestSubmit();
@@ -324,7 +436,7 @@ function wire() {
   $("send").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = content.value.replace(/^\s*\n|\s+$/g, "");
-    if (!text.trim() || store.state.current === null) return;
+    if (!text.trim() || store.state.current === null || draftRoom !== store.state.current) return;
     // Refused here, the text kept: the server would refuse it for good.
     const problem = contentProblem(text);
     if (problem) {
@@ -333,6 +445,7 @@ function wire() {
       return;
     }
     content.value = "";
+    saveDraft();
     grow();
     renderCount();
     chat.send(text);
@@ -347,11 +460,28 @@ function wire() {
     else chat.discard(id);
   });
   $("jump").addEventListener("click", () => $("content").focus());
+
+  $("notify").addEventListener("click", async () => {
+    if (attention.notificationsOn() && Notification.permission === "granted") {
+      attention.setNotifications(false);
+    } else {
+      const p = Notification.permission === "default" ? await Notification.requestPermission() : Notification.permission;
+      attention.setNotifications(p === "granted");
+    }
+    renderNotify();
+  });
+  $("notify-room").addEventListener("click", () => {
+    const r = store.currentRoom();
+    if (!r) return;
+    attention.setNotifyRoom(r.name, !attention.notifiesRoom(r.name));
+    renderNotify();
+  });
 }
 
 function start() {
   wire();
   renderStatus();
+  renderNotify();
   auth.takeTokenFromUrl(); // before the fragment is read as a room name
   // Rooms: the saved list, the rooms of unsent messages, and the one in the URL.
   for (const name of persist.get(KEYS.rooms, [])) if (typeof name === "string" && name) store.addRoom(name);

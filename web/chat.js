@@ -17,9 +17,11 @@ const TYPING_SEND_EVERY_MS = 3000;
 
 /**
  * `store`: store.js; `conn`: connection.js; `announce(text)`: for screen
- * readers; `newId()`: message ids; `isVisible()`: whether the page is seen.
+ * readers; `newId()`: message ids; `isVisible()`: whether the page is seen;
+ * `sendsOutbox()`: whether this tab sends the outbox (of the tabs of one
+ * browser, one does; the others queue into the shared outbox and show it).
  */
-export function createChat({ store, conn, announce = () => {}, newId, isVisible = () => true }) {
+export function createChat({ store, conn, announce = () => {}, newId, isVisible = () => true, sendsOutbox = () => true }) {
   // The own id is read at each use: signing in (--auth jwt) may change it.
   const me = () => store.state.userId;
   const rooms = new Map(); // room name -> {catching, catchAgain, retryTimer, retryAttempt}
@@ -395,6 +397,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
   // ---------- sending ----------
 
   function transmit(item) {
+    if (!sendsOutbox()) return false; // the tab that does sends it from the shared outbox
     store.markSent(item);
     return conn.send({
       chat_message: { id: item.id, room_id: item.room_id, sender_id: me(), content: item.content },
@@ -403,6 +406,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
   }
 
   function flushOutbox(all) {
+    if (!sendsOutbox() || !conn.isOpen()) return;
     const now = Date.now();
     for (const item of store.state.outbox) {
       if (item.state !== "pending" || !store.room(item.room_id)) continue;
@@ -450,6 +454,8 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     loadOlder,
     send,
     retry,
+    /** Sends what is due in the outbox (another tab queued something, or this one now sends it). */
+    flushOutbox: () => flushOutbox(false),
     discard: (id) => store.discardOutbox(id),
     setName,
     noteTyping,

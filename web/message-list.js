@@ -8,6 +8,7 @@
 // Reads the store; never changes it (asks for older pages through `onWantOlder`).
 
 import { dayKey, dayLabel, groupsWith, hue, linkParts, whenOf } from "./format.js";
+import { mentionParts } from "./mention.js";
 
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: "full", timeStyle: "medium" });
@@ -30,8 +31,12 @@ export function youBadge() {
   return you;
 }
 
-/** Appends `text` to `el`, with http(s) links made clickable; never parses HTML. */
-export function appendText(el, text) {
+/**
+ * Appends `text` to `el`, with http(s) links made clickable and mentions of
+ * `people` ([{id, name}]) marked (`me`: the own id, marked more strongly);
+ * never parses HTML.
+ */
+export function appendText(el, text, people = [], me = null) {
   for (const part of linkParts(text)) {
     if (part.url) {
       const a = document.createElement("a");
@@ -41,7 +46,16 @@ export function appendText(el, text) {
       a.target = "_blank";
       el.append(a);
     } else {
-      el.append(document.createTextNode(part.text));
+      for (const p of people.length ? mentionParts(part.text, people) : [part]) {
+        if (p.id === undefined) {
+          el.append(document.createTextNode(p.text));
+          continue;
+        }
+        const m = document.createElement("span");
+        m.className = p.id === me ? "mention me" : "mention";
+        m.textContent = p.text;
+        el.append(m);
+      }
     }
   }
 }
@@ -56,6 +70,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   const views = new Map(); // room name -> view
   let shown = null; // the view in the scroller
   const template = dom.list;
+  const dividers = new Map(); // room -> seq of the first unread message ("New messages" above it)
 
   // ---------- elements ----------
 
@@ -65,6 +80,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     if (avatar) avatar.textContent = (name.trim()[0] || "?").toUpperCase();
     const who = li.querySelector(".who");
     if (who) who.textContent = name;
+    // A grouped message shows no name: a screen reader still says whose it is.
+    const said = li.querySelector(".sr-sender");
+    if (said) said.textContent = `${name}: `;
   }
 
   function messageEl(entry) {
@@ -89,7 +107,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     body.className = "body";
     if (grouped) {
       time.className = "gutter-time";
-      li.append(time);
+      const said = document.createElement("span");
+      said.className = "sr-only sr-sender";
+      li.append(said, time);
     } else {
       const avatar = document.createElement("span");
       avatar.className = "avatar";
@@ -110,7 +130,12 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     if (m.deleted) {
       li.classList.add("deleted");
       text.textContent = "message deleted";
-    } else appendText(text, m.content);
+    } else {
+      // Mentions are looked for only where an "@" is (most messages have none).
+      const people = m.content.includes("@") ? store.people(m.room_id) : [];
+      appendText(text, m.content, people, me());
+      if (people.length && text.querySelector(".mention.me")) li.classList.add("mentions-me");
+    }
     body.append(text);
     if (m.edited_at && !m.deleted) {
       text.classList.add("is-edited");
@@ -119,7 +144,8 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     if (pending || failed) body.append(sendState(entry));
     else if (m.sender_id === me() && !m.deleted) body.append(ownActions());
     li.append(body);
-    if (!grouped) senderHeader(li, m);
+    senderHeader(li, m);
+    if (m.seq && dividers.get(m.room_id) === m.seq) li.prepend(dividerEl());
     return li;
   }
 
@@ -173,6 +199,27 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       st.textContent = isOpen() ? "Sending…" : "Waiting for connection…";
     }
     return st;
+  }
+
+  function dividerEl() {
+    const line = document.createElement("div");
+    line.className = "unread-line";
+    line.setAttribute("role", "separator");
+    line.textContent = "New messages";
+    return line;
+  }
+
+  /** Puts the "New messages" line above message `seq` of `room` (null: none). */
+  function setDivider(room, seq) {
+    const view = views.get(room);
+    if (view) for (const old of view.ol.querySelectorAll(".unread-line")) old.remove();
+    if (seq === null) {
+      dividers.delete(room);
+      return;
+    }
+    dividers.set(room, seq);
+    const li = view && view.ol.querySelector(`li.msg[data-seq="${seq}"]`);
+    if (li) li.prepend(dividerEl());
   }
 
   function daySep(m) {
@@ -631,7 +678,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   });
 
   function rename(view, id) {
-    const sel = `li.msg[data-sender="${CSS.escape(id)}"]:not(.grouped)`;
+    const sel = `li.msg[data-sender="${CSS.escape(id)}"]`;
     for (const li of view.ol.querySelectorAll(sel)) senderHeader(li, { sender_id: id });
   }
 
@@ -659,6 +706,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   return {
     show,
+    setDivider,
+    /** Whether the list follows its newest message (the reader is at the bottom). */
+    atBottom: () => stuck || atBottom(),
     /** Scrolls to the newest message (after sending). */
     toBottom() {
       stick();

@@ -8,6 +8,10 @@ export const KEYS = {
   rooms: "wsgate.rooms",
   names: "wsgate.names",
   welcomed: "wsgate.welcomed", // the first-visit name prompt was shown
+  lastRead: "wsgate.lastRead", // room -> the seq read up to
+  drafts: "wsgate.drafts", // room -> the text typed, not sent
+  notifyOn: "wsgate.notifyOn",
+  notifyRooms: "wsgate.notifyRooms", // rooms whose every message notifies
 };
 
 /** JSON values over a Storage-like backend (`getItem`/`setItem`); tests pass a Map-backed one. */
@@ -21,11 +25,13 @@ export function createPersist(backend = globalThis.localStorage) {
         return fallback;
       }
     },
+    /** Returns whether it was stored (false: storage full or disabled, keep going in memory). */
     set(key, value) {
       try {
         backend.setItem(key, JSON.stringify(value));
+        return true;
       } catch {
-        /* storage full or disabled: keep going in memory */
+        return false;
       }
     },
   };

@@ -1,6 +1,6 @@
 // The side list of rooms: one element per room, built when the list of rooms
 // changes; a message in a room not shown only updates that room's badge.
-// Also the total badge on the menu button and the page title.
+// Also the total badge on the menu button (the page title: attention.js).
 
 import { badgeText } from "./format.js";
 
@@ -61,8 +61,6 @@ export function createRoomList({ store, dom }) {
     dom.total.hidden = !n;
     const text = badgeText(n);
     if (dom.total.textContent !== text) dom.total.textContent = text;
-    const title = n ? `(${n}) wsgate chat` : "wsgate chat";
-    if (document.title !== title) document.title = title;
   }
 
   store.subscribe((ev) => {

@@ -24,6 +24,9 @@ import { shortId } from "./format.js";
 const NAMES_KEPT = 500;
 const NAMES_SAVE_DELAY_MS = 500;
 
+const validOutbox = (list) =>
+  (Array.isArray(list) ? list : []).filter((m) => m && typeof m.id === "string" && typeof m.room_id === "string");
+
 export function createStore({ persist, userId, userName, setTimer = setTimeout, clearTimer = clearTimeout }) {
   const listeners = new Set();
   const emit = (event) => {
@@ -37,15 +40,38 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     rooms: new Map(),
     current: null,
     /** Typed but not yet confirmed: {id, room_id, content, created, state: "pending"|"failed", error, sentAt}. */
-    outbox: persist.get(KEYS.outbox, []).filter((m) => m && typeof m.id === "string" && typeof m.room_id === "string"),
+    outbox: validOutbox(persist.get(KEYS.outbox, [])),
     names: new Map(Object.entries(persist.get(KEYS.names, {}) || {})),
     connection: { state: "connecting", text: "Connecting…" },
   };
   state.names.set(userId, userName);
   const me = () => state.userId;
 
-  const saveOutbox = () => persist.set(KEYS.outbox, state.outbox);
-  const saveRooms = () => persist.set(KEYS.rooms, [...state.rooms.keys()]);
+  // The tabs of one browser share the outbox and the room list in storage.
+  // Each change starts from what is stored (read, change, write: a tab runs
+  // one task at a time), so no tab overwrites another's items. Once a write
+  // fails (storage full or disabled), this tab's memory is the truth.
+  let shared = true;
+  /** The stored outbox becomes this tab's; when each item was last sent here is kept. */
+  function loadOutbox() {
+    if (!shared) return;
+    const stored = persist.get(KEYS.outbox, null);
+    if (!Array.isArray(stored)) return;
+    const sent = new Map(state.outbox.map((o) => [o.id, o.sentAt]));
+    state.outbox = validOutbox(stored);
+    for (const o of state.outbox) if (sent.get(o.id) && !o.sentAt) o.sentAt = sent.get(o.id);
+  }
+  const saveOutbox = () => {
+    if (!persist.set(KEYS.outbox, state.outbox)) shared = false;
+  };
+  /** Adds or removes one room in the stored list (others' changes stay). */
+  function saveRooms({ add = null, remove = null } = {}) {
+    const stored = shared ? persist.get(KEYS.rooms, null) : null;
+    let list = Array.isArray(stored) ? stored.filter((n) => typeof n === "string") : [...state.rooms.keys()];
+    if (add !== null && !list.includes(add)) list.push(add);
+    if (remove !== null) list = list.filter((n) => n !== remove);
+    if (!persist.set(KEYS.rooms, list)) shared = false;
+  }
   let namesTimer = null;
   const saveNames = () => {
     clearTimer(namesTimer);
@@ -89,7 +115,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
       if (r) return [r, false];
       r = newRoom(name);
       state.rooms.set(name, r);
-      saveRooms();
+      saveRooms({ add: name });
       emit({ type: "rooms" });
       return [r, true];
     },
@@ -97,7 +123,8 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     /** Forgets a room and its unconfirmed messages. */
     removeRoom(name) {
       if (!state.rooms.delete(name)) return;
-      saveRooms();
+      saveRooms({ remove: name });
+      loadOutbox();
       const before = state.outbox.length;
       state.outbox = state.outbox.filter((m) => m.room_id !== name);
       if (state.outbox.length !== before) saveOutbox();
@@ -221,6 +248,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     queue(room, content, id, now = Date.now()) {
       // `sender`: who typed it, so another user signing in on this browser does not send it.
       const item = { id, room_id: room, sender: me(), content, created: now, state: "pending" };
+      loadOutbox();
       state.outbox.push(item);
       saveOutbox();
       emit({ type: "outbox", room });
@@ -233,6 +261,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     /** Drops the outbox items these stored messages confirm; returns the rooms touched (or null). */
     confirmOutbox(msgs, announce = true) {
       let rooms = null;
+      if (msgs.some((m) => m.sender_id === me())) loadOutbox();
       for (const m of msgs) {
         if (m.sender_id !== me()) continue;
         const i = state.outbox.findIndex((o) => o.id === m.id && o.room_id === m.room_id);
@@ -249,6 +278,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
 
     /** The server refused an outbox item for good. */
     failOutbox(id, error) {
+      loadOutbox();
       const item = api.findOutbox(id);
       if (!item) return;
       item.state = "failed";
@@ -259,6 +289,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
 
     /** A failed item is to be sent again. Returns it (or undefined). */
     retryOutbox(id) {
+      loadOutbox();
       const item = api.findOutbox(id);
       if (!item) return undefined;
       item.state = "pending";
@@ -269,11 +300,20 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     },
 
     discardOutbox(id) {
+      loadOutbox();
       const item = api.findOutbox(id);
       if (!item) return;
       state.outbox = state.outbox.filter((m) => m !== item);
       saveOutbox();
       emit({ type: "outbox", room: item.room_id });
+    },
+
+    /** Another tab changed the stored outbox: take it, and redraw the rooms touched. */
+    syncOutbox() {
+      const before = state.outbox;
+      loadOutbox();
+      const rooms = new Set([...before, ...state.outbox].map((o) => o.room_id));
+      emitOutboxChanged(rooms);
     },
 
     /** Records when an item was last sent (not an event: nothing shown depends on it). */
@@ -289,6 +329,22 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
       return state.names.has(id) ? state.names.get(id) : shortId(id);
     },
     knowsName: (id) => state.names.has(id) && state.names.get(id) !== id,
+
+    /**
+     * Who may be mentioned in a room ([{id, name}]): who is online there, who
+     * wrote there, and everyone whose name is known (a mention of a known
+     * name is one wherever it is written).
+     */
+    people(room) {
+      const ids = new Set(state.names.keys());
+      const r = room === undefined ? null : state.rooms.get(room);
+      if (r) {
+        for (const id of r.online || []) ids.add(id);
+        for (const m of r.bySeq.values()) ids.add(m.sender_id);
+      }
+      ids.add(me());
+      return [...ids].filter((id) => typeof id === "string").map((id) => ({ id, name: api.nameOf(id) }));
+    },
 
     /** A user is called `name` from now on (looked up, or announced by the server). */
     renameUser(id, name) {
@@ -320,6 +376,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
       if (sub === state.userId) return;
       state.userId = sub;
       persist.set(KEYS.userId, sub);
+      loadOutbox();
       state.outbox = state.outbox.filter((o) => !o.sender || o.sender === sub);
       saveOutbox();
       state.userName = name;

@@ -179,3 +179,41 @@ test("an edit replaces the held message at its seq, once, and the room's revisio
   assert.equal(store.changeMessage("r", { ...msg(1), seq: "-1" }), false);
   assert.equal(store.changeMessage("nope", msg(1, { revision: "9" })), false);
 });
+
+test("two stores over one storage (two tabs) keep each other's outbox items and rooms", () => {
+  const backend = memoryBackend();
+  const persist = createPersist(backend);
+  const a = createStore({ persist, userId: "me", userName: "Me", setTimer: (fn) => fn(), clearTimer: () => {} });
+  const b = createStore({ persist, userId: "me", userName: "Me", setTimer: (fn) => fn(), clearTimer: () => {} });
+  a.addRoom("r");
+  b.addRoom("s");
+  a.queue("r", "from a", "ida");
+  b.queue("s", "from b", "idb");
+  assert.deepEqual(persist.get(KEYS.outbox, []).map((o) => o.id), ["ida", "idb"]);
+  assert.deepEqual(persist.get(KEYS.rooms, []), ["r", "s"]);
+  // a confirms b's message (it saw it stored): gone for both.
+  a.insertMessages("s", [{ id: "idb", room_id: "s", sender_id: "me", content: "from b", seq: "1" }]);
+  assert.deepEqual(persist.get(KEYS.outbox, []).map((o) => o.id), ["ida"]);
+  const events = [];
+  b.subscribe((e) => events.push(e));
+  b.syncOutbox();
+  assert.deepEqual(b.state.outbox.map((o) => o.id), ["ida"]);
+  assert.deepEqual(events.map((e) => `${e.type}:${e.room}`).sort(), ["outbox:r", "outbox:s"]);
+  b.removeRoom("s");
+  assert.deepEqual(persist.get(KEYS.rooms, []), ["r"]);
+});
+
+test("when storage refuses a write, the outbox lives on in memory", () => {
+  // Full: what is stored stays as it was, new writes fail.
+  const persist = createPersist({
+    getItem: (k) => (k === KEYS.outbox ? "[]" : null),
+    setItem: () => {
+      throw new Error("QuotaExceededError");
+    },
+  });
+  const store = createStore({ persist, userId: "me", userName: "Me", setTimer: (fn) => fn(), clearTimer: () => {} });
+  store.addRoom("r");
+  store.queue("r", "one", "id1");
+  store.queue("r", "two", "id2");
+  assert.deepEqual(store.state.outbox.map((o) => o.id), ["id1", "id2"]);
+});
