@@ -622,6 +622,14 @@ async fn serve_metrics(
 }
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let upstreams = &args.upstream.upstream;
+    if let Some(twice) = upstreams
+        .iter()
+        .enumerate()
+        .find_map(|(i, u)| upstreams[..i].contains(u).then_some(u))
+    {
+        bail!("--upstream {twice} is given twice");
+    }
     let gateway = Arc::new(build_gateway(&args.upstream)?);
     let auth = args.auth.verifier()?;
     let upstream_tls = args.upstream.tls()?;

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Proxy, Server, ServerProcess, WAIT, Ws};
+use support::{Proxy, Server, ServerProcess, WAIT, Ws, run_to_exit, spawn_listening, wsgate};
 use wsgate::proxy;
 
 fn any_port() -> SocketAddr {
@@ -272,4 +272,64 @@ async fn with_every_server_down_calls_answer_unavailable_and_streams_come_back()
     let echo = send_until_confirmed(&mut ws, "r", "u", "first").await;
     assert_eq!(echo["chat_message"]["content"], "first");
     proxy.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_takes_several_upstreams_and_logs_each_health_change_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = ServerProcess::spawn(&dir.path().join("a.db"), any_port());
+    let b = ServerProcess::spawn(&dir.path().join("b.db"), any_port());
+    let (a_uri, b_uri) = (a.uri(), b.uri());
+    let mut command = wsgate();
+    // Comma-separated, a bare HOST:PORT among them.
+    command.args([
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("{a_uri},{}", b.addr),
+    ]);
+    let gateway = spawn_listening(command, "WebSocket gateway listening");
+    let url = format!("ws://{}/", gateway.addr);
+    let mut first = Ws::connect(&url).await;
+    first.join("r", "first").await;
+    let mut second = Ws::connect(&url).await;
+    second.join("r", "second").await;
+
+    a.kill_9();
+    // Whichever was on the killed server moves; then both are on b and
+    // hear each other.
+    send_until_confirmed(&mut first, "r", "first", "f1").await;
+    send_until_confirmed(&mut second, "r", "second", "s1").await;
+    first.say("r", "first", "f2", "both here").await;
+    let got = second.recv_until(|f| f["chat_message"]["id"] == "f2").await;
+    assert_eq!(got["chat_message"]["content"], "both here");
+
+    let log = gateway.kill_and_read_log();
+    let unhealthy: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("upstream unhealthy"))
+        .collect();
+    assert_eq!(unhealthy.len(), 1, "{unhealthy:#?}");
+    assert!(unhealthy[0].contains(&a_uri), "{}", unhealthy[0]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("WebSocket gateway listening") && l.contains(&b_uri))
+    );
+    drop(b);
+
+    // The same server twice is a mistake, said as such.
+    let mut twice = wsgate();
+    twice.args([
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &a_uri,
+        "--upstream",
+        &a_uri,
+    ]);
+    let twice = run_to_exit(twice);
+    assert_eq!(twice.status.code(), Some(1), "{twice:?}");
+    assert!(twice.stderr.contains("is given twice"), "{}", twice.stderr);
 }
