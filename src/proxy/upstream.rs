@@ -499,3 +499,75 @@ async fn run_link(
 fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(servers: usize) -> Upstream {
+        let pool = crate::proto::descriptor_pool();
+        let service = pool
+            .get_service_by_name(crate::proto::CHAT_SERVICE)
+            .expect("the chat service");
+        let gateway = Arc::new(Gateway::from_service(&service, None).expect("a gateway"));
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(GatewayMetrics::new(&registry, gateway.actions()));
+        // Nothing listens there: the channels are lazy and never used.
+        let uris: Vec<String> = (0..servers)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+            .collect();
+        Upstream::new(&uris, None, 1, gateway, Duration::from_secs(1), metrics)
+            .expect("an upstream")
+    }
+
+    fn picks(upstream: &Upstream, avoid: Option<usize>, count: usize) -> Vec<usize> {
+        (0..count).map(|_| upstream.pick(avoid)).collect()
+    }
+
+    #[tokio::test]
+    async fn picks_go_round_the_healthy_servers() {
+        let upstream = upstream(3);
+        assert_eq!(picks(&upstream, None, 6), [0, 1, 2, 0, 1, 2]);
+        assert!(upstream.backend(1).set_healthy(false));
+        assert!(
+            !upstream.backend(1).set_healthy(false),
+            "no change, no news"
+        );
+        let got = picks(&upstream, None, 6);
+        assert!(!got.contains(&1), "{got:?}");
+        assert!(got.contains(&0) && got.contains(&2), "{got:?}");
+        assert!(upstream.healthy_besides(0));
+    }
+
+    #[tokio::test]
+    async fn a_lost_stream_avoids_its_server_unless_it_is_the_only_healthy_one() {
+        let upstream = upstream(2);
+        assert_eq!(picks(&upstream, Some(0), 4), [1, 1, 1, 1]);
+        upstream.backend(1).set_healthy(false);
+        assert!(!upstream.healthy_besides(0));
+        assert_eq!(picks(&upstream, Some(0), 3), [0, 0, 0]);
+        // None healthy: anywhere but the one just lost on, as with one
+        // server that is down (the open fails and is retried).
+        upstream.backend(0).set_healthy(false);
+        assert_eq!(picks(&upstream, Some(0), 3), [1, 1, 1]);
+        assert_eq!(picks(&upstream, None, 4).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn turning_unhealthy_cancels_the_streams_token_and_healthy_renews_it() {
+        let upstream = upstream(2);
+        let backend = upstream.backend(0);
+        let before = backend.draining();
+        backend.set_healthy(false);
+        assert!(before.is_cancelled());
+        backend.set_healthy(true);
+        assert!(!backend.draining().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn one_server_is_always_the_one() {
+        let upstream = upstream(1);
+        upstream.backend(0).set_healthy(false);
+        assert_eq!(picks(&upstream, Some(0), 2), [0, 0]);
+    }
+}
