@@ -161,7 +161,7 @@ async fn a_killed_server_s_sessions_move_to_the_other_on_the_same_websockets() {
     let (proxy, registry) = gateway(&uris).await;
     let (mut on_first, mut on_second) = one_on_each(&proxy, &registry, &uris).await;
 
-    servers.remove(0).kill_9();
+    let (addr, db) = servers.remove(0).kill_9();
     moved_and_chatting(&registry, &uris, &mut on_first, &mut on_second).await;
     until("the killed server counted unhealthy", || {
         gauge(&registry, "wsgate_upstream_healthy", &uris[0]) == 0
@@ -173,6 +173,22 @@ async fn a_killed_server_s_sessions_move_to_the_other_on_the_same_websockets() {
     let mut late = proxy.connect().await;
     late.join("r", "late").await;
     assert_eq!(streams_on(&registry, &uris[1]), 3);
+
+    // Back on its address: healthy again, it gets new sessions (the ones
+    // already moved stay where they are).
+    let _back = ServerProcess::spawn(&db, addr);
+    until("the restarted server counted healthy", || {
+        gauge(&registry, "wsgate_upstream_healthy", &uris[0]) == 1
+    })
+    .await;
+    let mut later = Vec::new();
+    for i in 0..2 {
+        let mut ws = proxy.connect().await;
+        ws.join("r", &format!("later{i}")).await;
+        later.push(ws);
+    }
+    assert_eq!(streams_on(&registry, &uris[0]), 1);
+    assert_eq!(streams_on(&registry, &uris[1]), 4);
     proxy.stop().await;
 }
 
