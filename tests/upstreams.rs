@@ -126,7 +126,7 @@ async fn moved_and_chatting(
     uris: &[String],
     moved: &mut Ws,
     stayed: &mut Ws,
-) {
+) -> serde_json::Value {
     let outage = moved.recv_until(|f| f.get("error").is_some()).await;
     assert_eq!(outage["error"]["code"], "UNAVAILABLE", "{outage}");
     until("both streams on the server left", || {
@@ -149,6 +149,7 @@ async fn moved_and_chatting(
     // Unary calls go to the server left.
     let user = moved.call("get_user", json!({"user_id": "stayed"})).await;
     assert!(user.get("error").is_none(), "{user}");
+    outage
 }
 
 #[tokio::test]
@@ -226,7 +227,10 @@ async fn a_server_turning_not_serving_drains_its_sessions_and_gets_no_new_ones()
         gauge(&registry, "wsgate_upstream_healthy", &uris[0]) == 0
     })
     .await;
-    moved_and_chatting(&registry, &uris, &mut on_first, &mut on_second).await;
+    // Moved by the gateway: the server did not end the stream.
+    let outage = moved_and_chatting(&registry, &uris, &mut on_first, &mut on_second).await;
+    let message = outage["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no longer serving"), "{outage}");
 
     // Sessions opened now all go to the healthy one.
     let mut late = Vec::new();
