@@ -298,7 +298,7 @@ struct GatewayArgs {
           default_value_t = proxy::DEFAULT_WRITE_TIMEOUT.as_secs(),
           value_parser = seconds)]
     write_timeout: u64,
-    /// HTTP/2 connections to the upstream service; sessions' streams are
+    /// HTTP/2 connections to each upstream server; sessions' streams are
     /// spread over them in turn.
     #[arg(long, env = "WSGATE_UPSTREAM_CONNECTIONS",
           default_value_t = proxy::DEFAULT_UPSTREAM_CONNECTIONS,

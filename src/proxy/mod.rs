@@ -138,7 +138,8 @@ pub struct Config {
     /// TLS to the upstream (`--upstream-ca` and the other `--upstream-*`
     /// flags); required by an `https://` upstream, refused by `http://`.
     pub upstream_tls: Option<crate::tls::ClientTls>,
-    /// HTTP/2 connections to the upstream, shared by all sessions in turn.
+    /// HTTP/2 connections to each upstream server, shared by all sessions
+    /// in turn.
     pub upstream_connections: usize,
     pub max_frame_bytes: usize,
     pub ping_interval: Duration,
