@@ -308,7 +308,7 @@ struct GatewayArgs {
           default_value_t = proxy::DEFAULT_WRITE_TIMEOUT.as_secs(),
           value_parser = seconds)]
     write_timeout: u64,
-    /// HTTP/2 connections to the upstream service; sessions' streams are
+    /// HTTP/2 connections to each upstream server; sessions' streams are
     /// spread over them in turn.
     #[arg(long, env = "WSGATE_UPSTREAM_CONNECTIONS",
           default_value_t = proxy::DEFAULT_UPSTREAM_CONNECTIONS,
@@ -406,13 +406,17 @@ struct GatewayArgs {
 struct UpstreamArgs {
     /// Address of the gRPC service: http://HOST:PORT or just HOST:PORT
     /// (plaintext HTTP/2), or https://HOST:PORT (TLS; needs --upstream-ca).
+    /// Several servers of the service: repeat the flag or separate with
+    /// commas; each is health-checked and sessions are spread over the
+    /// healthy ones.
     #[arg(
         long,
         env = "WSGATE_UPSTREAM",
         default_value = "http://127.0.0.1:50051",
+        value_delimiter = ',',
         value_parser = upstream_uri
     )]
-    upstream: String,
+    upstream: Vec<String>,
     /// Encoded FileDescriptorSet describing the service (e.g. from
     /// `protoc --include_imports -o set.pb` or `buf build -o set.pb`).
     /// Default: the built-in chat.proto.
@@ -540,7 +544,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let metrics = wsgate::metrics::registry();
     // The upstream is known once the gRPC listener is bound.
     let mut gateway_config =
-        proxy_config(&args.gateway, String::new(), auth.clone(), metrics.clone())?;
+        proxy_config(&args.gateway, Vec::new(), auth.clone(), metrics.clone())?;
     let store = open_store(&args.server).await?;
     let grpc = bind(&args.server.grpc_listen).await?;
     let web = bind(&args.gateway.listen).await?;
@@ -549,8 +553,8 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
     let grpc_addr = reachable(grpc.local_addr()?);
     // The gateway dials its own server: with TLS on, over TLS too, trusting
     // exactly the certificate the server serves (whatever names it holds).
-    (gateway_config.upstream, gateway_config.upstream_tls) = match &args.server.grpc_tls_cert {
-        None => (format!("http://{grpc_addr}"), None),
+    (gateway_config.upstreams, gateway_config.upstream_tls) = match &args.server.grpc_tls_cert {
+        None => (vec![format!("http://{grpc_addr}")], None),
         Some(cert) => {
             if args.server.grpc_client_ca.is_some() {
                 bail!(
@@ -561,7 +565,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
             let pem = read_file(cert)?;
             let client = ClientTls::new(Trust::Exactly(&pem), None, None)
                 .with_context(|| format!("cannot use --grpc-tls-cert {}", cert.display()))?;
-            (format!("https://{grpc_addr}"), Some(client))
+            (vec![format!("https://{grpc_addr}")], Some(client))
         }
     };
     let shutdown = shutdown_on_signal();
@@ -628,6 +632,14 @@ async fn serve_metrics(
 }
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let upstreams = &args.upstream.upstream;
+    if let Some(twice) = upstreams
+        .iter()
+        .enumerate()
+        .find_map(|(i, u)| upstreams[..i].contains(u).then_some(u))
+    {
+        bail!("--upstream {twice} is given twice");
+    }
     let gateway = Arc::new(build_gateway(&args.upstream)?);
     let auth = args.auth.verifier()?;
     let upstream_tls = args.upstream.tls()?;
@@ -753,7 +765,7 @@ fn print_token(args: &TokenArgs) -> anyhow::Result<()> {
 impl UpstreamArgs {
     fn builtin() -> Self {
         UpstreamArgs {
-            upstream: String::new(),
+            upstream: Vec::new(),
             descriptor_set: None,
             service: wsgate::proto::CHAT_SERVICE.to_owned(),
             stream_method: None,
@@ -843,7 +855,14 @@ impl UpstreamArgs {
     /// The TLS an `https://` upstream needs; for `http://`, none, and the
     /// TLS flags are refused rather than silently ignored.
     fn tls(&self) -> anyhow::Result<Option<ClientTls>> {
-        let https = self.upstream.starts_with("https://");
+        let https = self.upstream.iter().any(|u| u.starts_with("https://"));
+        if let Some(plain) = self.upstream.iter().find(|u| !u.starts_with("https://"))
+            && https
+        {
+            bail!(
+                "--upstream {plain} is plaintext while another is https://: use one scheme for all"
+            );
+        }
         let given = [
             ("--upstream-ca", self.upstream_ca.is_some()),
             ("--upstream-cert", self.upstream_cert.is_some()),
@@ -856,7 +875,7 @@ impl UpstreamArgs {
             if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
                 bail!(
                     "{flag} is for TLS, but --upstream {} is plaintext: use https://",
-                    self.upstream
+                    self.upstream.join(",")
                 );
             }
             return Ok(None);
@@ -867,7 +886,7 @@ impl UpstreamArgs {
             bail!(
                 "--upstream {} is https:// and needs --upstream-ca FILE: the CA bundle its \
                  certificate chains to (for a public CA, the system's, e.g. /etc/ssl/certs/ca-certificates.crt)",
-                self.upstream
+                self.upstream.join(",")
             );
         };
         let ca_pem = read_file(ca)?;
@@ -915,7 +934,7 @@ fn server_config(
 /// The gateway's settings; reads the TLS files, if any.
 fn proxy_config(
     args: &GatewayArgs,
-    upstream: String,
+    upstreams: Vec<String>,
     auth: Option<Arc<Verifier>>,
     metrics: wsgate::metrics::MetricsRegistry,
 ) -> anyhow::Result<proxy::Config> {
@@ -946,7 +965,8 @@ fn proxy_config(
         auth_timeout: Duration::from_secs(args.auth_timeout),
         forward_headers: args.forward_header.clone(),
         forward_cookies: args.forward_cookie.clone(),
-        ..proxy::Config::new(upstream)
+        upstreams,
+        ..proxy::Config::new(String::new())
     })
 }
 

@@ -6,7 +6,8 @@
 use std::collections::HashMap;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use tonic::Code;
 
@@ -31,6 +32,8 @@ pub struct GatewayMetrics {
     upstream_calls: IntCounterVec,
     upstream_call_seconds: HistogramVec,
     pub upstream_streams_open: IntGauge,
+    upstream_streams_open_on: IntGaugeVec,
+    upstream_healthy: IntGaugeVec,
     upstream_stream_losses: IntCounterVec,
     slow_consumers: IntCounterVec,
     auth_failures: IntCounterVec,
@@ -115,6 +118,28 @@ impl GatewayMetrics {
                 "wsgate_upstream_streams_open",
                 "Open bidirectional streams to the upstream service",
             ),
+            upstream_streams_open_on: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wsgate_upstream_server_streams_open",
+                        "Open bidirectional streams to the upstream service, by server",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_healthy: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "wsgate_upstream_healthy",
+                        "Whether an upstream server's health check says it serves (1) or not (0)",
+                    ),
+                    &["upstream"],
+                )
+                .expect("valid metric"),
+            ),
             upstream_stream_losses: counter_vec(
                 "wsgate_upstream_stream_losses_total",
                 "Upstream streams that broke or could not be opened, by status code",
@@ -192,6 +217,16 @@ impl GatewayMetrics {
         self.upstream_call_seconds
             .with_label_values(&[method])
             .observe(took.as_secs_f64());
+    }
+
+    /// The open-streams gauge of upstream server `uri`.
+    pub fn upstream_streams_open_on(&self, uri: &str) -> IntGauge {
+        self.upstream_streams_open_on.with_label_values(&[uri])
+    }
+
+    /// The health gauge of upstream server `uri`.
+    pub fn upstream_healthy(&self, uri: &str) -> IntGauge {
+        self.upstream_healthy.with_label_values(&[uri])
     }
 
     pub fn upstream_stream_lost(&self, code: Code) {

@@ -9,8 +9,9 @@
 //! - `codec`: the tonic codecs for dynamic (descriptor-driven) messages.
 //! - `events`: the service's stream frames as JSON, transcoded once per
 //!   distinct frame and shared by the sessions that receive it.
-//! - `upstream`: the shared gRPC connections, unary calls, and each session's
-//!   reconnecting bidirectional stream.
+//! - `upstream`: the upstream servers and their shared gRPC connections,
+//!   unary calls, and each session's reconnecting bidirectional stream.
+//! - `health`: each upstream server's `grpc.health.v1` status.
 //! - `credentials`: where a browser's token travels (cookie, subprotocol),
 //!   URL tokens refused, and what becomes gRPC metadata upstream.
 //! - `identity`: a session's token: first-frame sign-in, refresh, expiry.
@@ -33,6 +34,7 @@ pub mod codec;
 pub mod credentials;
 mod events;
 pub mod gateway;
+mod health;
 mod identity;
 pub mod limits;
 mod metrics;
@@ -128,13 +130,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The gateway's settings, validated by the caller.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// URI of the gRPC service, e.g. `http://127.0.0.1:50051`, or
-    /// `https://...` with [`Config::upstream_tls`] set.
-    pub upstream: String,
+    /// URIs of the servers of the gRPC service, e.g.
+    /// `http://127.0.0.1:50051`, or `https://...` with
+    /// [`Config::upstream_tls`] set. Calls and streams go to the healthy
+    /// ones in turn.
+    pub upstreams: Vec<String>,
     /// TLS to the upstream (`--upstream-ca` and the other `--upstream-*`
     /// flags); required by an `https://` upstream, refused by `http://`.
     pub upstream_tls: Option<crate::tls::ClientTls>,
-    /// HTTP/2 connections to the upstream, shared by all sessions in turn.
+    /// HTTP/2 connections to each upstream server, shared by all sessions
+    /// in turn.
     pub upstream_connections: usize,
     pub max_frame_bytes: usize,
     pub ping_interval: Duration,
@@ -183,7 +188,7 @@ pub struct Config {
 impl Config {
     pub fn new(upstream: impl Into<String>) -> Self {
         Config {
-            upstream: upstream.into(),
+            upstreams: vec![upstream.into()],
             upstream_tls: None,
             upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -304,7 +309,7 @@ pub async fn run(
     let local = listener.local_addr()?;
     let metrics = Arc::new(GatewayMetrics::new(&config.metrics, gateway.actions()));
     let upstream = Upstream::new(
-        &config.upstream,
+        &config.upstreams,
         config.upstream_tls.clone(),
         config.upstream_connections,
         gateway,
@@ -316,7 +321,8 @@ pub async fn run(
     } else {
         "http"
     };
-    tracing::info!(%local, scheme, upstream = %config.upstream,
+    upstream.watch_health(shutdown.child_token());
+    tracing::info!(%local, scheme, upstream = %config.upstreams.join(","),
         upstream_tls = config.upstream_tls.is_some(), "WebSocket gateway listening");
     tracing::info!(
         handshake_timeout = ?config.handshake_timeout,
