@@ -835,23 +835,7 @@ mod tests {
         }
     }
 
-    fn history(
-        store: &SqliteStore,
-        limit: usize,
-        before_seq: u64,
-        after_seq: Option<u64>,
-    ) -> (Vec<u64>, bool) {
-        let page = store
-            .history(&HistoryQuery {
-                room_id: "r".into(),
-                limit,
-                before_seq,
-                after_seq,
-            })
-            .unwrap();
-        let seqs = page.messages.iter().map(|m| m.seq).collect();
-        (seqs, page.has_more)
-    }
+    use crate::storage::conformance::history;
 
     /// A store with messages 1..=count in room "r", committed over several batches.
     fn store_with_history(dir: &tempfile::TempDir, count: u64) -> SqliteStore {
