@@ -8,6 +8,10 @@
 #     PostgreSQL (WSGATE_TEST_STORE=postgres: a schema per test at
 #     $WSGATE_TEST_POSTGRES, default postgres://postgres@127.0.0.1:5432/test;
 #     the storage unit tests and tests/postgres.rs use it in step 1 already);
+#     tests/cluster.rs (step 1) also runs nats-server processes of its own
+#     ($WSGATE_TEST_NATS_SERVER, default /usr/sbin/nats-server) and, for the
+#     PostgreSQL restart, a PostgreSQL cluster of its own (initdb, pg_ctl);
+#     it fails saying so if either program is missing;
 #  4. browser end-to-end tests of the web client in headless Chromium
 #     (scripts/e2e.sh installs Chromium and the npm packages if missing).
 # Usage: scripts/test.sh [extra cargo test args]

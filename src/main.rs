@@ -2,7 +2,7 @@
 //! listeners and calls the library's `run` functions; nothing else.
 
 use std::collections::HashSet;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -266,6 +266,19 @@ struct ServerArgs {
           default_value_t = server::DEFAULT_MAX_ROOMS_PER_STREAM,
           value_parser = at_least_one::<usize>)]
     max_rooms_per_stream: usize,
+    /// NATS server(s) linking the chat servers that share one PostgreSQL
+    /// database, nats://[USER:PASSWORD@]HOST:PORT (comma-separated for a
+    /// NATS cluster): members of a room on different servers then see each
+    /// other's messages, edits, typing and presence live. Unset: this
+    /// server's streams are all there is. Needs --db postgres://.
+    #[arg(long, env = "WSGATE_BUS", value_name = "URL")]
+    bus: Option<String>,
+    /// Start of every bus subject: servers that chat together share it;
+    /// another prefix keeps another system apart on the same NATS.
+    #[arg(long, env = "WSGATE_BUS_SUBJECT_PREFIX", value_name = "PREFIX",
+          default_value = server::bus::DEFAULT_SUBJECT_PREFIX,
+          value_parser = subject_prefix)]
+    bus_subject_prefix: String,
     /// Frames queued towards one Chat stream before it counts as too slow
     /// and is ended with RESOURCE_EXHAUSTED.
     #[arg(long, env = "WSGATE_STREAM_BUFFER", default_value_t = server::DEFAULT_STREAM_BUFFER,
@@ -407,8 +420,10 @@ struct UpstreamArgs {
     /// Address of the gRPC service: http://HOST:PORT or just HOST:PORT
     /// (plaintext HTTP/2), or https://HOST:PORT (TLS; needs --upstream-ca).
     /// Several servers of the service: repeat the flag or separate with
-    /// commas; each is health-checked and sessions are spread over the
-    /// healthy ones.
+    /// commas, or give a HOST that is a name with several addresses (each
+    /// address is one server; the name is looked up again every
+    /// --upstream-resolve-interval). Each server is health-checked and
+    /// sessions are spread over the healthy ones.
     #[arg(
         long,
         env = "WSGATE_UPSTREAM",
@@ -417,6 +432,13 @@ struct UpstreamArgs {
         value_parser = upstream_uri
     )]
     upstream: Vec<String>,
+    /// Seconds between two lookups of an --upstream name: a server added
+    /// to it gets sessions within this; one it no longer gives gets no new
+    /// ones (its streams stay until they end).
+    #[arg(long, env = "WSGATE_UPSTREAM_RESOLVE_INTERVAL", value_name = "SECONDS",
+          default_value_t = proxy::DEFAULT_RESOLVE_INTERVAL.as_secs(),
+          value_parser = seconds)]
+    upstream_resolve_interval: u64,
     /// Encoded FileDescriptorSet describing the service (e.g. from
     /// `protoc --include_imports -o set.pb` or `buf build -o set.pb`).
     /// Default: the built-in chat.proto.
@@ -471,7 +493,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!, which panics if stderr is gone.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -535,6 +558,12 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         // Colours for a terminal, plain text for a log file or a pipe.
         .with_ansi(std::io::stderr().is_terminal())
+        // A log that cannot be written (stderr a pipe whose reader went
+        // away: journald restarted, a supervisor gone) is lost, and nothing
+        // else: by default tracing-subscriber reports the failed write with
+        // eprintln!, which panics on that same dead stderr, in whatever
+        // task logged (a session at connect, the shutdown on SIGTERM).
+        .log_internal_errors(false)
         .init();
 }
 
@@ -575,7 +604,7 @@ async fn run_all(args: AllArgs) -> anyhow::Result<()> {
         server::run(
             grpc,
             store,
-            server_config(&args.server, auth.clone(), metrics.clone(), tls),
+            server_config(&args.server, auth.clone(), metrics.clone(), tls)?,
             shutdown.clone(),
         ),
         shutdown.clone(),
@@ -608,7 +637,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let metrics = wsgate::metrics::registry();
     let shutdown = shutdown_on_signal();
     serve_metrics(&args.metrics, &metrics, &shutdown).await?;
-    let config = server_config(&args, auth, metrics, tls);
+    let config = server_config(&args, auth, metrics, tls)?;
     server::run(grpc, store, config, shutdown).await
 }
 
@@ -646,6 +675,7 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let metrics = wsgate::metrics::registry();
     let config = proxy::Config {
         upstream_tls,
+        upstream_resolve_interval: Duration::from_secs(args.upstream.upstream_resolve_interval),
         ..proxy_config(&args.gateway, args.upstream.upstream.clone(), auth, metrics)?
     };
     let web = bind(&args.gateway.listen).await?;
@@ -766,6 +796,7 @@ impl UpstreamArgs {
     fn builtin() -> Self {
         UpstreamArgs {
             upstream: Vec::new(),
+            upstream_resolve_interval: proxy::DEFAULT_RESOLVE_INTERVAL.as_secs(),
             descriptor_set: None,
             service: wsgate::proto::CHAT_SERVICE.to_owned(),
             stream_method: None,
@@ -919,8 +950,20 @@ fn server_config(
     auth: Option<Arc<Verifier>>,
     metrics: wsgate::metrics::MetricsRegistry,
     tls: Option<ServerTls>,
-) -> server::Config {
-    server::Config {
+) -> anyhow::Result<server::Config> {
+    let bus = match &args.bus {
+        Some(_) if !is_postgres_url(&args.db) => anyhow::bail!(
+            "--bus links servers that share one database: it needs --db postgres://... \
+             (with SQLite each server has a history of its own)"
+        ),
+        Some(url) => Some(server::bus::BusConfig {
+            url: url.clone(),
+            subject_prefix: args.bus_subject_prefix.clone(),
+        }),
+        None => None,
+    };
+    Ok(server::Config {
+        bus,
         auth,
         metrics,
         tls,
@@ -928,7 +971,7 @@ fn server_config(
         max_rooms_per_stream: args.max_rooms_per_stream,
         stream_buffer: args.stream_buffer,
         writer: WriterOptions::default(),
-    }
+    })
 }
 
 /// The gateway's settings; reads the TLS files, if any.
@@ -1003,6 +1046,10 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Checks a HOST:PORT to listen on; the name is resolved when binding.
+fn subject_prefix(value: &str) -> Result<String, String> {
+    server::bus::check_subject_prefix(value).map(|()| value.to_owned())
+}
+
 fn listen_address(value: &str) -> Result<String, String> {
     const EXPECTED: &str = "expected HOST:PORT, e.g. 0.0.0.0:8080, localhost:8080 or [::1]:8080";
     let Some((host, port)) = value.rsplit_once(':') else {

@@ -192,7 +192,8 @@ mod tests {
                 "SetUserName",
                 "Chat",
                 "GetChatHistory",
-                "ListRooms"
+                "ListRooms",
+                "GetLimits"
             ]
         );
     }

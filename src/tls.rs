@@ -5,6 +5,7 @@
 //! of failing each handshake later.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig, Uri};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// How long a peer may take over a TLS handshake: one that opens a
 /// connection and never finishes must not hold it (and its task) forever.
@@ -168,25 +169,23 @@ impl ClientTls {
         })
     }
 
-    /// Opens a TCP connection to `uri`'s host and port (443 by default) and
-    /// completes a TLS handshake on it, as a connector for tonic's channel.
+    /// Opens a TCP connection to `address` and completes a TLS handshake on
+    /// it, as a connector for tonic's channel. The certificate must hold the
+    /// server name given at [`ClientTls::new`], else `host`: the upstream
+    /// URI's host, a name or an IP address, never the address a name was
+    /// resolved to.
     pub(crate) async fn connect(
         &self,
-        uri: Uri,
+        address: SocketAddr,
+        host: &str,
     ) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
         use std::io::{Error, ErrorKind};
-        let host = uri
-            .host()
-            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "no host in the upstream URI"))?;
-        // `[::1]` in a URI, `::1` to resolve and to verify.
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(443);
         let name = match &self.server_name {
             Some(name) => name.clone(),
             None => ServerName::try_from(host.to_owned())
                 .map_err(|_| Error::new(ErrorKind::InvalidInput, "the host is not a valid name"))?,
         };
-        let tcp = TcpStream::connect((host, port)).await?;
+        let tcp = TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
         let handshake = TlsConnector::from(self.config.clone()).connect(name, tcp);
         let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
@@ -196,13 +195,13 @@ impl ClientTls {
         match result {
             Ok(tls) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(host, port, "TLS handshake with the upstream works again");
+                    tracing::info!(host, %address, "TLS handshake with the upstream works again");
                 }
                 Ok(TokioIo::new(tls))
             }
             Err(e) => {
                 if !self.failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(host, port, error = %e,
+                    tracing::warn!(host, %address, error = %e,
                         "TLS handshake with the upstream failed (logged once until one succeeds)");
                 }
                 Err(e)

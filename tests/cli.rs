@@ -4,7 +4,8 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use serde_json::json;
 use support::{Finished, Server, Ws, run_to_exit, spawn_listening, wsgate};
@@ -120,6 +121,58 @@ async fn listen_addresses_may_be_host_names() {
     assert_eq!(echo["seq"], "1");
     ws.close().await;
     all.kill();
+}
+
+/// A log nobody reads any more (stderr a pipe whose reader went away, as
+/// when journald restarts) costs those lines and nothing else: chat goes
+/// on, and SIGTERM still ends the process gracefully. (tracing-subscriber
+/// reported a failed write with eprintln!, which panicked on the same dead
+/// stderr: sessions died at their first log line, and so did the shutdown.)
+#[tokio::test]
+async fn a_dead_log_pipe_stops_neither_chat_nor_a_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = wsgate();
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--db",
+        ])
+        .arg(dir.path().join("chat.db"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn wsgate");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let addr = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|line| line.contains("WebSocket gateway listening"))
+        .and_then(|line| support::listen_addr(&line))
+        .expect("a listening line");
+    drop(lines); // from now on every write to its stderr fails (EPIPE)
+
+    let mut ws = Ws::connect(&format!("ws://{addr}/")).await; // a "connect" line
+    let echo = ws.say("r", "u", "m1", "hello").await;
+    assert_eq!(echo["seq"], "1");
+
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+    assert!(sent.expect("run kill").success());
+    assert_eq!(
+        ws.closed_with().await,
+        1001,
+        "closed as in a graceful shutdown"
+    );
+    let exited = tokio::task::spawn_blocking(move || child.wait());
+    let status = tokio::time::timeout(support::WAIT, exited)
+        .await
+        .expect("it exits after SIGTERM")
+        .expect("the waiting thread")
+        .expect("wait");
+    assert!(status.success(), "{status}");
 }
 
 #[test]

@@ -101,8 +101,10 @@ async fn send_until_confirmed(ws: &mut support::Ws, room: &str, user: &str, id: 
     }
 }
 
+/// Also: a ping (a frame with only a `request_id`) is the gateway's to
+/// answer, so it proves the socket to a client whatever the upstream's state.
 #[tokio::test]
-async fn the_gateway_starts_with_the_upstream_down() {
+async fn the_gateway_starts_with_the_upstream_down_and_answers_pings_itself() {
     // Reserve a port, then free it: nothing listens there.
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -112,11 +114,18 @@ async fn the_gateway_starts_with_the_upstream_down() {
     let mut ws = proxy.connect().await;
     let reply = ws.call("get_user", json!({"user_id": "x"})).await;
     assert_eq!(reply["error"]["code"], "UNAVAILABLE", "{reply}");
+    ws.send_text(r#"{"request_id": "p1"}"#).await;
+    assert_eq!(ws.recv().await, json!({"request_id": "p1"}));
 
     let dir = tempfile::tempdir().unwrap();
     let _server = ServerProcess::spawn(&dir.path().join("chat.db"), addr);
     let echo = ws.say("r", "u", "first", "upstream is up").await;
     assert_eq!(echo["seq"], "1");
+    ws.send_text(r#"{"request_id": "p2"}"#).await;
+    let pong = ws
+        .recv_until(|f| f.get("request_id") == Some(&json!("p2")))
+        .await;
+    assert_eq!(pong, json!({"request_id": "p2"}), "nothing but the id");
 }
 
 #[tokio::test]

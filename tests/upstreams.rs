@@ -7,7 +7,9 @@
 
 mod support;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -20,29 +22,42 @@ fn any_port() -> SocketAddr {
 
 /// A gateway in front of `uris`, and the registry its metrics are in.
 async fn gateway(uris: &[String]) -> (Proxy, prometheus::Registry) {
+    gateway_with(proxy::Config {
+        upstreams: uris.to_vec(),
+        ..proxy::Config::new(String::new())
+    })
+    .await
+}
+
+async fn gateway_with(config: proxy::Config) -> (Proxy, prometheus::Registry) {
     let registry = wsgate::metrics::registry();
     let config = proxy::Config {
-        upstreams: uris.to_vec(),
         metrics: registry.clone(),
-        ..proxy::Config::new(String::new())
+        ..config
     };
     (Proxy::start_with(config).await, registry)
 }
 
-/// The value of gauge `name` for upstream `uri`.
+/// The value of gauge `name` for server `uri`: an `--upstream` as given,
+/// or `http://` and one of the addresses a name gave; 0 when absent.
 fn gauge(registry: &prometheus::Registry, name: &str, uri: &str) -> i64 {
+    series(registry, name, uri).unwrap_or(0)
+}
+
+/// The value of gauge `name` for server `uri`, if it has one.
+fn series(registry: &prometheus::Registry, name: &str, uri: &str) -> Option<i64> {
+    let is_server = |label: &prometheus::proto::LabelPair| match label.name() {
+        "upstream" => label.value() == uri,
+        "address" => format!("http://{}", label.value()) == uri,
+        _ => false,
+    };
     registry
         .gather()
         .iter()
         .filter(|family| family.name() == name)
         .flat_map(|family| family.get_metric())
-        .find(|metric| {
-            metric
-                .get_label()
-                .iter()
-                .any(|l| l.name() == "upstream" && l.value() == uri)
-        })
-        .map_or(0, |metric| metric.get_gauge().get_value() as i64)
+        .find(|metric| metric.get_label().iter().any(is_server))
+        .map(|metric| metric.get_gauge().get_value() as i64)
 }
 
 fn streams_on(registry: &prometheus::Registry, uri: &str) -> i64 {
@@ -59,6 +74,17 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `count` new sessions in room `r`, as users `PREFIX0`, `PREFIX1`...
+async fn joined(proxy: &Proxy, prefix: &str, count: usize) -> Vec<Ws> {
+    let mut sessions = Vec::new();
+    for i in 0..count {
+        let mut ws = proxy.connect().await;
+        ws.join("r", &format!("{prefix}{i}")).await;
+        sessions.push(ws);
+    }
+    sessions
 }
 
 /// Sends a message until it is confirmed: while the connection's stream is
@@ -182,12 +208,7 @@ async fn a_killed_server_s_sessions_move_to_the_other_on_the_same_websockets() {
         gauge(&registry, "wsgate_upstream_healthy", &uris[0]) == 1
     })
     .await;
-    let mut later = Vec::new();
-    for i in 0..2 {
-        let mut ws = proxy.connect().await;
-        ws.join("r", &format!("later{i}")).await;
-        later.push(ws);
-    }
+    let _later = joined(&proxy, "later", 2).await;
     assert_eq!(streams_on(&registry, &uris[0]), 1);
     assert_eq!(streams_on(&registry, &uris[1]), 4);
     proxy.stop().await;
@@ -233,12 +254,7 @@ async fn a_server_turning_not_serving_drains_its_sessions_and_gets_no_new_ones()
     assert!(message.contains("no longer serving"), "{outage}");
 
     // Sessions opened now all go to the healthy one.
-    let mut late = Vec::new();
-    for i in 0..4 {
-        let mut ws = proxy.connect().await;
-        ws.join("r", &format!("late{i}")).await;
-        late.push(ws);
-    }
+    let _late = joined(&proxy, "late", 4).await;
     assert_eq!(streams_on(&registry, &uris[0]), 0);
     assert_eq!(streams_on(&registry, &uris[1]), 6);
     proxy.stop().await;
@@ -251,12 +267,7 @@ async fn new_sessions_spread_over_healthy_servers() {
     let (a, b) = (Server::start().await, Server::start().await);
     let uris = vec![a.uri(), b.uri()];
     let (proxy, registry) = gateway(&uris).await;
-    let mut sessions = Vec::new();
-    for i in 0..6 {
-        let mut ws = proxy.connect().await;
-        ws.join("r", &format!("u{i}")).await;
-        sessions.push(ws);
-    }
+    let sessions = joined(&proxy, "u", 6).await;
     // In turn: three and three.
     assert_eq!(streams_on(&registry, &uris[0]), 3);
     assert_eq!(streams_on(&registry, &uris[1]), 3);
@@ -352,4 +363,242 @@ async fn the_binary_takes_several_upstreams_and_logs_each_health_change_once() {
     let twice = run_to_exit(twice);
     assert_eq!(twice.status.code(), Some(1), "{twice:?}");
     assert!(twice.stderr.contains("is given twice"), "{}", twice.stderr);
+}
+
+/// `chat.test` for a gateway's resolver, with the addresses the test sets:
+/// DNS, without the machine's resolver (its /etc/hosts gives `localhost`
+/// one address and no test may edit it).
+#[derive(Clone, Default)]
+struct Names {
+    answer: Arc<Mutex<Option<Vec<IpAddr>>>>,
+    lookups: Arc<AtomicUsize>,
+}
+
+const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
+
+impl Names {
+    fn giving(ips: &[IpAddr]) -> Names {
+        let names = Names::default();
+        *names.answer.lock().unwrap() = Some(ips.to_vec());
+        names
+    }
+
+    fn resolver(&self) -> proxy::Resolver {
+        let names = self.clone();
+        proxy::Resolver::from_fn(move |host, port| {
+            names.lookups.fetch_add(1, Ordering::SeqCst);
+            let answer = names.answer.lock().unwrap().clone();
+            Box::pin(async move {
+                match answer {
+                    Some(ips) if host == "chat.test" => {
+                        Ok(ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+                    }
+                    _ => Err(std::io::Error::other("no such name")),
+                }
+            })
+        })
+    }
+
+    /// Answers `ips` from now on (`None`: fails), and waits until the
+    /// gateway has applied that answer: until the lookup after the next
+    /// one has begun (lookups run one at a time).
+    async fn answer(&self, ips: Option<&[IpAddr]>) {
+        *self.answer.lock().unwrap() = ips.map(<[IpAddr]>::to_vec);
+        let seen = self.lookups.load(Ordering::SeqCst);
+        until("the new answer applied", || {
+            self.lookups.load(Ordering::SeqCst) >= seen + 2
+        })
+        .await;
+    }
+}
+
+/// A gateway in front of `http://chat.test:PORT`, looking it up in `names`
+/// every 50 ms.
+async fn gateway_for_name(names: &Names, port: u16) -> (Proxy, prometheus::Registry) {
+    gateway_with(proxy::Config {
+        upstream_resolver: names.resolver(),
+        upstream_resolve_interval: Duration::from_millis(50),
+        ..proxy::Config::new(format!("http://chat.test:{port}"))
+    })
+    .await
+}
+
+/// Two servers on one port, 127.0.0.1:P and [::1]:P, as a name with an A
+/// and an AAAA record gives them.
+fn two_on_one_port(dir: &std::path::Path) -> (ServerProcess, ServerProcess) {
+    loop {
+        let v4 = std::net::TcpListener::bind((V4, 0)).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        // Taken on ::1: another port.
+        let Ok(v6) = std::net::TcpListener::bind((V6, port)) else {
+            continue;
+        };
+        drop((v4, v6));
+        let a = ServerProcess::spawn(&dir.join("a.db"), SocketAddr::new(V4, port));
+        let b = ServerProcess::spawn(&dir.join("b.db"), SocketAddr::new(V6, port));
+        return (a, b);
+    }
+}
+
+#[tokio::test]
+async fn a_name_s_addresses_are_servers_sessions_spread_and_a_killed_one_s_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_on_one_port(dir.path());
+    let servers = vec![a.uri(), b.uri()];
+    assert!(servers[1].starts_with("http://[::1]:"), "{servers:?}");
+    let names = Names::giving(&[V6, V4]);
+    let (proxy, registry) = gateway_for_name(&names, a.addr.port()).await;
+    // One session on each address: the name is two servers.
+    let (mut on_first, mut on_second) = one_on_each(&proxy, &registry, &servers).await;
+    assert_eq!(gauge(&registry, "wsgate_upstream_healthy", &servers[0]), 1);
+    assert_eq!(gauge(&registry, "wsgate_upstream_healthy", &servers[1]), 1);
+
+    a.kill_9();
+    moved_and_chatting(&registry, &servers, &mut on_first, &mut on_second).await;
+    until("the killed address counted unhealthy", || {
+        gauge(&registry, "wsgate_upstream_healthy", &servers[0]) == 0
+    })
+    .await;
+    let mut late = proxy.connect().await;
+    late.join("r", "late").await;
+    assert_eq!(streams_on(&registry, &servers[1]), 3);
+    proxy.stop().await;
+    drop(b);
+}
+
+#[tokio::test]
+async fn an_address_the_name_gains_gets_sessions_and_one_it_loses_keeps_only_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = two_on_one_port(dir.path());
+    let servers = [a.uri(), b.uri()];
+    let names = Names::giving(&[V4]);
+    let (proxy, registry) = gateway_for_name(&names, a.addr.port()).await;
+    let mut first = proxy.connect().await;
+    first.join("r", "first").await;
+    assert_eq!(streams_on(&registry, &servers[0]), 1);
+    // One address: one server, its health not watched (as with one
+    // --upstream).
+    assert_eq!(
+        series(&registry, "wsgate_upstream_healthy", &servers[0]),
+        None
+    );
+
+    // ::1 joins: new sessions go to both in turn, health is watched.
+    names.answer(Some(&[V4, V6])).await;
+    let mut sessions = joined(&proxy, "joined", 2).await;
+    assert_eq!(streams_on(&registry, &servers[0]), 2);
+    assert_eq!(streams_on(&registry, &servers[1]), 1);
+    assert_eq!(
+        series(&registry, "wsgate_upstream_healthy", &servers[1]),
+        Some(1)
+    );
+
+    // 127.0.0.1 leaves the name: no new sessions there, and those on it
+    // stay (it still serves them) and keep chatting.
+    names.answer(Some(&[V6])).await;
+    sessions.extend(joined(&proxy, "after", 2).await);
+    assert_eq!(streams_on(&registry, &servers[1]), 3);
+    assert_eq!(streams_on(&registry, &servers[0]), 2);
+    let echo = first.say("r", "first", "still", "still here").await;
+    assert_eq!(echo["content"], "still here");
+
+    // A failed lookup keeps the set: new sessions still find ::1.
+    names.answer(None).await;
+    let mut ws = proxy.connect().await;
+    ws.join("r", "during-failure").await;
+    assert_eq!(streams_on(&registry, &servers[1]), 4);
+
+    // Its last session gone, the address that left is forgotten: no
+    // series of it stay behind.
+    drop(first);
+    drop(sessions);
+    until("the left address's series removed", || {
+        series(
+            &registry,
+            "wsgate_upstream_server_streams_open",
+            &servers[0],
+        )
+        .is_none()
+    })
+    .await;
+    proxy.stop().await;
+    drop((a, b));
+}
+
+#[tokio::test]
+async fn over_tls_a_name_s_servers_are_checked_against_the_name_not_the_address() {
+    let ca = support::pki::Ca::new("test CA");
+    let named = |names: &[&str]| {
+        let pair = ca.server_named(names);
+        wsgate::tls::ServerTls::from_pem(pair.cert.as_bytes(), pair.key.as_bytes(), None).unwrap()
+    };
+    // Its certificate holds the name only: checked against 127.0.0.1 it
+    // would be refused.
+    let server = Server::start_tls(named(&["chat.test"])).await;
+    let names = Names::giving(&[V4]);
+    let gateway_to = |port: u16| proxy::Config {
+        upstream_tls: Some(ca.gateway_trusting(None)),
+        upstream_resolver: names.resolver(),
+        ..proxy::Config::new(format!("https://chat.test:{port}"))
+    };
+    let (proxy, _) = gateway_with(gateway_to(server.addr.port())).await;
+    let mut ws = proxy.connect().await;
+    let echo = ws.say("r", "u", "m1", "by name").await;
+    assert_eq!(echo["seq"], "1");
+    proxy.stop().await;
+
+    // A certificate for another name is refused.
+    let other = Server::start_tls(named(&["other.test"])).await;
+    let (proxy, _) = gateway_with(gateway_to(other.addr.port())).await;
+    let mut ws = proxy.connect().await;
+    let reply = ws.call("get_user", json!({"user_id": "u"})).await;
+    assert_eq!(reply["error"]["code"], "UNAVAILABLE", "{reply}");
+    proxy.stop().await;
+    server.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test]
+async fn the_binary_looks_a_name_up_and_serves_through_its_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::spawn(&dir.path().join("a.db"), any_port());
+    let port = server.addr.port();
+    let mut command = wsgate();
+    // The machine's resolver: localhost is 127.0.0.1 here, one address.
+    command.args([
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &format!("http://localhost:{port}"),
+        "--upstream-resolve-interval",
+        "1",
+    ]);
+    let gateway = spawn_listening(command, "WebSocket gateway listening");
+    let mut ws = Ws::connect(&format!("ws://{}/", gateway.addr)).await;
+    let echo = ws.say("r", "u", "m1", "through a name").await;
+    assert_eq!(echo["seq"], "1");
+    let log = gateway.kill_and_read_log();
+    let resolved: Vec<_> = log
+        .iter()
+        .filter(|l| l.contains("upstream name resolved"))
+        .collect();
+    assert_eq!(resolved.len(), 1, "{log:#?}");
+    assert!(
+        resolved[0].contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        resolved[0]
+    );
+
+    // A zero interval is refused, said as such.
+    let mut zero = wsgate();
+    zero.args(["proxy", "--upstream-resolve-interval", "0"]);
+    let zero = run_to_exit(zero);
+    assert_eq!(zero.status.code(), Some(2), "{zero:?}");
+    assert!(
+        zero.stderr.contains("--upstream-resolve-interval"),
+        "{}",
+        zero.stderr
+    );
 }

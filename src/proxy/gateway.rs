@@ -666,6 +666,7 @@ mod tests {
                     "/chat.ChatService/GetChatHistory"
                 ),
                 ("list_rooms", "room_list", "/chat.ChatService/ListRooms"),
+                ("get_limits", "limits", "/chat.ChatService/GetLimits"),
             ]
         );
         let stream = gw.stream().expect("chat has a stream");
@@ -710,7 +711,8 @@ mod tests {
                 "get_user",
                 "set_user_name",
                 "get_chat_history",
-                "list_rooms"
+                "list_rooms",
+                "get_limits"
             ]
         );
         assert!(gw.action("resume").is_none());

@@ -5,6 +5,7 @@
 //! as healthy: the gateway fronts any gRPC service, not only ones that
 //! report their health.
 
+use std::sync::Weak;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::upstream::Upstream;
+use super::upstream::Backend;
 
 /// Wait before watching again after the stream ended or could not open.
 const RETRY: Duration = Duration::from_secs(1);
@@ -21,16 +22,19 @@ const RETRY: Duration = Duration::from_secs(1);
 /// is what finds out that it stopped answering.
 const UNIMPLEMENTED_RETRY: Duration = Duration::from_secs(5);
 
-/// Keeps backend `index`'s health up to date until `stop`, logging each
-/// change once.
-pub(super) async fn watch(upstream: Upstream, index: usize, stop: CancellationToken) {
-    let service = upstream.gateway().service().to_owned();
+/// Keeps `backend`'s health up to date, logging each change once, until
+/// `stop` (which the backend cancels when it is dropped: the watch holds it
+/// weakly, so that a server that left the set is not kept alive by it).
+pub(super) async fn watch(service: String, backend: Weak<Backend>, stop: CancellationToken) {
     loop {
+        let Some(channel) = backend.upgrade().map(|b| b.channel()) else {
+            return;
+        };
         let (healthy, why, retry) = tokio::select! {
             _ = stop.cancelled() => return,
-            verdict = watch_once(&upstream, index, &service) => verdict,
+            verdict = watch_once(&backend, channel, &service) => verdict,
         };
-        record(&upstream, index, healthy, &why);
+        record(&backend, healthy, &why);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(retry) => {}
@@ -40,9 +44,12 @@ pub(super) async fn watch(upstream: Upstream, index: usize, stop: CancellationTo
 
 /// Follows one Watch stream, recording each status it reports, until it
 /// ends: then what the backend's health is and why, and when to ask again.
-async fn watch_once(upstream: &Upstream, index: usize, service: &str) -> (bool, String, Duration) {
-    let backend = upstream.backend(index);
-    let mut client = HealthClient::new(backend.channel());
+async fn watch_once(
+    backend: &Weak<Backend>,
+    channel: tonic::transport::Channel,
+    service: &str,
+) -> (bool, String, Duration) {
+    let mut client = HealthClient::new(channel);
     let request = HealthCheckRequest {
         service: service.to_owned(),
     };
@@ -59,7 +66,7 @@ async fn watch_once(upstream: &Upstream, index: usize, service: &str) -> (bool, 
             Ok(Some(response)) => {
                 let status = response.status();
                 let healthy = status == ServingStatus::Serving;
-                record(upstream, index, healthy, status.as_str_name());
+                record(backend, healthy, status.as_str_name());
             }
             Ok(None) => return (false, "its health stream ended".to_owned(), RETRY),
             Err(status) => return (false, unreachable(&status), RETRY),
@@ -75,15 +82,17 @@ fn unreachable(status: &tonic::Status) -> String {
     )
 }
 
-fn record(upstream: &Upstream, index: usize, healthy: bool, why: &str) {
-    let backend = upstream.backend(index);
+fn record(backend: &Weak<Backend>, healthy: bool, why: &str) {
+    let Some(backend) = backend.upgrade() else {
+        return;
+    };
     if !backend.set_healthy(healthy) {
         return;
     }
-    let uri = backend.uri.as_str();
+    let (uri, address) = (backend.uri.as_str(), backend.address.as_str());
     if healthy {
-        tracing::info!(upstream = uri, status = why, "upstream healthy");
+        tracing::info!(upstream = uri, address, status = why, "upstream healthy");
     } else {
-        tracing::warn!(upstream = uri, status = why, "upstream unhealthy");
+        tracing::warn!(upstream = uri, address, status = why, "upstream unhealthy");
     }
 }

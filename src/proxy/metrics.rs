@@ -17,6 +17,10 @@ use crate::proto::code_name;
 /// The label of frames that are not a known action (bad JSON, unknown key).
 const INVALID_ACTION: &str = "invalid";
 
+/// The label of pings (a frame with only a `request_id`). In parentheses,
+/// as no action's name can be, so that a service's `ping` is counted apart.
+const PING: &str = "(ping)";
+
 pub struct GatewayMetrics {
     pub connections_open: IntGauge,
     connections: IntCounter,
@@ -26,6 +30,7 @@ pub struct GatewayMetrics {
     /// (action names are the service's, not the client's to choose).
     frames_in: HashMap<String, IntCounter, foldhash::fast::RandomState>,
     frames_in_invalid: IntCounter,
+    frames_in_ping: IntCounter,
     pub frames_out: IntCounter,
     pub bytes_out: IntCounter,
     error_frames: IntCounterVec,
@@ -83,6 +88,7 @@ impl GatewayMetrics {
                 &["reason"],
             ),
             frames_in_invalid: frames.with_label_values(&[INVALID_ACTION]),
+            frames_in_ping: frames.with_label_values(&[PING]),
             frames_in,
             frames_out: counter(
                 "wsgate_ws_frames_out_total",
@@ -125,7 +131,7 @@ impl GatewayMetrics {
                         "wsgate_upstream_server_streams_open",
                         "Open bidirectional streams to the upstream service, by server",
                     ),
-                    &["upstream"],
+                    &["upstream", "address"],
                 )
                 .expect("valid metric"),
             ),
@@ -136,7 +142,7 @@ impl GatewayMetrics {
                         "wsgate_upstream_healthy",
                         "Whether an upstream server's health check says it serves (1) or not (0)",
                     ),
-                    &["upstream"],
+                    &["upstream", "address"],
                 )
                 .expect("valid metric"),
             ),
@@ -204,6 +210,10 @@ impl GatewayMetrics {
         }
     }
 
+    pub fn ping_in(&self) {
+        self.frames_in_ping.inc();
+    }
+
     pub fn error_frame(&self, code: Code) {
         self.error_frames
             .with_label_values(&[code_name(code)])
@@ -219,14 +229,27 @@ impl GatewayMetrics {
             .observe(took.as_secs_f64());
     }
 
-    /// The open-streams gauge of upstream server `uri`.
-    pub fn upstream_streams_open_on(&self, uri: &str) -> IntGauge {
-        self.upstream_streams_open_on.with_label_values(&[uri])
+    /// The open-streams gauge of upstream server `address`, one of those of
+    /// `--upstream` `uri`.
+    pub fn upstream_streams_open_on(&self, uri: &str, address: &str) -> IntGauge {
+        self.upstream_streams_open_on
+            .with_label_values(&[uri, address])
     }
 
-    /// The health gauge of upstream server `uri`.
-    pub fn upstream_healthy(&self, uri: &str) -> IntGauge {
-        self.upstream_healthy.with_label_values(&[uri])
+    /// The health gauge of upstream server `address` of `uri`.
+    pub fn upstream_healthy(&self, uri: &str, address: &str) -> IntGauge {
+        self.upstream_healthy.with_label_values(&[uri, address])
+    }
+
+    /// Drops the series of a server that has left: a name's addresses come
+    /// and go (new ones at each deploy, on some platforms), and the series
+    /// of every address ever seen would grow without bound.
+    pub fn forget_upstream(&self, uri: &str, address: &str) {
+        // Absent (never watched, so no health series) is fine.
+        let _ = self
+            .upstream_streams_open_on
+            .remove_label_values(&[uri, address]);
+        let _ = self.upstream_healthy.remove_label_values(&[uri, address]);
     }
 
     pub fn upstream_stream_lost(&self, code: Code) {

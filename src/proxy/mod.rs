@@ -11,6 +11,8 @@
 //!   distinct frame and shared by the sessions that receive it.
 //! - `upstream`: the upstream servers and their shared gRPC connections,
 //!   unary calls, and each session's reconnecting bidirectional stream.
+//! - `resolve`: upstream names: lookups, and what a new answer changes in
+//!   the set of servers (pure).
 //! - `health`: each upstream server's `grpc.health.v1` status.
 //! - `credentials`: where a browser's token travels (cookie, subprotocol),
 //!   URL tokens refused, and what becomes gRPC metadata upstream.
@@ -42,6 +44,7 @@ pub mod origin;
 mod outbound;
 mod quiet_log;
 pub mod rate;
+mod resolve;
 mod serve;
 mod session;
 pub mod tls;
@@ -70,6 +73,7 @@ pub use limits::{
 use metrics::GatewayMetrics;
 pub use origin::Origin;
 pub use rate::{DEFAULT_FRAME_BURST, DEFAULT_MAX_FRAMES_PER_SECOND};
+pub use resolve::{DEFAULT_RESOLVE_INTERVAL, Resolver};
 use upstream::Upstream;
 
 /// Default largest frame a browser may send, in bytes.
@@ -132,9 +136,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Config {
     /// URIs of the servers of the gRPC service, e.g.
     /// `http://127.0.0.1:50051`, or `https://...` with
-    /// [`Config::upstream_tls`] set. Calls and streams go to the healthy
-    /// ones in turn.
+    /// [`Config::upstream_tls`] set. A host that is a name stands for as
+    /// many servers as it has addresses. Calls and streams go to the
+    /// healthy ones in turn.
     pub upstreams: Vec<String>,
+    /// Looks the upstream names up (the system's resolver by default).
+    pub upstream_resolver: Resolver,
+    /// Time between two lookups of each upstream name.
+    pub upstream_resolve_interval: Duration,
     /// TLS to the upstream (`--upstream-ca` and the other `--upstream-*`
     /// flags); required by an `https://` upstream, refused by `http://`.
     pub upstream_tls: Option<crate::tls::ClientTls>,
@@ -189,6 +198,8 @@ impl Config {
     pub fn new(upstream: impl Into<String>) -> Self {
         Config {
             upstreams: vec![upstream.into()],
+            upstream_resolver: Resolver::system(),
+            upstream_resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             upstream_tls: None,
             upstream_connections: DEFAULT_UPSTREAM_CONNECTIONS,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -308,20 +319,13 @@ pub async fn run(
     }
     let local = listener.local_addr()?;
     let metrics = Arc::new(GatewayMetrics::new(&config.metrics, gateway.actions()));
-    let upstream = Upstream::new(
-        &config.upstreams,
-        config.upstream_tls.clone(),
-        config.upstream_connections,
-        gateway,
-        config.unary_timeout,
-        metrics.clone(),
-    )?;
+    let upstream = Upstream::new(&config, gateway, metrics.clone(), shutdown.child_token())?;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    upstream.watch_health(shutdown.child_token());
+    upstream.start().await;
     tracing::info!(%local, scheme, upstream = %config.upstreams.join(","),
         upstream_tls = config.upstream_tls.is_some(), "WebSocket gateway listening");
     tracing::info!(

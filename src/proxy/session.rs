@@ -17,7 +17,7 @@ use super::gateway::REQUEST_ID;
 use super::identity::{Gate, Identity};
 use super::outbound::{Limits, ToClient, close_code, spawn_writer};
 use super::rate::{self, FrameRate, Verdict};
-use super::transcode::{Frame, error_json, reply_json, status_json};
+use super::transcode::{Frame, error_json, pong_json, reply_json, status_json};
 use super::upstream::StreamLink;
 
 /// Serves one upgraded WebSocket until it ends.
@@ -240,6 +240,10 @@ async fn dispatch(
                 client.send(frame).await;
                 drop(slot);
             });
+        }
+        Ok(Frame::Ping { request_id }) => {
+            metrics.ping_in();
+            client.send(pong_json(&request_id)).await;
         }
         Ok(Frame::Stream {
             action,

@@ -46,6 +46,12 @@ pub enum Frame<'a> {
         action: &'a str,
         message: DynamicMessage,
     },
+    /// A frame with a `request_id` and no action: a ping, which the gateway
+    /// answers itself with [`pong_json`] (nothing goes upstream). A client
+    /// sends one to learn that its connection still carries frames both
+    /// ways: a socket whose peer vanished (a laptop that slept, a network
+    /// that changed) reports nothing until TCP gives up, minutes later.
+    Ping { request_id: String },
 }
 
 /// A frame the gateway refuses; answer it with [`FrameError::to_json`]. The
@@ -108,7 +114,10 @@ impl Gateway {
             )));
         }
         let Some((key, raw)) = top.action else {
-            return Err(self.not_a_frame(request_id));
+            return match request_id {
+                Some(request_id) => Ok(Frame::Ping { request_id }),
+                None => Err(self.not_a_frame(None)),
+            };
         };
         if !top.more_actions.is_empty() {
             let keys: Vec<&str> = std::iter::once(&*key)
@@ -440,6 +449,11 @@ pub fn error_json(code: Code, message: &str, request_id: Option<&str>) -> String
     serde_json::to_string(&envelope).unwrap_or_else(|_| ENCODE_FAILED.to_owned())
 }
 
+/// The answer to a [`Frame::Ping`]: `{"request_id": "..."}`.
+pub fn pong_json(request_id: &str) -> String {
+    serde_json::json!({ REQUEST_ID: request_id }).to_string()
+}
+
 /// The error frame of a failed gRPC call.
 pub fn status_json(status: &tonic::Status, request_id: Option<&str>) -> String {
     error_json(status.code(), status.message(), request_id)
@@ -548,6 +562,19 @@ mod tests {
     }
 
     #[test]
+    fn a_request_id_alone_is_a_ping_answered_with_it() {
+        let gw = chat_gateway();
+        let Ok(Frame::Ping { request_id }) = gw.parse_frame(r#"{"request_id": "p\"1"}"#) else {
+            panic!("expected a ping");
+        };
+        assert_eq!(request_id, "p\"1");
+        let pong: serde_json::Value = serde_json::from_str(&pong_json(&request_id)).expect("JSON");
+        assert_eq!(pong, serde_json::json!({ "request_id": "p\"1" }));
+        // Without an id there is nothing to answer with: a bad frame.
+        assert!(gw.parse_frame("{}").is_err());
+    }
+
+    #[test]
     fn escaped_keys_are_unescaped() {
         let gw = chat_gateway();
         let Ok(Frame::Unary {
@@ -604,7 +631,6 @@ mod tests {
             ("\"chat_message\"", SHAPE, None),
             ("null", SHAPE, None),
             ("{}", SHAPE, None),
-            (r#"{"request_id": "r0"}"#, SHAPE, Some("r0")),
             (
                 r#"{"request_id": 5, "get_user": {}}"#,
                 "request_id must be a string",
@@ -619,21 +645,21 @@ mod tests {
                 r#"{"foo": {}, "request_id": "r1"}"#,
                 "unknown action \"foo\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
                  edit_message, delete_message, message_changed, user_renamed, get_user, \
-                 set_user_name, get_chat_history, list_rooms",
+                 set_user_name, get_chat_history, list_rooms, get_limits",
                 Some("r1"),
             ),
             (
                 r#"{"resume": {"joins": []}}"#,
                 "unknown action \"resume\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
                  edit_message, delete_message, message_changed, user_renamed, get_user, \
-                 set_user_name, get_chat_history, list_rooms",
+                 set_user_name, get_chat_history, list_rooms, get_limits",
                 None,
             ),
             (
                 r#"{"ChatMessage": {}}"#,
                 "unknown action \"ChatMessage\"; expected one of: chat_message, join_room, leave_room, error, presence, typing, \
                  edit_message, delete_message, message_changed, user_renamed, get_user, \
-                 set_user_name, get_chat_history, list_rooms",
+                 set_user_name, get_chat_history, list_rooms, get_limits",
                 None,
             ),
             (

@@ -1,17 +1,21 @@
-//! The gRPC side of the gateway: one or more upstream servers of the same
-//! service (a few shared HTTP/2 connections to each), unary calls, and the
-//! reconnecting bidirectional stream that each WebSocket session opens at
-//! its first stream frame. With several upstreams, each call and each stream
-//! open goes to the next healthy one in turn (`health` watches them).
+//! The gRPC side of the gateway: the servers of the upstream service (a few
+//! shared HTTP/2 connections to each), unary calls, and the reconnecting
+//! bidirectional stream that each WebSocket session opens at its first
+//! stream frame. Each `--upstream` is one server, or as many as its name
+//! has addresses (`resolve`), looked up again in the background. With
+//! several servers, each call and each stream open goes to the next healthy
+//! one in turn (`health` watches them).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::bail;
 use bytes::Bytes;
+use hyper_util::rt::TokioIo;
 use prost_reflect::DynamicMessage;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -19,12 +23,14 @@ use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Request, Status};
 
+use super::Config;
 use super::codec::{DynamicCodec, StreamCodec};
 use super::events::{Event, Events};
 use super::gateway::{Gateway, StreamMethod, UnaryMethod};
 use super::metrics::GatewayMetrics;
 use super::outbound::ToClient;
 use super::quiet_log::QuietLog;
+use super::resolve::{self, Host, Resolver};
 use super::transcode::error_json;
 use crate::metrics::Tracked;
 use crate::proto::HTTP2_CONNECTION_WINDOW;
@@ -36,10 +42,18 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Frames a session may queue for its stream while it is being re-opened.
 const LINK_QUEUE: usize = 256;
+/// Shortest time between two lookups of the names: a server turning
+/// unhealthy asks for one at once (it may have been replaced), and several
+/// doing so together ask for one.
+const MIN_LOOKUP_GAP: Duration = Duration::from_secs(1);
 
-/// Reset streams each upstream connection remembers (see [`Upstream::new`]):
+/// Reset streams each upstream connection remembers (see [`channels`]):
 /// as many as the sessions one connection typically carries.
 const RESET_STREAMS_REMEMBERED: usize = 16_384;
+
+/// What a call or stream open gets while no `--upstream` name has given an
+/// address yet.
+const NO_ADDRESS: &str = "the upstream name gives no address (yet)";
 
 /// A cheap-to-clone handle on the upstream service.
 #[derive(Clone)]
@@ -47,10 +61,14 @@ pub struct Upstream {
     shared: Arc<Shared>,
 }
 
-/// One server of the upstream service.
+/// One server of the upstream service: one address, of one `--upstream`.
 pub(super) struct Backend {
-    /// As configured, e.g. `http://10.0.0.5:50051`: the metrics' label.
+    /// As configured, e.g. `http://chat.internal:50051`: the metrics'
+    /// `upstream` label.
     pub(super) uri: String,
+    /// Where its connections go, e.g. `10.0.0.5:50051`: the metrics'
+    /// `address` label, so a name's series are one per address it has now.
+    pub(super) address: String,
     /// HTTP/2 connections, used in turn. One connection is driven by one
     /// task, so under load a single one would keep the gateway on one core;
     /// several also keep the streams per connection well below the limits
@@ -65,11 +83,35 @@ pub(super) struct Backend {
     /// per stream open, never per frame.
     draining: Mutex<CancellationToken>,
     streams_open: prometheus::IntGauge,
-    healthy_gauge: Option<prometheus::IntGauge>,
+    /// Set when its health is first watched: once the set has several
+    /// servers. One server is the only choice whatever its health: it is
+    /// not checked (no gauge, no connection before a session's).
+    healthy_gauge: OnceLock<prometheus::IntGauge>,
+    /// Ends its health watch when the backend is dropped: when it has left
+    /// the set and no stream is on it any more.
+    watching: OnceLock<DropGuard>,
+    /// Its name's early lookup, asked for when it turns unhealthy; `None`
+    /// for an IP address.
+    lookup_now: Option<Arc<Notify>>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 struct Shared {
-    backends: Vec<Backend>,
+    /// The servers calls and new streams go to now, in turn. Replaced
+    /// whole when a lookup changes it; read (an `Arc` clone) once per call
+    /// and stream open, never per frame.
+    members: RwLock<Arc<[Arc<Backend>]>>,
+    /// What each `--upstream` gives. Changed by lookups only, which run one
+    /// at a time (at start, then the lookup task); never held across an
+    /// await.
+    targets: Mutex<Vec<Target>>,
+    tls: Option<ClientTls>,
+    connections: usize,
+    resolver: Resolver,
+    resolve_interval: Duration,
+    lookup_now: Arc<Notify>,
+    /// Ends the lookup task and every health watch.
+    stop: CancellationToken,
     /// The next backend in turn.
     next: AtomicUsize,
     gateway: Arc<Gateway>,
@@ -82,73 +124,218 @@ struct Shared {
     restored_log: QuietLog,
 }
 
+/// One `--upstream` and the servers it gives.
+struct Target {
+    uri: String,
+    host: Host,
+    /// Built once, checked at start; each server's channels dial its own
+    /// address through it, with the URI's host as `:authority`.
+    endpoint: Endpoint,
+    members: Vec<(SocketAddr, Arc<Backend>)>,
+    /// Members whose address the name no longer gives, while streams still
+    /// hold them: given again, an address gets its server back rather than
+    /// a second set of connections to it.
+    left: Vec<(SocketAddr, Weak<Backend>)>,
+    /// Whether its last lookup failed: said once, not at every lookup.
+    failing: bool,
+}
+
 impl Upstream {
-    /// Prepares `connections` channels to each of `uris` without
-    /// connecting: the gateway starts, and keeps serving its page, while
-    /// the upstream is down. With `tls`, each URI must be `https://` and
-    /// every connection is opened by [`ClientTls::connect`]; without, they
-    /// must be `http://`.
+    /// Prepares the servers of `config.upstreams` without connecting: the
+    /// gateway starts, and keeps serving its page, while the upstream is
+    /// down. An IP address is one server at once; a name has none until
+    /// [`Upstream::start`] looks it up. With TLS, each URI must be
+    /// `https://` and every connection is opened by [`ClientTls::connect`];
+    /// without, they must be `http://`. `stop` ends the lookups and health
+    /// watches.
     pub fn new(
-        uris: &[String],
-        tls: Option<ClientTls>,
-        connections: usize,
+        config: &Config,
         gateway: Arc<Gateway>,
-        unary_timeout: Duration,
         metrics: Arc<GatewayMetrics>,
+        stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        if uris.is_empty() {
+        if config.upstreams.is_empty() {
             bail!("no upstream address given");
         }
-        let several = uris.len() > 1;
-        let backends = uris
+        let tls = config.upstream_tls.clone();
+        let mut targets = config
+            .upstreams
             .iter()
-            .map(|uri| {
-                let channels = channels(uri, tls.as_ref(), connections)?;
-                // One upstream is the only choice whatever its health: it is
-                // not checked (no gauge, no connection before a session's).
-                let healthy_gauge = several.then(|| metrics.upstream_healthy(uri));
-                if let Some(gauge) = &healthy_gauge {
-                    gauge.set(1);
-                }
-                Ok(Backend {
-                    uri: uri.clone(),
-                    channels,
-                    next: AtomicUsize::new(0),
-                    healthy: AtomicBool::new(true),
-                    draining: Mutex::new(CancellationToken::new()),
-                    streams_open: metrics.upstream_streams_open_on(uri),
-                    healthy_gauge,
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Upstream {
+            .map(|uri| target(uri, tls.as_ref()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let upstream = Upstream {
             shared: Arc::new(Shared {
-                backends,
-                next: AtomicUsize::new(0),
+                members: RwLock::new(Arc::new([])),
+                targets: Mutex::new(Vec::new()),
+                tls,
+                connections: config.upstream_connections.max(1),
+                resolver: config.upstream_resolver.clone(),
+                resolve_interval: config.upstream_resolve_interval,
+                lookup_now: Arc::new(Notify::new()),
+                stop,
+                // A random first turn (as gRPC's round robin does): gateways
+                // started together do not all send their first sessions to
+                // the first server.
+                next: AtomicUsize::new(fastrand::usize(..)),
                 gateway,
                 events: Events::default(),
-                unary_timeout,
+                unary_timeout: config.unary_timeout,
                 metrics,
                 lost_log: QuietLog::new(),
                 restored_log: QuietLog::new(),
             }),
+        };
+        for target in &mut targets {
+            if let Host::Address(address) = target.host {
+                let backend = upstream.backend_for(target, address);
+                target.members.push((address, backend));
+            }
+        }
+        upstream.publish(targets);
+        Ok(upstream)
+    }
+
+    /// Looks every name up once (sessions opened before would find no
+    /// server), then keeps looking them up in the background and the
+    /// servers' health watched, until `stop`.
+    pub async fn start(&self) {
+        self.look_up().await;
+        let names = self.lock_targets().iter().any(|t| t.name().is_some());
+        if names {
+            tokio::spawn(self.clone().keep_looking_up());
+        }
+    }
+
+    async fn keep_looking_up(self) {
+        let shared = &self.shared;
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shared.stop.cancelled() => return,
+                _ = tokio::time::sleep(shared.resolve_interval) => {}
+                () = shared.lookup_now.notified() => {
+                    tokio::select! {
+                        _ = shared.stop.cancelled() => return,
+                        _ = tokio::time::sleep_until(last + MIN_LOOKUP_GAP) => {}
+                    }
+                }
+            }
+            last = tokio::time::Instant::now();
+            self.look_up().await;
+        }
+    }
+
+    /// One lookup of every name, all at once; each answer applied.
+    async fn look_up(&self) {
+        let names: Vec<(String, u16)> = self
+            .lock_targets()
+            .iter()
+            .filter_map(|t| t.name().map(|(name, port)| (name.to_owned(), port)))
+            .collect();
+        let resolver = &self.shared.resolver;
+        let lookups = names
+            .iter()
+            .map(|(name, port)| resolver.lookup(name, *port));
+        let mut answers = futures_util::future::join_all(lookups).await.into_iter();
+        let mut targets = std::mem::take(&mut *self.lock_targets());
+        for target in targets.iter_mut().filter(|t| t.name().is_some()) {
+            match answers.next() {
+                Some(Ok(addresses)) => self.apply(target, &addresses),
+                Some(Err(e)) => target.lookup_failed(&e),
+                None => {}
+            }
+        }
+        self.publish(targets);
+    }
+
+    /// Applies one lookup's answer to `target`'s members.
+    fn apply(&self, target: &mut Target, addresses: &[SocketAddr]) {
+        let mut left = std::mem::take(&mut target.left);
+        left.retain(|(_, backend)| backend.strong_count() > 0);
+        let current = std::mem::take(&mut target.members);
+        let update = resolve::update(current, addresses, |address| {
+            let back = left.iter().position(|(a, _)| *a == address);
+            back.and_then(|i| left.swap_remove(i).1.upgrade())
+                .unwrap_or_else(|| self.backend_for(target, address))
+        });
+        let left_now: Vec<SocketAddr> = update.left.iter().map(|(a, _)| *a).collect();
+        // Their streams stay until they end (docs/scaling.md), or until
+        // their server stops serving: watched, even if it was the only one,
+        // they move then.
+        let service = self.gateway().service();
+        for (address, backend) in &update.left {
+            backend.watch_health(service, &self.shared.stop);
+            left.push((*address, Arc::downgrade(backend)));
+        }
+        target.members = update.members;
+        target.left = left;
+        let recovered = std::mem::replace(&mut target.failing, false);
+        if !update.joined.is_empty() || !left_now.is_empty() || recovered {
+            let now: Vec<SocketAddr> = target.members.iter().map(|(a, _)| *a).collect();
+            tracing::info!(upstream = %target.uri, addresses = ?now, joined = ?update.joined,
+                left = ?left_now, "upstream name resolved");
+        }
+    }
+
+    /// Makes `targets`' members the set, and watches each one's health
+    /// when there are several.
+    fn publish(&self, targets: Vec<Target>) {
+        let members: Arc<[Arc<Backend>]> = targets
+            .iter()
+            .flat_map(|t| t.members.iter().map(|(_, b)| b.clone()))
+            .collect();
+        if members.len() > 1 {
+            let service = self.gateway().service();
+            for backend in members.iter() {
+                backend.watch_health(service, &self.shared.stop);
+            }
+        }
+        *self.lock_targets() = targets;
+        *self
+            .shared
+            .members
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = members;
+    }
+
+    fn lock_targets(&self) -> std::sync::MutexGuard<'_, Vec<Target>> {
+        self.shared
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn backend_for(&self, target: &Target, address: SocketAddr) -> Arc<Backend> {
+        let shared = &self.shared;
+        let label = address.to_string();
+        Arc::new(Backend {
+            uri: target.uri.clone(),
+            channels: channels(
+                &target.endpoint,
+                address,
+                &target.host.name(),
+                shared.tls.as_ref(),
+                shared.connections,
+            ),
+            next: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            draining: Mutex::new(CancellationToken::new()),
+            streams_open: shared.metrics.upstream_streams_open_on(&target.uri, &label),
+            healthy_gauge: OnceLock::new(),
+            watching: OnceLock::new(),
+            lookup_now: target.name().map(|_| shared.lookup_now.clone()),
+            metrics: shared.metrics.clone(),
+            address: label,
         })
     }
 
-    /// Watches the health of every upstream until `stop` (see `health`),
-    /// when there are several to choose from.
-    pub fn watch_health(&self, stop: CancellationToken) {
-        let backends = self.shared.backends.len();
-        if backends < 2 {
-            return;
-        }
-        for index in 0..backends {
-            tokio::spawn(super::health::watch(self.clone(), index, stop.clone()));
-        }
-    }
-
-    pub(super) fn backend(&self, index: usize) -> &Backend {
-        &self.shared.backends[index]
+    /// The servers calls and new streams go to now.
+    pub(super) fn members(&self) -> Arc<[Arc<Backend>]> {
+        self.shared
+            .members
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn gateway(&self) -> &Gateway {
@@ -163,29 +350,31 @@ impl Upstream {
     /// in turn, other than `avoid` (the one a stream was just lost on) when
     /// another is healthy. When none is, the next in turn all the same: the
     /// call fails or the stream retries as with one upstream that is down.
-    fn pick(&self, avoid: Option<usize>) -> usize {
-        let backends = &self.shared.backends;
-        let n = backends.len();
-        if n == 1 {
-            return 0;
+    /// `None` while no name has given an address.
+    fn pick(&self, avoid: Option<&Arc<Backend>>) -> Option<Arc<Backend>> {
+        let members = self.members();
+        let n = members.len();
+        if n < 2 {
+            return members.first().cloned();
         }
         let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let turn = (0..n).map(|i| (start + i) % n);
-        let healthy = |i: &usize| backends[*i].healthy.load(Ordering::Relaxed);
+        let turn = (0..n).map(|i| &members[(start + i) % n]);
+        let healthy = |b: &&Arc<Backend>| b.healthy.load(Ordering::Relaxed);
+        let not_avoided = |b: &&Arc<Backend>| avoid.is_none_or(|a| !Arc::ptr_eq(a, b));
         turn.clone()
             .filter(healthy)
-            .find(|i| Some(*i) != avoid)
+            .find(not_avoided)
             .or_else(|| turn.clone().find(healthy))
-            .or_else(|| turn.clone().find(|i| Some(*i) != avoid))
-            .unwrap_or(start % n)
+            .or_else(|| turn.clone().find(not_avoided))
+            .or(members.get(start % n))
+            .cloned()
     }
 
-    /// Whether a backend other than `index` is healthy.
-    fn healthy_besides(&self, index: usize) -> bool {
-        let backends = self.shared.backends.iter().enumerate();
-        backends
-            .filter(|(i, _)| *i != index)
-            .any(|(_, b)| b.healthy.load(Ordering::Relaxed))
+    /// Whether a server of the set other than `backend` is healthy.
+    fn healthy_besides(&self, backend: &Arc<Backend>) -> bool {
+        self.members()
+            .iter()
+            .any(|b| !Arc::ptr_eq(b, backend) && b.healthy.load(Ordering::Relaxed))
     }
 
     /// Calls a unary method.
@@ -210,7 +399,9 @@ impl Upstream {
         request: DynamicMessage,
         metadata: &MetadataMap,
     ) -> Result<DynamicMessage, Status> {
-        let backend = self.backend(self.pick(None));
+        let backend = self
+            .pick(None)
+            .ok_or_else(|| Status::unavailable(NO_ADDRESS))?;
         let mut grpc = tonic::client::Grpc::new(backend.channel());
         grpc.ready()
             .await
@@ -219,8 +410,10 @@ impl Upstream {
         *request.metadata_mut() = metadata.clone();
         request.set_timeout(self.shared.unary_timeout);
         let codec = DynamicCodec::new(method.output.clone());
-        let response = grpc.unary(request, method.path.clone(), codec).await?;
-        Ok(response.into_inner())
+        let response = grpc.unary(request, method.path.clone(), codec).await;
+        Ok(response
+            .map_err(transport_failure_is_unavailable)?
+            .into_inner())
     }
 
     async fn open_stream(
@@ -242,6 +435,38 @@ impl Upstream {
     }
 }
 
+/// A call whose connection failed under it (its server killed, say) comes
+/// back from tonic as UNKNOWN "transport error": the server never answered,
+/// so it is UNAVAILABLE, worth retrying elsewhere, as docs/protocol.md says.
+fn transport_failure_is_unavailable(status: Status) -> Status {
+    let from_transport = status.code() == Code::Unknown
+        && std::error::Error::source(&status).is_some_and(|e| e.is::<tonic::transport::Error>());
+    if from_transport {
+        Status::unavailable(format!("upstream unavailable: {}", status.message()))
+    } else {
+        status
+    }
+}
+
+impl Target {
+    /// A lookup failed: its members stay as they were, and it is said once
+    /// per failure, not at every lookup.
+    fn lookup_failed(&mut self, error: &std::io::Error) {
+        if !std::mem::replace(&mut self.failing, true) {
+            tracing::warn!(upstream = %self.uri, %error,
+                "upstream name lookup failed; keeping its servers as they were (logged once until it works)");
+        }
+    }
+
+    /// Its name and port, if it is a name.
+    fn name(&self) -> Option<(&str, u16)> {
+        match &self.host {
+            Host::Name { name, port } => Some((name, *port)),
+            Host::Address(_) => None,
+        }
+    }
+}
+
 impl Backend {
     /// The next connection in turn.
     pub(super) fn channel(&self) -> Channel {
@@ -249,12 +474,30 @@ impl Backend {
         channels[self.next.fetch_add(1, Ordering::Relaxed) % channels.len()].clone()
     }
 
+    /// Starts watching its health (`health`), unless it already is.
+    fn watch_health(self: &Arc<Self>, service: &str, stop: &CancellationToken) {
+        let mut started = None;
+        self.watching.get_or_init(|| {
+            let token = stop.child_token();
+            started = Some(token.clone());
+            token.drop_guard()
+        });
+        let Some(token) = started else {
+            return;
+        };
+        let gauge = self.metrics.upstream_healthy(&self.uri, &self.address);
+        gauge.set(i64::from(self.healthy.load(Ordering::Relaxed)));
+        let _ = self.healthy_gauge.set(gauge);
+        let watch = super::health::watch(service.to_owned(), Arc::downgrade(self), token);
+        tokio::spawn(watch);
+    }
+
     /// Records what its health check says; true if that is a change.
     pub(super) fn set_healthy(&self, healthy: bool) -> bool {
         if self.healthy.swap(healthy, Ordering::Relaxed) == healthy {
             return false;
         }
-        if let Some(gauge) = &self.healthy_gauge {
+        if let Some(gauge) = self.healthy_gauge.get() {
             gauge.set(i64::from(healthy));
         }
         let mut draining = self.draining.lock().unwrap_or_else(PoisonError::into_inner);
@@ -262,6 +505,10 @@ impl Backend {
             *draining = CancellationToken::new();
         } else {
             draining.cancel();
+            // Perhaps replaced: its name may give a new address.
+            if let Some(lookup) = &self.lookup_now {
+                lookup.notify_one();
+            }
         }
         true
     }
@@ -275,33 +522,32 @@ impl Backend {
     }
 }
 
-/// `connections` lazy channels to `uri`.
-fn channels(
-    uri: &str,
-    tls: Option<&ClientTls>,
-    connections: usize,
-) -> anyhow::Result<Vec<Channel>> {
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.metrics.forget_upstream(&self.uri, &self.address);
+    }
+}
+
+/// `--upstream` `uri`, checked against the TLS settings, its servers not
+/// yet made.
+fn target(uri: &str, tls: Option<&ClientTls>) -> anyhow::Result<Target> {
     let parsed: Uri = uri.parse()?;
-    let dial = match (parsed.scheme_str(), tls) {
-        (Some("http"), None) | (Some("https"), Some(_)) => uri.to_owned(),
+    match (parsed.scheme_str(), tls) {
+        (Some("http"), None) | (Some("https"), Some(_)) => {}
         (Some("https"), None) => bail!("an https:// upstream needs TLS settings"),
         (Some("http"), Some(_)) => bail!("TLS settings given for a plaintext http:// upstream"),
         _ => bail!("the upstream URI is neither http:// nor https://"),
-    };
-    // tonic refuses a custom connector for an https:// endpoint (it
-    // would add its own TLS): dial an http:// endpoint through ours,
-    // and keep the https:// origin on the requests.
-    let dial = match tls {
-        Some(_) => dial.replacen("https://", "http://", 1),
-        None => dial,
-    };
-    let mut endpoint = Endpoint::from_shared(dial)?;
-    if tls.is_some() {
-        endpoint = endpoint.origin(parsed);
     }
+    let host = Host::of(&parsed)?;
+    // tonic refuses a custom connector for an https:// endpoint (it
+    // would add its own TLS): an http:// endpoint through ours, with the
+    // https:// origin on the requests.
+    let endpoint = match tls {
+        Some(_) => Endpoint::from_shared(uri.replacen("https://", "http://", 1))?.origin(parsed),
+        None => Endpoint::from_shared(uri.to_owned())?,
+    };
     let endpoint = endpoint
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
         // Notices a dead upstream even when no call is active.
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -318,18 +564,45 @@ fn channels(
         .http2_max_concurrent_reset_streams(RESET_STREAMS_REMEMBERED)
         .http2_reset_stream_duration(Duration::from_secs(10))
         .http2_max_local_error_reset_streams(None);
-    Ok((0..connections.max(1))
+    Ok(Target {
+        uri: uri.to_owned(),
+        host,
+        endpoint,
+        members: Vec::new(),
+        left: Vec::new(),
+        failing: false,
+    })
+}
+
+/// `connections` lazy channels through `endpoint` to `address`: the TCP
+/// connection goes to the address, while the requests' `:authority` and the
+/// name the TLS certificate must hold stay the configured `host`.
+fn channels(
+    endpoint: &Endpoint,
+    address: SocketAddr,
+    host: &str,
+    tls: Option<&ClientTls>,
+    connections: usize,
+) -> Vec<Channel> {
+    let host: Arc<str> = host.into();
+    (0..connections)
         .map(|_| match tls {
-            None => endpoint.connect_lazy(),
+            None => {
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| async move {
+                    let tcp = tokio::net::TcpStream::connect(address).await?;
+                    tcp.set_nodelay(true)?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tcp))
+                }))
+            }
             Some(tls) => {
-                let tls = tls.clone();
-                endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: Uri| {
-                    let tls = tls.clone();
-                    async move { tls.connect(uri).await }
+                let (tls, host) = (tls.clone(), host.clone());
+                endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                    let (tls, host) = (tls.clone(), host.clone());
+                    async move { tls.connect(address, &host).await }
                 }))
             }
         })
-        .collect())
+        .collect()
 }
 
 /// A session's bidirectional stream. Dropping it cancels the upstream call
@@ -385,89 +658,96 @@ async fn run_link(
     let mut resume: Option<Bytes> = None;
     let mut backoff = MIN_BACKOFF;
     let mut outage = false;
-    let several = upstream.shared.backends.len() > 1;
-    let mut lost_on = None;
+    let mut lost_on: Option<Arc<Backend>> = None;
     // New credentials re-open on the same server.
-    let mut reopen_on = None;
-    loop {
-        let index = reopen_on.take().unwrap_or_else(|| upstream.pick(lost_on));
-        let backend = upstream.backend(index);
-        let (up_tx, up_rx) = mpsc::channel(32);
-        // Encoded by this gateway from its own descriptors, so it decodes;
-        // the channel is new and empty, so the send cannot fail.
-        if let Some(state) = resume
-            .as_deref()
-            .and_then(|bytes| DynamicMessage::decode(method.input.clone(), bytes).ok())
-        {
-            let _ = up_tx.try_send(Box::new(state));
-        }
-        let credentials = metadata.borrow_and_update().clone();
-        let opened = tokio::select! {
-            _ = cancel.cancelled() => return,
-            opened = Upstream::open_stream(backend, method, up_rx, &credentials) => opened,
-        };
-        let lost = match opened {
-            Ok(mut inbound) => {
-                let _open = Tracked::new(&upstream.shared.metrics.upstream_streams_open);
-                let _open_here = Tracked::new(&backend.streams_open);
-                // Polled as one future for the stream's life: no lock per
-                // frame. With one upstream there is nowhere to move to.
-                let draining = backend.draining();
-                let drained = draining.cancelled();
-                tokio::pin!(drained);
-                let mut movable = several;
-                if outage {
-                    upstream.shared.restored_log.log(
-                        |suppressed| tracing::info!(suppressed, "upstream stream restored"),
-                        || tracing::debug!("upstream stream restored"),
-                    );
-                    outage = false;
-                }
-                backoff = MIN_BACKOFF;
-                let lost = loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        // New credentials: re-open now, replaying the state.
-                        Ok(()) = metadata.changed() => break None,
-                        // Its server is going (NOT_SERVING): move to one
-                        // that serves, if there is one.
-                        () = &mut drained, if movable => {
-                            if upstream.healthy_besides(index) {
-                                break Some(Status::unavailable(
-                                    "the upstream server is no longer serving; moving to another",
-                                ));
-                            }
-                            movable = false;
-                        },
-                        frame = from_session.recv() => match frame {
-                            Some(frame) => if up_tx.send(frame).await.is_err() {
-                                break Some(Status::unavailable("the request stream closed"));
-                            },
-                            None => return,
-                        },
-                        frame = inbound.message() => match frame {
-                            Ok(Some(frame)) => match upstream.shared.events.event(method, &frame) {
-                                Event::Resume(state) => resume = Some(state),
-                                Event::Json(json) => if !client.push(json) {
-                                    return;
-                                },
-                            },
-                            Ok(None) => break Some(Status::unavailable("the service ended the stream")),
-                            Err(status) => break Some(status),
-                        },
-                    }
-                };
-                match lost {
-                    Some(status) => status,
-                    None => {
-                        reopen_on = Some(index);
-                        continue;
-                    }
-                }
+    let mut reopen_on: Option<Arc<Backend>> = None;
+    'link: loop {
+        let picked = reopen_on
+            .take()
+            .or_else(|| upstream.pick(lost_on.take().as_ref()));
+        let lost = 'open: {
+            let Some(backend) = picked else {
+                break 'open Status::unavailable(NO_ADDRESS);
+            };
+            let (up_tx, up_rx) = mpsc::channel(32);
+            // Encoded by this gateway from its own descriptors, so it decodes;
+            // the channel is new and empty, so the send cannot fail.
+            if let Some(state) = resume
+                .as_deref()
+                .and_then(|bytes| DynamicMessage::decode(method.input.clone(), bytes).ok())
+            {
+                let _ = up_tx.try_send(Box::new(state));
             }
-            Err(status) => status,
+            let credentials = metadata.borrow_and_update().clone();
+            let opened = tokio::select! {
+                _ = cancel.cancelled() => return,
+                opened = Upstream::open_stream(&backend, method, up_rx, &credentials) => opened,
+            };
+            let lost = match opened {
+                Ok(mut inbound) => {
+                    let _open = Tracked::new(&upstream.shared.metrics.upstream_streams_open);
+                    let _open_here = Tracked::new(&backend.streams_open);
+                    // Polled as one future for the stream's life: no lock per
+                    // frame. It only fires when health is watched (several
+                    // servers); with one left there is nowhere to move to.
+                    let draining = backend.draining();
+                    let drained = draining.cancelled();
+                    tokio::pin!(drained);
+                    let mut movable = true;
+                    if outage {
+                        upstream.shared.restored_log.log(
+                            |suppressed| tracing::info!(suppressed, "upstream stream restored"),
+                            || tracing::debug!("upstream stream restored"),
+                        );
+                        outage = false;
+                    }
+                    backoff = MIN_BACKOFF;
+                    let lost = loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            // New credentials: re-open now, replaying the state.
+                            Ok(()) = metadata.changed() => break None,
+                            // Its server is going (NOT_SERVING): move to one
+                            // that serves, if there is one.
+                            () = &mut drained, if movable => {
+                                if upstream.healthy_besides(&backend) {
+                                    break Some(Status::unavailable(
+                                        "the upstream server is no longer serving; moving to another",
+                                    ));
+                                }
+                                movable = false;
+                            },
+                            frame = from_session.recv() => match frame {
+                                Some(frame) => if up_tx.send(frame).await.is_err() {
+                                    break Some(Status::unavailable("the request stream closed"));
+                                },
+                                None => return,
+                            },
+                            frame = inbound.message() => match frame {
+                                Ok(Some(frame)) => match upstream.shared.events.event(method, &frame) {
+                                    Event::Resume(state) => resume = Some(state),
+                                    Event::Json(json) => if !client.push(json) {
+                                        return;
+                                    },
+                                },
+                                Ok(None) => break Some(Status::unavailable("the service ended the stream")),
+                                Err(status) => break Some(status),
+                            },
+                        }
+                    };
+                    match lost {
+                        Some(status) => status,
+                        None => {
+                            reopen_on = Some(backend.clone());
+                            continue 'link;
+                        }
+                    }
+                }
+                Err(status) => status,
+            };
+            lost_on = Some(backend);
+            lost
         };
-        lost_on = Some(index);
         upstream.shared.metrics.upstream_stream_lost(lost.code());
         if !outage {
             outage = true;
@@ -504,7 +784,7 @@ fn jittered(d: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    fn upstream(servers: usize) -> Upstream {
+    fn upstream_of(config: &Config) -> (Upstream, prometheus::Registry) {
         let pool = crate::proto::descriptor_pool();
         let service = pool
             .get_service_by_name(crate::proto::CHAT_SERVICE)
@@ -512,43 +792,74 @@ mod tests {
         let gateway = Arc::new(Gateway::from_service(&service, None).expect("a gateway"));
         let registry = prometheus::Registry::new();
         let metrics = Arc::new(GatewayMetrics::new(&registry, gateway.actions()));
+        let stop = CancellationToken::new();
+        let upstream = Upstream::new(config, gateway, metrics, stop).expect("an upstream");
+        (upstream, registry)
+    }
+
+    fn upstream(servers: usize) -> Upstream {
         // Nothing listens there: the channels are lazy and never used.
         let uris: Vec<String> = (0..servers)
             .map(|i| format!("http://127.0.0.1:{}", 1 + i))
             .collect();
-        Upstream::new(&uris, None, 1, gateway, Duration::from_secs(1), metrics)
-            .expect("an upstream")
+        let config = Config {
+            upstreams: uris,
+            ..Config::new(String::new())
+        };
+        upstream_of(&config).0
     }
 
+    fn backend(upstream: &Upstream, index: usize) -> Arc<Backend> {
+        upstream.members()[index].clone()
+    }
+
+    /// Where `count` picks go, as positions in the set.
     fn picks(upstream: &Upstream, avoid: Option<usize>, count: usize) -> Vec<usize> {
-        (0..count).map(|_| upstream.pick(avoid)).collect()
+        let members = upstream.members();
+        let avoid = avoid.map(|i| members[i].clone());
+        (0..count)
+            .map(|_| {
+                let picked = upstream.pick(avoid.as_ref()).expect("a server");
+                let position = members.iter().position(|b| Arc::ptr_eq(b, &picked));
+                position.expect("one of the set")
+            })
+            .collect()
+    }
+
+    /// Whether `got` goes round `servers` in order, from wherever the
+    /// round began (the first turn is random).
+    fn goes_round(got: &[usize], servers: usize) -> bool {
+        got.iter()
+            .enumerate()
+            .all(|(i, &at)| at == (got[0] + i) % servers)
     }
 
     #[tokio::test]
     async fn picks_go_round_the_healthy_servers() {
         let upstream = upstream(3);
-        assert_eq!(picks(&upstream, None, 6), [0, 1, 2, 0, 1, 2]);
-        assert!(upstream.backend(1).set_healthy(false));
+        let got = picks(&upstream, None, 6);
+        assert!(goes_round(&got, 3), "{got:?}");
+        assert!(backend(&upstream, 1).set_healthy(false));
         assert!(
-            !upstream.backend(1).set_healthy(false),
+            !backend(&upstream, 1).set_healthy(false),
             "no change, no news"
         );
         let got = picks(&upstream, None, 6);
         assert!(!got.contains(&1), "{got:?}");
         assert!(got.contains(&0) && got.contains(&2), "{got:?}");
-        assert!(upstream.healthy_besides(0));
+        assert!(upstream.healthy_besides(&backend(&upstream, 0)));
     }
 
     #[tokio::test]
     async fn a_lost_stream_avoids_its_server_unless_it_is_the_only_healthy_one() {
         let upstream = upstream(2);
         assert_eq!(picks(&upstream, Some(0), 4), [1, 1, 1, 1]);
-        upstream.backend(1).set_healthy(false);
-        assert!(!upstream.healthy_besides(0));
+        backend(&upstream, 1).set_healthy(false);
+        assert!(!upstream.healthy_besides(&backend(&upstream, 0)));
         assert_eq!(picks(&upstream, Some(0), 3), [0, 0, 0]);
         // None healthy: anywhere but the one just lost on, as with one
         // server that is down (the open fails and is retried).
-        upstream.backend(0).set_healthy(false);
+        backend(&upstream, 0).set_healthy(false);
         assert_eq!(picks(&upstream, Some(0), 3), [1, 1, 1]);
         assert_eq!(picks(&upstream, None, 4).len(), 4);
     }
@@ -556,7 +867,7 @@ mod tests {
     #[tokio::test]
     async fn turning_unhealthy_cancels_the_streams_token_and_healthy_renews_it() {
         let upstream = upstream(2);
-        let backend = upstream.backend(0);
+        let backend = backend(&upstream, 0);
         let before = backend.draining();
         backend.set_healthy(false);
         assert!(before.is_cancelled());
@@ -567,7 +878,174 @@ mod tests {
     #[tokio::test]
     async fn one_server_is_always_the_one() {
         let upstream = upstream(1);
-        upstream.backend(0).set_healthy(false);
+        backend(&upstream, 0).set_healthy(false);
         assert_eq!(picks(&upstream, Some(0), 2), [0, 0]);
+    }
+
+    /// A resolver whose answer the test sets: `None` fails the lookup.
+    type Answer = Arc<Mutex<Option<Vec<SocketAddr>>>>;
+
+    fn resolver() -> (Resolver, Answer) {
+        let answer = Arc::new(Mutex::new(None::<Vec<SocketAddr>>));
+        let given = answer.clone();
+        let resolver = Resolver::from_fn(move |_, _| {
+            let answer = given.lock().expect("not poisoned").clone();
+            Box::pin(async move { answer.ok_or_else(|| std::io::Error::other("no such name")) })
+        });
+        (resolver, answer)
+    }
+
+    /// An upstream of `uris`, its names answered by the test's resolver.
+    fn named(uris: &[&str]) -> (Upstream, prometheus::Registry, Answer) {
+        let (resolver, answer) = resolver();
+        let config = Config {
+            upstreams: uris.iter().map(|u| (*u).to_owned()).collect(),
+            upstream_resolver: resolver,
+            ..Config::new(String::new())
+        };
+        let (upstream, registry) = upstream_of(&config);
+        (upstream, registry, answer)
+    }
+
+    fn addresses(upstream: &Upstream) -> Vec<String> {
+        upstream
+            .members()
+            .iter()
+            .map(|b| b.address.clone())
+            .collect()
+    }
+
+    fn series(registry: &prometheus::Registry, name: &str) -> Vec<String> {
+        let families = registry.gather();
+        let family = families.iter().find(|f| f.name() == name);
+        family.map_or_else(Vec::new, |f| {
+            f.get_metric()
+                .iter()
+                .flat_map(|m| m.get_label().iter().filter(|l| l.name() == "address"))
+                .map(|l| l.value().to_owned())
+                .collect()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_name_s_addresses_join_and_leave_the_set_as_lookups_say() {
+        let (upstream, registry, answer) = named(&["http://chat.test:50051", "http://10.9.9.9:1"]);
+        // Before the first lookup, only the IP address.
+        assert_eq!(addresses(&upstream), ["10.9.9.9:1"]);
+
+        let (a, b, c): (SocketAddr, SocketAddr, SocketAddr) = (
+            "10.0.0.1:50051".parse().expect("an address"),
+            "[fd00::2]:50051".parse().expect("an address"),
+            "10.0.0.3:50051".parse().expect("an address"),
+        );
+        *answer.lock().expect("not poisoned") = Some(vec![b, a]);
+        upstream.look_up().await;
+        let set = ["10.0.0.1:50051", "[fd00::2]:50051", "10.9.9.9:1"];
+        assert_eq!(addresses(&upstream), set);
+        let first_a = backend(&upstream, 0);
+        // Several now: each is watched, with a health series per address.
+        let mut healthy = series(&registry, "wsgate_upstream_healthy");
+        healthy.sort();
+        assert_eq!(healthy, ["10.0.0.1:50051", "10.9.9.9:1", "[fd00::2]:50051"]);
+        let got = picks(&upstream, None, 3);
+        assert!(goes_round(&got, 3), "{got:?}");
+
+        // b goes while a stream holds it, c comes: a keeps its connections.
+        let on_b = backend(&upstream, 1);
+        *answer.lock().expect("not poisoned") = Some(vec![a, c]);
+        upstream.look_up().await;
+        assert_eq!(
+            addresses(&upstream),
+            ["10.0.0.1:50051", "10.0.0.3:50051", "10.9.9.9:1"]
+        );
+        assert!(Arc::ptr_eq(&first_a, &backend(&upstream, 0)));
+        assert!(!picks(&upstream, None, 6).is_empty());
+        // Its series stay while its stream does.
+        assert!(series(&registry, "wsgate_upstream_healthy").contains(&on_b.address));
+
+        // A failed lookup keeps the set as it was.
+        *answer.lock().expect("not poisoned") = None;
+        upstream.look_up().await;
+        assert_eq!(
+            addresses(&upstream),
+            ["10.0.0.1:50051", "10.0.0.3:50051", "10.9.9.9:1"]
+        );
+
+        // b back while still held: the same server, not new connections.
+        *answer.lock().expect("not poisoned") = Some(vec![a, b]);
+        upstream.look_up().await;
+        assert!(Arc::ptr_eq(&on_b, &backend(&upstream, 1)));
+        // c is gone and nothing held it: its series went with it.
+        drop(on_b);
+        let streams = series(&registry, "wsgate_upstream_server_streams_open");
+        assert!(!streams.contains(&c.to_string()), "{streams:?}");
+        let healthy = series(&registry, "wsgate_upstream_healthy");
+        assert!(!healthy.contains(&c.to_string()), "{healthy:?}");
+        assert!(healthy.contains(&b.to_string()), "{healthy:?}");
+    }
+
+    #[tokio::test]
+    async fn a_name_with_one_address_is_one_unwatched_server_and_none_before_a_lookup() {
+        let (upstream, registry, answer) = named(&["http://chat.test:50051"]);
+        assert!(upstream.pick(None).is_none());
+        *answer.lock().expect("not poisoned") =
+            Some(vec!["10.0.0.1:7".parse().expect("an address")]);
+        upstream.look_up().await;
+        assert_eq!(addresses(&upstream), ["10.0.0.1:7"]);
+        assert!(series(&registry, "wsgate_upstream_healthy").is_empty());
+        backend(&upstream, 0).set_healthy(false);
+        assert_eq!(picks(&upstream, Some(0), 2), [0, 0]);
+    }
+
+    /// What the gateway logs while `run` runs, as text.
+    async fn logged<F: std::future::Future<Output = ()>>(run: F) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .expect("not poisoned")
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        run.await;
+        let bytes = capture.0.lock().expect("not poisoned").clone();
+        String::from_utf8(bytes).expect("UTF-8")
+    }
+
+    #[tokio::test]
+    async fn a_failing_lookup_is_logged_once_until_it_works_again() {
+        let (upstream, _, answer) = named(&["http://chat.test:50051"]);
+        let address: SocketAddr = "10.0.0.1:50051".parse().expect("an address");
+        let log = logged(async {
+            for _ in 0..3 {
+                upstream.look_up().await;
+            }
+            *answer.lock().expect("not poisoned") = Some(vec![address]);
+            upstream.look_up().await;
+            upstream.look_up().await;
+            *answer.lock().expect("not poisoned") = None;
+            upstream.look_up().await;
+            upstream.look_up().await;
+        })
+        .await;
+        let failed = log.matches("upstream name lookup failed").count();
+        assert_eq!(failed, 2, "once per outage:\n{log}");
+        let resolved = log.matches("upstream name resolved").count();
+        assert_eq!(resolved, 1, "once, when it changed:\n{log}");
+        // The outage kept the set.
+        assert_eq!(addresses(&upstream), ["10.0.0.1:50051"]);
     }
 }

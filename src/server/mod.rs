@@ -9,18 +9,24 @@
 //! - `service`: the RPCs.
 //! - `session`: one `Chat` stream (rooms joined, users acted as, frames handled).
 //! - `hub`: rooms, presence, and the fan-out of each committed message,
-//!   edit or deletion, and of renames.
+//!   edit or deletion, and of renames; with a bus, across servers.
+//! - `bus`: the other servers, over NATS (`--bus`): what each commits,
+//!   who is where, who is alive.
+//! - `room_order`: a room's numbered events released in order, holding
+//!   those that arrive ahead of a gap.
 //! - `validate`: pure checks of client input.
 //! - `metrics`: what the server counts, for `/metrics`.
 //!
 //! A message goes session -> storage [`Writer`] (group commit, seq assigned)
 //! -> [`hub::Hub::committed`] on the writer thread -> every member's outbox.
 
+pub mod bus;
 mod directory;
 mod errors;
 mod hub;
 mod identity;
 mod metrics;
+mod room_order;
 mod service;
 mod session;
 mod validate;
@@ -77,6 +83,9 @@ pub struct Config {
     pub writer: WriterOptions,
     /// Where the server's metrics are registered.
     pub metrics: prometheus::Registry,
+    /// The bus to the other servers sharing the database (`--bus`); `None`:
+    /// this server's streams are all there is.
+    pub bus: Option<bus::BusConfig>,
 }
 
 impl Default for Config {
@@ -89,6 +98,7 @@ impl Default for Config {
             stream_buffer: DEFAULT_STREAM_BUFFER,
             writer: WriterOptions::default(),
             metrics: prometheus::Registry::new(),
+            bus: None,
         }
     }
 }
@@ -102,7 +112,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
-    let hub = Arc::new(Hub::default());
+    let bus = match &config.bus {
+        Some(bus) => Some(bus::Bus::connect(bus, store.clone(), &config.metrics).await?),
+        None => None,
+    };
+    let hub = match &bus {
+        Some(bus) => Hub::with_bus(bus.clone()),
+        None => Arc::new(Hub::default()),
+    };
+    // Stops when `run` returns, however it returns: after the last commit
+    // was queued for the bus.
+    let bus_tasks = CancellationToken::new();
+    let _stop_bus_tasks = bus_tasks.clone().drop_guard();
+    if let Some(bus) = &bus {
+        bus.start(hub.clone(), bus_tasks).await;
+    }
     let metrics = Arc::new(ServerMetrics::new(&config.metrics));
     let fan_out = hub.clone();
     let recorded = metrics.clone();
@@ -176,6 +200,9 @@ pub async fn run(
     sessions.close();
     sessions.wait().await;
     writer_thread.join().await?;
+    if let Some(bus) = &bus {
+        bus.goodbye().await;
+    }
     tracing::info!("gRPC chat server stopped; storage flushed");
     Ok(())
 }

@@ -78,7 +78,7 @@ impl ChatService for ChatServiceImpl {
             Caller::of(&request)?;
             let user_id = request.into_inner().user_id;
             validate::user_id(&user_id)?;
-            let online = self.hub.is_online(&user_id);
+            let online = self.hub.is_online_anywhere(&user_id).await;
             let lookup = user_id.clone();
             match self.read(move |store| store.get_user(&lookup)).await? {
                 Some(record) => Ok(Response::new(chat::User::from_record(record, online))),
@@ -124,7 +124,7 @@ impl ChatService for ChatServiceImpl {
                 .await
                 .map_err(|_| ChatError::ShuttingDown)?
                 .map_err(ChatError::from)?;
-            let online = self.hub.is_online(&record.id);
+            let online = self.hub.is_online_anywhere(&record.id).await;
             Ok(Response::new(chat::User::from_record(record, online)))
         }
         .await;
@@ -231,9 +231,8 @@ impl ChatService for ChatServiceImpl {
                     directory::list(store, limit, after, |room| caller.may_enter(room).is_ok())
                 })
                 .await?;
-            let members = self
-                .hub
-                .member_counts(listing.rooms.iter().map(|r| r.room_id.as_str()));
+            let names: Vec<String> = listing.rooms.iter().map(|r| r.room_id.clone()).collect();
+            let members = self.hub.member_counts(&names).await;
             let rooms = listing
                 .rooms
                 .into_iter()
@@ -251,5 +250,19 @@ impl ChatService for ChatServiceImpl {
         }
         .await;
         self.answered("ListRooms", result)
+    }
+
+    async fn get_limits(
+        &self,
+        _request: Request<chat::GetLimitsRequest>,
+    ) -> Result<Response<chat::Limits>, Status> {
+        // The flags are validated at start; a limit past u32 says "no smaller limit than this".
+        let wire = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let limits = chat::Limits {
+            max_content_bytes: wire(self.limits.max_content_bytes),
+            max_id_bytes: wire(validate::MAX_ID_BYTES),
+            max_rooms_per_stream: wire(self.limits.max_rooms),
+        };
+        self.answered("GetLimits", Ok(Response::new(limits)))
     }
 }

@@ -279,6 +279,7 @@ impl Session {
     ) -> Result<(), ChatError> {
         let join = self.admit(join)?;
         let changed = self.join(&join).await;
+        self.hub.ready(&join.room_id).await;
         self.hub.snapshot(&join.room_id, &self.outbox, request_id);
         if changed {
             self.push_resume();
@@ -306,6 +307,7 @@ impl Session {
             match self.admit(join) {
                 Ok(join) => {
                     changed |= self.join(&join).await;
+                    self.hub.ready(&join.room_id).await;
                     self.hub.snapshot(&join.room_id, &self.outbox, None);
                 }
                 Err(ChatError::Invalid(_)) => {}

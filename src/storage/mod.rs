@@ -289,6 +289,25 @@ pub trait Store: Send + Sync + 'static {
     /// A registered user, or `None`.
     fn get_user(&self, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
 
+    /// Each room's newest seq and revision, in the order asked (0, 0 for a
+    /// room without messages). The bus's check of what it lost; an engine
+    /// shared by several servers answers in one query.
+    fn room_tops(&self, rooms: &[String]) -> Result<Vec<(u64, u64)>, StoreError> {
+        rooms
+            .iter()
+            .map(|room_id| {
+                let page = self.history(&HistoryQuery {
+                    room_id: room_id.clone(),
+                    limit: 1,
+                    before_seq: 0,
+                    after_seq: None,
+                })?;
+                let seq = page.messages.last().map_or(0, |m| m.seq);
+                Ok((seq, page.revision))
+            })
+            .collect()
+    }
+
     /// Whether writes are still stored durably: false when the engine knows
     /// they no longer are (its file was deleted, say). Polled about once a
     /// second for the health check, so it must be cheap.

@@ -9,18 +9,20 @@
 //! runtime, owned by the store, drives every connection, and the blocking
 //! methods wait on it ([`tokio::runtime::Handle::block_on`]). The async
 //! client also pipelines: the writer sends a batch's statements without
-//! waiting for each reply (two round trips per batch, see [`PgStore`]'s
-//! `write_batch`), and concurrent reads share a connection. That, and a
-//! handful of connections, is why there is no pool crate.
+//! waiting for each reply (one round trip per batch, two when it edits or
+//! resends, see `apply`), and concurrent reads share a connection. That,
+//! and a handful of connections, is why there is no pool crate.
 //!
 //! # One order per room, with several servers writing
 //! Every server may write any room. A batch's transaction locks the counter
 //! row of each room it writes (`rooms.last_seq`, `SELECT ... FOR UPDATE`),
 //! in the order of the room names, so that two servers writing the same
-//! rooms queue instead of deadlocking. Holding the lock, it reads which of
-//! its messages are already stored (idempotent resend: the lock means no
-//! other server can be storing them right now), numbers the rest from the
-//! counter, inserts them and advances the counter, and commits. A room's
+//! rooms queue instead of deadlocking. Holding the lock, it inserts its
+//! messages numbered from the counter, advances the counter, and commits.
+//! A message already stored (a resend, maybe to another server) fails the
+//! insert on its unique key, and the batch goes again, reading first which
+//! of its messages are stored (the lock means no other server can be
+//! storing them right now) and numbering only the rest. A room's
 //! seqs are thus handed out by one transaction at a time: from 1, with no
 //! gap and no seq twice, whichever server wrote them. Nothing is cached
 //! about a room but that it exists.
@@ -136,20 +138,62 @@ CROSS JOIN LATERAL (
     LIMIT 1
 ) m";
 
-/// A run of new messages, and their senders not known to be registered, in
-/// one statement. No `ON CONFLICT` on messages: under the room lock a clash
-/// is a bug, and must fail the batch rather than lose a message.
-const INSERT_MESSAGES: &str = "
-WITH m AS (
-    INSERT INTO messages (room, seq, id, sender_id, content, timestamp_us)
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                         $6::bigint[])
-), u AS (
+/// The end of both message inserts: their senders not known to be users
+/// (`$7`, `$8`), registered in the same statement.
+macro_rules! register_senders {
+    () => {
+        "), u AS (
     INSERT INTO users (id, name, created_at)
     SELECT id, id, created_at FROM unnest($7::text[], $8::bigint[]) AS u(id, created_at)
     ON CONFLICT (id) DO NOTHING
 )
-SELECT 1";
+SELECT 1"
+    };
+}
+
+/// A run of new messages, and their senders not known to be registered, in
+/// one statement. No `ON CONFLICT` on messages: under the room lock a clash
+/// is a bug, and must fail the batch rather than lose a message.
+const INSERT_MESSAGES: &str = concat!(
+    "
+WITH m AS (
+    INSERT INTO messages (room, seq, id, sender_id, content, timestamp_us)
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+                         $6::bigint[])
+",
+    register_senders!()
+);
+
+/// A run of new messages numbered by the database, for a batch that does
+/// not look for resends first (see `apply_numbered`): each message names
+/// its room by its place in `$9` (the batch's rooms, as locked) and its
+/// place among the batch's messages to that room, and its seq is the
+/// room's counter, as locked, plus that place. Run after the lock, in a
+/// statement of its own, so the counter read is the locked one. A room
+/// that is not there leaves `room` NULL, which the table refuses: the batch
+/// fails rather than a message going missing.
+const INSERT_NUMBERED: &str = concat!(
+    "
+WITH base AS MATERIALIZED (
+    SELECT n.i, r.id, r.last_seq
+    FROM unnest($9::text[]) WITH ORDINALITY AS n(name, i)
+    JOIN rooms r ON r.name = n.name
+), m AS (
+    INSERT INTO messages (room, seq, id, sender_id, content, timestamp_us)
+    SELECT b.id, b.last_seq + k.place, k.id, k.sender_id, k.content, k.timestamp_us
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+        AS k(i, place, id, sender_id, content, timestamp_us)
+    LEFT JOIN base b ON b.i = k.i
+",
+    register_senders!()
+);
+
+/// The counters of a batch numbered by the database: each advanced by the
+/// messages it got (every room of such a batch gets one at least).
+const ADVANCE_NUMBERED: &str = "
+UPDATE rooms SET last_seq = rooms.last_seq + a.added, last_message_us = a.last_message_us
+FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS a(name, added, last_message_us)
+WHERE rooms.name = a.name";
 
 /// The messages the batch's edits and deletions name, as they are (after
 /// the locks, like the duplicates; one primary-key probe each, likewise).
@@ -336,8 +380,10 @@ struct WriteConn {
     select_duplicates: Statement,
     select_targets: Statement,
     insert_messages: Statement,
+    insert_numbered: Statement,
     update_messages: Statement,
     advance_rooms: Statement,
+    advance_numbered: Statement,
     ensure_user: Statement,
     set_user_name: Statement,
     select_user: Statement,
@@ -466,8 +512,10 @@ impl PgStore {
             select_duplicates: client.prepare(SELECT_DUPLICATES).await?,
             select_targets: client.prepare(SELECT_TARGETS).await?,
             insert_messages: client.prepare(INSERT_MESSAGES).await?,
+            insert_numbered: client.prepare(INSERT_NUMBERED).await?,
             update_messages: client.prepare(UPDATE_MESSAGES).await?,
             advance_rooms: client.prepare(ADVANCE_ROOMS).await?,
+            advance_numbered: client.prepare(ADVANCE_NUMBERED).await?,
             ensure_user: client.prepare(ENSURE_USER).await?,
             set_user_name: client.prepare(SET_USER_NAME).await?,
             select_user: client.prepare(SELECT_USER).await?,
@@ -567,14 +615,18 @@ impl Store for PgStore {
         };
         let mut applied = self.block_on(apply(active, cache, &writes));
         // The database restarted since the last batch: the connection is
-        // found dead only now. It died before the COMMIT was sent (nothing
-        // was stored), so the batch can go again on a new one.
-        if let Err(Failure::BeforeCommit(e)) = &applied
+        // found dead only now, at the batch's start, so the batch can go
+        // again on a new one. Through `apply_checked`, which looks for
+        // resends under the lock: if the dead connection did run a batch
+        // sent in one round trip (its replies lost with the connection,
+        // which the first reply cannot rule out), its messages are found
+        // and told as stored, never stored twice.
+        if let Err(Failure::Retryable(e)) = &applied
             && connection_lost(e)
         {
             *conn = None;
             let fresh = self.block_on(self.connect_writer())?;
-            applied = self.block_on(apply(&fresh, cache, &writes));
+            applied = self.block_on(apply_checked(&fresh, cache, &writes));
             *conn = Some(fresh);
         }
         match applied {
@@ -728,21 +780,46 @@ impl Store for PgStore {
         })?;
         row.as_ref().map(row_to_user).transpose()
     }
+
+    /// One query for all the rooms (the bus asks once a second).
+    fn room_tops(&self, rooms: &[String]) -> Result<Vec<(u64, u64)>, StoreError> {
+        let rows = self.read(|conn| async move {
+            conn.client
+                .query(
+                    "SELECT name, last_seq, last_revision FROM rooms WHERE name = ANY($1)",
+                    &[&rooms],
+                )
+                .await
+        })?;
+        let mut tops = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let name: String = row.try_get(0)?;
+            tops.insert(name, (seq_column(row, 1)?, seq_column(row, 2)?));
+        }
+        Ok(rooms
+            .iter()
+            .map(|room| tops.get(room).copied().unwrap_or((0, 0)))
+            .collect())
+    }
 }
 
-/// Why a batch failed: before its COMMIT was sent (nothing of it can be
-/// stored, so it may go again), or later (it may or may not have been
-/// committed, and only the client's resend with the same id can tell).
+/// Why a batch failed: at its start (its first reply, so the connection
+/// was dead already: it may go again, looking for resends), or later (it
+/// may or may not have been committed, and only the client's resend with
+/// the same id can tell); or, in [`apply_numbered`], because it resends a
+/// stored message (rolled back: it goes again through [`apply_checked`]).
 enum Failure {
-    BeforeCommit(tokio_postgres::Error),
+    Retryable(tokio_postgres::Error),
     After(StoreError),
+    Resent,
 }
 
 impl Failure {
     fn into_error(self) -> StoreError {
         match self {
-            Failure::BeforeCommit(e) => e.into(),
+            Failure::Retryable(e) => e.into(),
             Failure::After(e) => e,
+            Failure::Resent => StoreError::Internal("a resent message was not looked for".into()),
         }
     }
 }
@@ -780,7 +857,10 @@ type Place = (String, u64);
 /// The new messages between two user writes: one INSERT.
 #[derive(Default)]
 struct Run {
+    /// Room ids; for `INSERT_NUMBERED`, places in the batch's rooms (from 1).
     rooms: Vec<i64>,
+    /// Seqs; for `INSERT_NUMBERED`, places among the batch's messages to
+    /// the room (from 1).
     seqs: Vec<i64>,
     ids: Vec<String>,
     senders: Vec<String>,
@@ -790,11 +870,223 @@ struct Run {
     new_user_times: Vec<i64>,
 }
 
-/// One statement of the second round trip, in batch order.
+impl Run {
+    /// Adds a message; `new_sender`: register its sender too.
+    fn push(&mut self, room: i64, seq: i64, message: &NewMessage, new_sender: bool) {
+        self.rooms.push(room);
+        self.seqs.push(seq);
+        self.ids.push(message.id.clone());
+        self.senders.push(message.sender_id.clone());
+        self.contents.push(message.content.clone());
+        self.timestamps.push(message.timestamp_us);
+        if new_sender {
+            self.new_users.push(message.sender_id.clone());
+            self.new_user_times.push(message.timestamp_us);
+        }
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &self.rooms,
+            &self.seqs,
+            &self.ids,
+            &self.senders,
+            &self.contents,
+            &self.timestamps,
+            &self.new_users,
+            &self.new_user_times,
+        ]
+    }
+}
+
+/// One statement of the batch's writes, in batch order.
 enum Step {
     Messages(Run),
     EnsureUser(String, String, i64),
     SetUserName(String, String, i64),
+}
+
+/// The statements of a batch's writes, in batch order: runs of messages
+/// cut by user writes.
+#[derive(Default)]
+struct Steps<'a> {
+    steps: Vec<Step>,
+    run: Run,
+    /// Users this batch registers (new senders, user writes).
+    registered: HashSet<&'a str>,
+}
+
+impl<'a> Steps<'a> {
+    /// Adds a new message to the current run.
+    fn message(&mut self, room: i64, seq: i64, message: &'a NewMessage, cache: &Cache) {
+        let new_sender =
+            !cache.users.contains(&message.sender_id) && self.registered.insert(&message.sender_id);
+        self.run.push(room, seq, message, new_sender);
+    }
+
+    /// A user write: its statement between the runs before and after it.
+    /// Returns its result, to be filled in from the statement's reply
+    /// ([`after_commit`]); `None` for a write that is not a user write.
+    fn user(&mut self, write: &'a Write) -> Option<Written> {
+        let (user_id, step) = match write {
+            Write::EnsureUser {
+                user_id,
+                name,
+                now_us,
+            } => {
+                let name = name.clone().unwrap_or_else(|| user_id.clone());
+                (user_id, Step::EnsureUser(user_id.clone(), name, *now_us))
+            }
+            Write::SetUserName {
+                user_id,
+                name,
+                now_us,
+            } => (
+                user_id,
+                Step::SetUserName(user_id.clone(), name.clone(), *now_us),
+            ),
+            Write::Message(_) | Write::Change(_) => return None,
+        };
+        self.steps
+            .push(Step::Messages(std::mem::take(&mut self.run)));
+        self.steps.push(step);
+        self.registered.insert(user_id);
+        Some(Written::User(UserRecord {
+            id: user_id.clone(),
+            name: String::new(),
+            created_at_us: 0,
+        }))
+    }
+
+    /// The statements, without empty runs.
+    fn finish(mut self) -> (Vec<Step>, HashSet<&'a str>) {
+        self.steps.push(Step::Messages(self.run));
+        self.steps
+            .retain(|step| !matches!(step, Step::Messages(run) if run.ids.is_empty()));
+        (self.steps, self.registered)
+    }
+}
+
+/// Each step's parameters; `rooms`: the batch's rooms, for runs numbered
+/// by the database (`INSERT_NUMBERED`'s `$9`).
+fn step_params<'a>(
+    steps: &'a [Step],
+    rooms: Option<&'a Vec<&str>>,
+) -> Vec<Vec<&'a (dyn ToSql + Sync)>> {
+    steps
+        .iter()
+        .map(|step| -> Vec<&(dyn ToSql + Sync)> {
+            match step {
+                Step::Messages(run) => {
+                    let mut params = run.params();
+                    if let Some(rooms) = rooms {
+                        params.push(rooms);
+                    }
+                    params
+                }
+                Step::EnsureUser(id, name, now) | Step::SetUserName(id, name, now) => {
+                    vec![id, name, now]
+                }
+            }
+        })
+        .collect()
+}
+
+/// Each step's statement, sent (in order) as it is pushed.
+fn step_queries<'a>(
+    conn: &'a WriteConn,
+    steps: &'a [Step],
+    params: &'a [Vec<&'a (dyn ToSql + Sync)>],
+    insert: &'a Statement,
+) -> Vec<Pending<'a>> {
+    steps
+        .iter()
+        .zip(params)
+        .map(|(step, params)| -> Pending<'a> {
+            let statement = match step {
+                Step::Messages(_) => insert,
+                Step::EnsureUser(..) => &conn.ensure_user,
+                Step::SetUserName(..) => &conn.set_user_name,
+            };
+            Box::pin(conn.client.query(statement, params))
+        })
+        .collect()
+}
+
+/// The rooms a batch writes, sorted (the lock order), and those of them
+/// this store has not seen yet (only messages create rooms: a change to an
+/// unknown room is refused).
+fn batch_rooms<'a>(writes: &'a [Write], cache: &Cache) -> (Vec<&'a str>, Vec<&'a str>) {
+    let mut rooms: Vec<&str> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Message(m) => Some(m.room_id.as_str()),
+            Write::Change(c) => Some(c.room_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    let mut new_rooms: Vec<&str> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Message(m) if !cache.rooms.contains(&m.room_id) => Some(m.room_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    new_rooms.sort_unstable();
+    new_rooms.dedup();
+    (rooms, new_rooms)
+}
+
+/// Once committed: the users' records from the replies of their
+/// statements (`replies`: one per step, in order), and what the cache
+/// learnt.
+async fn after_commit(
+    conn: &WriteConn,
+    cache: &mut Cache,
+    writes: &[Write],
+    steps: &[Step],
+    replies: impl IntoIterator<Item = Vec<Row>>,
+    registered: HashSet<&str>,
+    mut written: Vec<Written>,
+) -> Result<Vec<Written>, Failure> {
+    let mut user_replies = steps
+        .iter()
+        .zip(replies)
+        .filter(|(step, _)| !matches!(step, Step::Messages(_)))
+        .map(|(_, rows)| rows);
+    for entry in &mut written {
+        if let Written::User(user) = entry {
+            let rows = user_replies.next().unwrap_or_default();
+            *user = match rows.first() {
+                Some(row) => row_to_user(row)?,
+                // Inserted by another server after this statement began:
+                // committed by now.
+                None => match conn
+                    .client
+                    .query_opt(&conn.select_user, &[&user.id])
+                    .await?
+                {
+                    Some(row) => row_to_user(&row)?,
+                    None => {
+                        return Err(Failure::After(StoreError::Internal(format!(
+                            "user {:?} vanished",
+                            user.id
+                        ))));
+                    }
+                },
+            };
+        }
+    }
+    cache.rooms.extend(writes.iter().filter_map(|w| match w {
+        Write::Message(m) => Some(m.room_id.clone()),
+        _ => None,
+    }));
+    cache
+        .users
+        .extend(registered.into_iter().map(str::to_owned));
+    Ok(written)
 }
 
 /// The batch's edits and deletions as final states: one UPDATE.
@@ -808,37 +1100,186 @@ struct Updates {
     revisions: Vec<i64>,
 }
 
-/// Applies a batch in one transaction, in two round trips: (1) begin, lock
-/// the rooms, read the duplicates and the messages to change; (2) every
-/// insert, user write and update, the counters, commit. Nothing in (2)
-/// waits for a reply of (2): seqs, revisions and what each change does
-/// are worked out here from what (1) returned.
+/// Applies a batch in one transaction: in one round trip
+/// ([`apply_numbered`]) unless it edits or deletes, or resends a stored
+/// message; else in two ([`apply_checked`]).
 async fn apply(
     conn: &WriteConn,
     cache: &mut Cache,
     writes: &[Write],
 ) -> Result<Vec<Written>, Failure> {
+    if !writes.iter().any(|w| matches!(w, Write::Change(_))) {
+        match apply_numbered(conn, cache, writes).await {
+            Err(Failure::Resent) => {
+                tracing::debug!("a batch resends stored messages: looking for them");
+            }
+            done => return done,
+        }
+    }
+    apply_checked(conn, cache, writes).await
+}
+
+/// Applies a batch of messages and user writes in one round trip: begin,
+/// lock the rooms, insert the messages numbered by the database from the
+/// counters as locked (`INSERT_NUMBERED`: counter plus the place worked
+/// out here), the user writes, advance the counters by what was added,
+/// commit, all sent without waiting. The lock's reply says where each
+/// room's numbers started, which gives the seqs here too.
+///
+/// Resends are not looked for first: a stored message sent again makes
+/// the insert fail on `messages_by_id` (a unique index sees every
+/// committed row), the transaction rolls back, and the caller sends the
+/// batch again through [`apply_checked`], which looks for them. A resend
+/// follows a reconnect, so that second round trip is rare; a message sent
+/// twice within the batch is found here, and stored once.
+async fn apply_numbered(
+    conn: &WriteConn,
+    cache: &mut Cache,
+    writes: &[Write],
+) -> Result<Vec<Written>, Failure> {
     let client = &conn.client;
-    let mut rooms: Vec<&str> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Message(m) => Some(m.room_id.as_str()),
-            Write::Change(c) => Some(c.room_id.as_str()),
-            _ => None,
-        })
-        .collect();
-    rooms.sort_unstable();
-    rooms.dedup();
-    // Only messages create rooms: a change to an unknown room is refused.
-    let mut new_rooms: Vec<&str> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Message(m) if !cache.rooms.contains(&m.room_id) => Some(m.room_id.as_str()),
-            _ => None,
-        })
-        .collect();
-    new_rooms.sort_unstable();
-    new_rooms.dedup();
+    let (rooms, new_rooms) = batch_rooms(writes, cache);
+    // Per room of `rooms`: messages the batch adds, the last one's time.
+    let mut added = vec![0_i64; rooms.len()];
+    let mut last_us = vec![0_i64; rooms.len()];
+    let mut written = Vec::with_capacity(writes.len());
+    // Each new message: its place in `written` and its room's in `rooms`;
+    // each copy within the batch: its place and its first's.
+    let mut numbered: Vec<(usize, usize)> = Vec::new();
+    let mut copies: Vec<(usize, usize)> = Vec::new();
+    let mut firsts: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut steps = Steps::default();
+    for write in writes {
+        let Write::Message(message) = write else {
+            match steps.user(write) {
+                Some(user) => written.push(user),
+                None => {
+                    return Err(Failure::After(StoreError::Internal(
+                        "a change in a batch numbered by the database".into(),
+                    )));
+                }
+            }
+            continue;
+        };
+        let key = (
+            message.room_id.as_str(),
+            message.sender_id.as_str(),
+            message.id.as_str(),
+        );
+        if let Some(&first) = firsts.get(&key) {
+            copies.push((written.len(), first));
+            // Replaced by a copy of the first once its seq is known.
+            written.push(Written::Refused(ChangeRefused::NotFound));
+            continue;
+        }
+        let Ok(r) = rooms.binary_search(&key.0) else {
+            return Err(Failure::After(StoreError::Internal(format!(
+                "room {:?} is not among the batch's",
+                message.room_id
+            ))));
+        };
+        added[r] += 1;
+        last_us[r] = message.timestamp_us;
+        // `r` < rooms.len() <= writes.len(): both fit.
+        let room = i64::try_from(r + 1).unwrap_or(i64::MAX);
+        steps.message(room, added[r], message, cache);
+        firsts.insert(key, written.len());
+        numbered.push((written.len(), r));
+        // Its place for now; the room's counter is added once known.
+        written.push(Written::Stored(store_message(message, added[r] as u64)));
+    }
+    let (steps, registered) = steps.finish();
+
+    let params_new: [&(dyn ToSql + Sync); 1] = [&new_rooms];
+    let params_lock: [&(dyn ToSql + Sync); 1] = [&rooms];
+    let params = step_params(&steps, Some(&rooms));
+    let params_advance: [&(dyn ToSql + Sync); 3] = [&rooms, &added, &last_us];
+    let begin = client.batch_execute("BEGIN");
+    let mut statements: Vec<Pending<'_>> = Vec::new();
+    if !new_rooms.is_empty() {
+        statements.push(Box::pin(client.query(&conn.insert_rooms, &params_new)));
+    }
+    let lock_at = statements.len();
+    let steps_at = lock_at + 1;
+    statements.push(Box::pin(client.query(&conn.lock_rooms, &params_lock)));
+    statements.extend(step_queries(conn, &steps, &params, &conn.insert_numbered));
+    if !rooms.is_empty() {
+        statements.push(Box::pin(
+            client.query(&conn.advance_numbered, &params_advance),
+        ));
+    }
+    let commit = client.batch_execute("COMMIT");
+    let (begun, replies, committed) =
+        futures_util::join!(begin, futures_util::future::join_all(statements), commit);
+    // No reply to BEGIN: the connection was dead, or died under the batch.
+    begun.map_err(Failure::Retryable)?;
+    // A failed statement aborts the transaction, and COMMIT then rolls it
+    // back without an error of its own: the statements' replies decide.
+    let replies = match replies.into_iter().collect::<Result<Vec<_>, _>>() {
+        Ok(replies) => replies,
+        // Rolled back: the batch goes again, unless the connection went
+        // with the rollback (then it is `UNAVAILABLE`, like any other).
+        Err(e) if is_resend(&e) => {
+            return Err(committed.map_or_else(Failure::from, |()| Failure::Resent));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    committed?;
+
+    let mut base = vec![None; rooms.len()];
+    for row in &replies[lock_at] {
+        let name: String = row.try_get(1)?;
+        if let Ok(r) = rooms.binary_search(&name.as_str()) {
+            base[r] = Some(seq_column(row, 2)?);
+        }
+    }
+    for &(at, r) in &numbered {
+        let (Written::Stored(message), Some(base)) = (&mut written[at], base[r]) else {
+            return Err(Failure::After(StoreError::Internal(format!(
+                "room {:?} was not locked",
+                rooms[r]
+            ))));
+        };
+        message.seq += base;
+    }
+    for &(at, first) in &copies {
+        if let Written::Stored(original) = &written[first] {
+            written[at] = Written::Duplicate(original.clone());
+        }
+    }
+    let step_replies = replies.into_iter().skip(steps_at).take(steps.len());
+    after_commit(
+        conn,
+        cache,
+        writes,
+        &steps,
+        step_replies,
+        registered,
+        written,
+    )
+    .await
+}
+
+/// Whether a statement failed because a message of the batch is stored
+/// already (its key is in `messages_by_id`).
+fn is_resend(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        *db.code() == SqlState::UNIQUE_VIOLATION && db.constraint() == Some("messages_by_id")
+    })
+}
+
+/// Applies a batch in one transaction, in two round trips: (1) begin, lock
+/// the rooms, read the duplicates and the messages to change; (2) every
+/// insert, user write and update, the counters, commit. Nothing in (2)
+/// waits for a reply of (2): seqs, revisions and what each change does
+/// are worked out here from what (1) returned.
+async fn apply_checked(
+    conn: &WriteConn,
+    cache: &mut Cache,
+    writes: &[Write],
+) -> Result<Vec<Written>, Failure> {
+    let client = &conn.client;
+    let (rooms, new_rooms) = batch_rooms(writes, cache);
     let (mut key_rooms, mut key_senders, mut key_ids) = (Vec::new(), Vec::new(), Vec::new());
     let (mut target_rooms, mut target_seqs) = (Vec::new(), Vec::new());
     for write in writes {
@@ -879,11 +1320,11 @@ async fn apply(
         }
     }
     let (begun, replies) = futures_util::join!(begin, futures_util::future::join_all(first));
-    begun.map_err(Failure::BeforeCommit)?;
+    begun.map_err(Failure::Retryable)?;
     let replies = replies
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(Failure::BeforeCommit)?;
+        .map_err(Failure::Retryable)?;
     let mut locked: HashMap<String, LockedRoom> = HashMap::with_capacity(rooms.len());
     // Every message the batch may touch, as it is now, and where each
     // known key is: filled from the database, then kept up to date.
@@ -917,10 +1358,8 @@ async fn apply(
 
     // Seqs, duplicates, changes and the statements of round trip 2.
     let mut written = Vec::with_capacity(writes.len());
-    let mut steps: Vec<Step> = Vec::new();
-    let mut run = Run::default();
+    let mut steps = Steps::default();
     let mut changed: Vec<Place> = Vec::new();
-    let mut registered: HashSet<&str> = HashSet::new();
     for write in writes {
         match write {
             Write::Message(message) => {
@@ -943,18 +1382,7 @@ async fn apply(
                 room.last_seq += 1;
                 room.last_message_us = Some(message.timestamp_us);
                 let new = store_message(message, room.last_seq);
-                run.rooms.push(room.id);
-                run.seqs.push(seq_to_sql(new.seq)?);
-                run.ids.push(new.id.clone());
-                run.senders.push(new.sender_id.clone());
-                run.contents.push(new.content.clone());
-                run.timestamps.push(new.timestamp_us);
-                if !cache.users.contains(&message.sender_id)
-                    && registered.insert(&message.sender_id)
-                {
-                    run.new_users.push(message.sender_id.clone());
-                    run.new_user_times.push(message.timestamp_us);
-                }
+                steps.message(room.id, seq_to_sql(new.seq)?, message, cache);
                 let place = (new.room_id.clone(), new.seq);
                 places.insert(key, place.clone());
                 current.insert(place, new.clone());
@@ -975,40 +1403,12 @@ async fn apply(
                 }
                 written.push(outcome);
             }
-            Write::EnsureUser {
-                user_id,
-                name,
-                now_us,
-            } => {
-                steps.push(Step::Messages(std::mem::take(&mut run)));
-                let name = name.clone().unwrap_or_else(|| user_id.clone());
-                steps.push(Step::EnsureUser(user_id.clone(), name, *now_us));
-                registered.insert(user_id);
-                // Filled in from the reply.
-                written.push(Written::User(UserRecord {
-                    id: user_id.clone(),
-                    name: String::new(),
-                    created_at_us: 0,
-                }));
-            }
-            Write::SetUserName {
-                user_id,
-                name,
-                now_us,
-            } => {
-                steps.push(Step::Messages(std::mem::take(&mut run)));
-                steps.push(Step::SetUserName(user_id.clone(), name.clone(), *now_us));
-                registered.insert(user_id);
-                written.push(Written::User(UserRecord {
-                    id: user_id.clone(),
-                    name: String::new(),
-                    created_at_us: 0,
-                }));
+            Write::EnsureUser { .. } | Write::SetUserName { .. } => {
+                written.extend(steps.user(write));
             }
         }
     }
-    steps.push(Step::Messages(run));
-    steps.retain(|step| !matches!(step, Step::Messages(run) if run.ids.is_empty()));
+    let (steps, registered) = steps.finish();
     let mut updates = Updates::default();
     changed.sort_unstable();
     changed.dedup();
@@ -1032,26 +1432,7 @@ async fn apply(
     }
 
     // Round trip 2.
-    let params: Vec<Vec<&(dyn ToSql + Sync)>> = steps
-        .iter()
-        .map(|step| -> Vec<&(dyn ToSql + Sync)> {
-            match step {
-                Step::Messages(run) => vec![
-                    &run.rooms,
-                    &run.seqs,
-                    &run.ids,
-                    &run.senders,
-                    &run.contents,
-                    &run.timestamps,
-                    &run.new_users,
-                    &run.new_user_times,
-                ],
-                Step::EnsureUser(id, name, now) | Step::SetUserName(id, name, now) => {
-                    vec![id, name, now]
-                }
-            }
-        })
-        .collect();
+    let params = step_params(&steps, None);
     let params_updates: [&(dyn ToSql + Sync); 6] = [
         &updates.rooms,
         &updates.seqs,
@@ -1061,18 +1442,7 @@ async fn apply(
         &updates.revisions,
     ];
     let params_advance: [&(dyn ToSql + Sync); 4] = [&advance.0, &advance.1, &advance.2, &advance.3];
-    let mut second: Vec<Pending<'_>> = steps
-        .iter()
-        .zip(&params)
-        .map(|(step, params)| -> Pending<'_> {
-            let statement = match step {
-                Step::Messages(_) => &conn.insert_messages,
-                Step::EnsureUser(..) => &conn.ensure_user,
-                Step::SetUserName(..) => &conn.set_user_name,
-            };
-            Box::pin(client.query(statement, params))
-        })
-        .collect();
+    let mut second = step_queries(conn, &steps, &params, &conn.insert_messages);
     if !updates.rooms.is_empty() {
         second.push(Box::pin(
             client.query(&conn.update_messages, &params_updates),
@@ -1088,39 +1458,7 @@ async fn apply(
     let replies = replies.into_iter().collect::<Result<Vec<_>, _>>()?;
     committed?;
 
-    // Users from the replies of their statements, in batch order.
-    let mut user_replies = steps
-        .iter()
-        .zip(replies)
-        .filter(|(step, _)| !matches!(step, Step::Messages(_)))
-        .map(|(_, rows)| rows);
-    for entry in &mut written {
-        if let Written::User(user) = entry {
-            let rows = user_replies.next().unwrap_or_default();
-            *user = match rows.first() {
-                Some(row) => row_to_user(row)?,
-                // Inserted by another server after this statement began:
-                // committed by now.
-                None => match client.query_opt(&conn.select_user, &[&user.id]).await? {
-                    Some(row) => row_to_user(&row)?,
-                    None => {
-                        return Err(Failure::After(StoreError::Internal(format!(
-                            "user {:?} vanished",
-                            user.id
-                        ))));
-                    }
-                },
-            };
-        }
-    }
-    cache.rooms.extend(writes.iter().filter_map(|w| match w {
-        Write::Message(m) => Some(m.room_id.clone()),
-        _ => None,
-    }));
-    cache
-        .users
-        .extend(registered.into_iter().map(str::to_owned));
-    Ok(written)
+    after_commit(conn, cache, writes, &steps, replies, registered, written).await
 }
 
 /// What a change does to `message` (updated in place if it changes it),
@@ -1400,6 +1738,80 @@ mod tests {
         for (i, m) in page.messages.iter().enumerate() {
             assert_eq!(m.seq, i as u64 + 1);
             assert!(told.contains(&("r".to_owned(), m.seq)));
+        }
+    }
+
+    /// A batch of messages in two rooms, in runs cut by user writes: one
+    /// round trip, each room numbered across the runs. Then the same with
+    /// a resend of a stored message in it, which fails that round trip and
+    /// goes the longer way (looking for resends first): the same numbering,
+    /// the resend told its original, and the history agrees.
+    #[test]
+    fn runs_of_a_batch_are_numbered_per_room_with_or_without_a_resend() {
+        let engine = Pg::new();
+        let store = engine.open();
+        let batch = |tag: &str, resend: bool| {
+            let mut writes = vec![
+                message("r", "alice", &format!("{tag}1"), "a"),
+                message("q", "bob", &format!("{tag}2"), "b"),
+                Write::EnsureUser {
+                    user_id: "carol".into(),
+                    name: None,
+                    now_us: 5,
+                },
+                message("r", "carol", &format!("{tag}3"), "c"),
+                Write::SetUserName {
+                    user_id: "bob".into(),
+                    name: "Bob".into(),
+                    now_us: 6,
+                },
+                message("q", "bob", &format!("{tag}4"), "d"),
+            ];
+            if resend {
+                writes.insert(2, message("r", "alice", "x1", "a"));
+            }
+            writes
+        };
+        let user = |written: &Written| match written {
+            Written::User(user) => user.name.clone(),
+            other => panic!("expected User, got {other:?}"),
+        };
+        let first = store.write_batch(batch("x", false)).unwrap();
+        assert_eq!(
+            [&first[0], &first[1], &first[3], &first[5]].map(stored_seq),
+            [1, 1, 2, 2]
+        );
+        assert_eq!([user(&first[2]), user(&first[4])], ["carol", "Bob"]);
+
+        let second = store.write_batch(batch("y", true)).unwrap();
+        let Written::Stored(original) = &first[0] else {
+            panic!("expected Stored, got {:?}", first[0]);
+        };
+        assert_eq!(second[2], Written::Duplicate(original.clone()));
+        assert_eq!(
+            [&second[0], &second[1], &second[4], &second[6]].map(stored_seq),
+            [3, 3, 4, 4]
+        );
+        assert_eq!([user(&second[3]), user(&second[5])], ["carol", "Bob"]);
+
+        for (room, ids) in [
+            ("r", ["x1", "x3", "y1", "y3"]),
+            ("q", ["x2", "x4", "y2", "y4"]),
+        ] {
+            let page = store
+                .history(&HistoryQuery {
+                    room_id: room.into(),
+                    limit: 10,
+                    before_seq: 0,
+                    after_seq: Some(0),
+                })
+                .unwrap();
+            let stored: Vec<_> = page
+                .messages
+                .iter()
+                .map(|m| (m.seq, m.id.as_str()))
+                .collect();
+            assert_eq!(stored, (1..).zip(ids).collect::<Vec<_>>(), "room {room}");
         }
     }
 

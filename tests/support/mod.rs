@@ -3,8 +3,11 @@
 //! to them with a real WebSocket client and a real gRPC client.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod cluster;
+pub mod nats;
 pub mod pki;
 pub mod postgres;
+pub mod relay;
 pub mod tls;
 
 use std::io::{BufRead, BufReader, Read};
@@ -22,8 +25,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
-use wsgate::proto::chat::ChatStream;
 use wsgate::proto::chat::chat_service_client::ChatServiceClient;
+use wsgate::proto::chat::{ChatStream, GetChatHistoryRequest};
 use wsgate::storage::{PgOptions, PgStore, PgTarget, SqliteOptions, SqliteStore, Store};
 use wsgate::{proxy, server};
 
@@ -576,6 +579,30 @@ impl Ws {
     }
 }
 
+/// The whole history of a room, oldest first: (seq, id).
+pub async fn whole_history(uri: String, room: &str) -> Vec<(u64, String)> {
+    let mut grpc = ChatServiceClient::connect(uri).await.expect("gRPC connect");
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = grpc
+            .get_chat_history(GetChatHistoryRequest {
+                room_id: room.into(),
+                limit: 500,
+                after_seq: Some(after),
+                ..Default::default()
+            })
+            .await
+            .expect("a history page")
+            .into_inner();
+        all.extend(page.messages.iter().map(|m| (m.seq, m.id.clone())));
+        match page.messages.last() {
+            Some(last) if page.has_more => after = last.seq,
+            _ => return all,
+        }
+    }
+}
+
 /// A chat server in a child process, for tests that kill it.
 pub struct ServerProcess {
     child: Child,
@@ -611,6 +638,41 @@ impl ServerProcess {
         }
     }
 
+    /// Starts `command` (a `wsgate server ...` of [`wsgate`]) and waits
+    /// until it listens.
+    pub fn spawn_command(command: Command) -> ServerProcess {
+        let Listening { child, addr, .. } = spawn_listening(command, "gRPC chat server listening");
+        ServerProcess {
+            child,
+            addr,
+            db: PathBuf::new(),
+        }
+    }
+
+    /// [`ServerProcess::spawn_command`] with `--metrics-listen 127.0.0.1:0`
+    /// added: the server, and the address its metrics are at (both lines
+    /// awaited: they come in either order).
+    pub fn spawn_with_metrics(mut command: Command) -> (ServerProcess, SocketAddr) {
+        command.args(["--metrics-listen", "127.0.0.1:0"]);
+        let (mut grpc, mut metrics) = (None, None);
+        let found = move |line: &str| {
+            if line.contains("gRPC chat server listening") {
+                grpc = listen_addr(line);
+            } else if line.contains("metrics listening") {
+                metrics = listen_addr(line);
+            }
+            Some((grpc?, metrics?))
+        };
+        let (child, (addr, metrics), _, _) = spawn_logging(command, "wsgate", found)
+            .unwrap_or_else(|log| panic!("no listening lines in time: {log:#?}"));
+        let server = ServerProcess {
+            child,
+            addr,
+            db: PathBuf::new(),
+        };
+        (server, metrics)
+    }
+
     pub fn uri(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -634,7 +696,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn listen_addr(line: &str) -> Option<SocketAddr> {
+pub fn listen_addr(line: &str) -> Option<SocketAddr> {
     let start = line.find("local=")? + "local=".len();
     line[start..].split_whitespace().next()?.parse().ok()
 }
@@ -681,41 +743,72 @@ impl Listening {
 /// Starts `command` and waits until it logs a line containing `marker`
 /// with a `local=ADDR` field. Its stderr goes on to the test's, prefixed.
 /// The caller stops the child ([`Listening::kill`]).
-pub fn spawn_listening(mut command: Command, marker: &str) -> Listening {
+pub fn spawn_listening(command: Command, marker: &str) -> Listening {
+    let wanted = marker.to_owned();
+    let (child, addr, log, reader) = spawn_logging(command, "wsgate", move |line| {
+        line.contains(&wanted).then(|| listen_addr(line)).flatten()
+    })
+    .unwrap_or_else(|log| panic!("no {marker:?} line in time: {log:#?}"));
+    Listening {
+        child,
+        addr,
+        log,
+        reader: Some(reader),
+    }
+}
+
+/// A child process, what it logged up to the line waited for, and the
+/// thread reading the rest of its stderr (which returns those lines).
+pub type Logging<T> = (Child, T, Vec<String>, std::thread::JoinHandle<Vec<String>>);
+
+/// Starts `command` and waits (up to [`WAIT`]) until `found` picks a value
+/// out of a line of its stderr. Every line goes on to the test's stderr,
+/// prefixed with `[label]`. If the process exits or is silent for too
+/// long, it is killed and its log is the error.
+pub fn spawn_logging<T: Send + 'static>(
+    mut command: Command,
+    label: &str,
+    mut found: impl FnMut(&str) -> Option<T> + Send + 'static,
+) -> Result<Logging<T>, Vec<String>> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn wsgate");
+        .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = marker.to_owned();
+    let label = label.to_owned();
     let reader = std::thread::spawn(move || {
         let mut tx = Some(tx);
         let mut log = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[wsgate] {line}");
+            eprintln!("[{label}] {line}");
             log.push(line.clone());
-            if line.contains(&wanted)
-                && let (Some(addr), Some(tx)) = (listen_addr(&line), tx.take())
+            if tx.is_some()
+                && let Some(value) = found(&line)
+                && let Some(tx) = tx.take()
             {
-                let _ = tx.send((addr, std::mem::take(&mut log)));
+                let _ = tx.send(Ok((value, std::mem::take(&mut log))));
             }
+        }
+        if let Some(tx) = tx.take() {
+            // It exited (or closed stderr) without the line.
+            let _ = tx.send(Err(log.clone()));
         }
         log
     });
     match rx.recv_timeout(WAIT) {
-        Ok((addr, log)) => Listening {
-            child,
-            addr,
-            log,
-            reader: Some(reader),
-        },
+        Ok(Ok((value, log))) => Ok((child, value, log, reader)),
+        Ok(Err(log)) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(log)
+        }
         Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("no {marker:?} line in time");
+            Err(reader.join().unwrap_or_default())
         }
     }
 }

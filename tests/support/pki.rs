@@ -12,6 +12,9 @@ use rcgen::{
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use wsgate::tls::{ClientTls, ServerTls, Trust};
 
+/// The names of most test certificates.
+const LOOPBACK: &[&str] = &["localhost", "127.0.0.1"];
+
 /// A certificate authority.
 pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -40,18 +43,22 @@ impl Ca {
 
     /// A server certificate for `127.0.0.1` and `localhost`.
     pub fn server(&self) -> Pair {
-        self.issue("chat server", ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue("chat server", ExtendedKeyUsagePurpose::ServerAuth, LOOPBACK)
+    }
+
+    /// A server certificate for these names only (no IP address).
+    pub fn server_named(&self, names: &[&str]) -> Pair {
+        self.issue("chat server", ExtendedKeyUsagePurpose::ServerAuth, names)
     }
 
     /// A client certificate, for mutual TLS.
     pub fn client(&self, name: &str) -> Pair {
-        self.issue(name, ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(name, ExtendedKeyUsagePurpose::ClientAuth, LOOPBACK)
     }
 
-    fn issue(&self, name: &str, usage: ExtendedKeyUsagePurpose) -> Pair {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("params");
+    fn issue(&self, name: &str, usage: ExtendedKeyUsagePurpose, names: &[&str]) -> Pair {
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let mut params = CertificateParams::new(names).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("key");
