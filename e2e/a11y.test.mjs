@@ -47,6 +47,12 @@ for (const layout of [
     // A grouped message has no visible name; a screen reader hears it.
     const grouped = page.locator("#messages li.msg.grouped", { hasText: "Second of two" });
     assert.equal(await grouped.locator(".sr-sender").textContent(), "Grace: ");
+    // One list of messages (and day lines), not a list per chunk of them.
+    const list = page.getByRole("list", { name: "Messages" });
+    assert.equal(await list.getByRole("list").count(), 0, "no list inside the list of messages");
+    const items = await list.getByRole("listitem").count();
+    assert.equal(items, await page.locator("#messages li.msg, #messages li.day").count());
+    assert.ok(items >= 3, `${items} items`);
     // Away in another room while Grace names the user: back, the line marks it.
     const drawer = () => layout.viewport && page.getByRole("button", { name: "Rooms" }).click();
     await drawer();

@@ -227,3 +227,50 @@ test("@ offers the room's people by keyboard; the completed name with a space is
   assert.deepEqual(page.errors || [], []);
   await context.close();
 });
+
+test("more than a history page while away: all of it counts as unread, and the line moves up to the first one missed", async () => {
+  const context = await attentiveContext("Fay");
+  const page = await openIn(context, "calm");
+  const fay = await page.evaluate(() => JSON.parse(localStorage.getItem("wsgate.userId")));
+  await page.getByLabel("Join a room").fill("busy");
+  await page.getByLabel("Join a room").press("Enter");
+  await page.waitForFunction(() => location.hash === "#busy");
+  const bob = await Client.open(fx.gate.url);
+  await bob.say("busy", "bob-2", "read before leaving");
+  await waitMessage(page, "read before leaving");
+  const readTo = Number((await bob.history("busy")).at(-1).seq);
+  await page.waitForFunction((n) => (JSON.parse(localStorage.getItem("wsgate.lastRead")) || {}).busy === n, readTo);
+  await page.locator('#room-list a[href="#calm"]').click();
+  await page.waitForFunction(() => location.hash === "#calm");
+  await page.close();
+
+  // 120 of Bob's, then 3 of Fay's own (sent from elsewhere): 2.5 history pages.
+  for (let i = 1; i <= 120; i++) await bob.say("busy", "bob-2", `missed ${i}`);
+  for (let i = 1; i <= 3; i++) await bob.say("busy", fay, `mine ${i}`);
+
+  const again = await openIn(context, "calm");
+  const badge = again.locator('#room-list a[href="#busy"] .badge');
+  await badge.filter({ hasText: "99+" }).waitFor();
+  assert.equal(await badge.getAttribute("aria-label"), "120 unread");
+  await again.waitForFunction(() => document.title === "(120) wsgate chat");
+
+  // Shown: the line stands above the oldest message held, then above
+  // "missed 1" once the older pages are loaded (scrolling up).
+  await again.locator('#room-list a[href="#busy"]').click();
+  await again.waitForFunction(() => location.hash === "#busy");
+  await waitMessage(again, "mine 3");
+  await again.waitForFunction(
+    () => {
+      const s = document.getElementById("scroller");
+      s.scrollTop = 0;
+      return [...document.querySelectorAll("#messages li.msg .text")].some((e) => e.textContent === "missed 1");
+    },
+    null,
+    { timeout: 15000 },
+  );
+  await unreadLineBefore(again, "missed 1");
+  assert.equal(await again.locator("#messages .unread-line").count(), 1);
+  bob.close();
+  assert.deepEqual(again.errors || [], []);
+  await context.close();
+});

@@ -2,8 +2,20 @@
 // renames seen at once, the first-visit name prompt, the composer's byte
 // limit, room names refused with the reason, the connection banner.
 import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
 import { test } from "node:test";
-import { Client, Gate, SplitGate, openChat, sendText, useGateAndBrowser, waitConnected, waitMessage } from "./lib.mjs";
+import {
+  Client,
+  Gate,
+  SCREENSHOTS,
+  SplitGate,
+  openChat,
+  sendText,
+  useGateAndBrowser,
+  waitConnected,
+  waitMessage,
+} from "./lib.mjs";
 
 const fx = useGateAndBrowser();
 
@@ -70,26 +82,34 @@ test("an own message edited and deleted: seen live by another page, and in histo
 });
 
 test("an edit missed while disconnected is caught up after the reconnect", async () => {
-  const page = await openChat(fx.browser, fx.gate, { name: "Cy", room: "catchup-edits" });
-  const writer = await Client.open(fx.gate.url);
-  await writer.say("catchup-edits", "writer", "original text");
-  await waitMessage(page, "original text");
-  const seq = await msg(page, "original text").getAttribute("data-seq");
+  // A system of its own: the test kills it, and a failure must not leave
+  // the shared one dead for the tests after it.
+  const gate = await Gate.start();
+  try {
+    const page = await openChat(fx.browser, gate, { name: "Cy", room: "catchup-edits" });
+    const writer = await Client.open(gate.url);
+    await writer.say("catchup-edits", "writer", "original text");
+    await waitMessage(page, "original text");
+    const seq = await msg(page, "original text").getAttribute("data-seq");
 
-  // The page loses its connection and cannot make a new one while the edit is made.
-  writer.close();
-  await page.context().setOffline(true);
-  await fx.gate.kill("SIGKILL");
-  await page.locator('#status:is([data-state="reconnecting"], [data-state="offline"])').waitFor({ state: "attached" });
-  await fx.gate.restart();
-  const editor = await Client.open(fx.gate.url);
-  await editor.request({ edit_message: { room_id: "catchup-edits", seq, sender_id: "writer", content: "edited while away" } });
-  assert.equal(await msg(page, "original text").count(), 1);
-  await page.context().setOffline(false);
-  await page.evaluate(() => dispatchEvent(new Event("online")));
-  await waitMessage(page, "edited while away", 20000);
-  editor.close();
-  await page.context().close();
+    // The page loses its network (it drops its socket on the offline event,
+    // whether or not a close gets through) and cannot reconnect while the edit is made.
+    writer.close();
+    await page.context().setOffline(true);
+    await gate.kill("SIGKILL");
+    await page.locator('#status:is([data-state="reconnecting"], [data-state="offline"])').waitFor({ state: "attached" });
+    await gate.restart();
+    const editor = await Client.open(gate.url);
+    await editor.request({ edit_message: { room_id: "catchup-edits", seq, sender_id: "writer", content: "edited while away" } });
+    assert.equal(await msg(page, "original text").count(), 1);
+    await page.context().setOffline(false);
+    await page.evaluate(() => dispatchEvent(new Event("online")));
+    await waitMessage(page, "edited while away", 20000);
+    editor.close();
+    await page.context().close();
+  } finally {
+    await gate.stop();
+  }
 });
 
 test("someone else's message cannot be edited: a forged frame is refused", async () => {
@@ -113,20 +133,33 @@ test("someone else's message cannot be edited: a forged frame is refused", async
   await ada.context().close();
 });
 
-test("a refused edit keeps the text and shows the server's reason", async () => {
-  // A server with a smaller content limit than the client knows: the server refuses, not the page.
+test("the server's own content limit is checked by the page; an edit the server refuses keeps the text and shows the reason", async () => {
+  // A server with a smaller limit than the default: the page learns it (get_limits).
   const gate = await Gate.start({ args: ["--max-content-bytes", "100"] });
   try {
     const ada = await openChat(fx.browser, gate, { name: "Ada", room: "refused-edit" });
+    const composer = ada.getByLabel("Message", { exact: true });
+    await composer.fill("z".repeat(90));
+    await ada.locator("#composer-count", { hasText: "90 / 100 bytes" }).waitFor();
+    await composer.fill("z".repeat(150));
+    await composer.press("Enter");
+    await ada.locator("#composer-count", { hasText: "Too long: 150 bytes, the limit is 100" }).waitFor();
+    assert.equal(await composer.inputValue(), "z".repeat(150));
+    assert.deepEqual(await ada.evaluate(() => JSON.parse(localStorage.getItem("wsgate.outbox") || "[]")), []);
+
     await sendText(ada, "short enough");
     await waitMessage(ada, "short enough");
     await msg(ada, "short enough").getByRole("button", { name: "Edit message" }).click();
     const box = ada.getByRole("textbox", { name: "Edit message" });
-    const long = "y".repeat(150);
-    await box.fill(long);
+    await box.fill("y".repeat(150));
     await box.press("Enter");
-    await ada.locator(".edit-error", { hasText: "Not saved: content is 150 bytes long; the limit is 100" }).waitFor();
-    assert.equal(await box.inputValue(), long);
+    await ada.locator(".edit-error", { hasText: "Too long: 150 bytes, the limit is 100" }).waitFor();
+    // What only the server checks: its reason is shown, the text kept.
+    const nul = "bad\u0000text";
+    await box.fill(nul);
+    await box.press("Enter");
+    await ada.locator(".edit-error", { hasText: "Not saved: content must not contain U+0000 (NUL)" }).waitFor();
+    assert.equal(await box.inputValue(), nul);
     assert.equal(await box.evaluate((e) => e === document.activeElement), true);
     assert.equal(await msg(ada, "short enough").locator(".edited").count(), 0);
     await ada.context().close();
@@ -278,4 +311,120 @@ test("the room directory pages with More", async () => {
   await dialog.waitFor({ state: "hidden" });
   c.close();
   await page.context().close();
+});
+
+test("a room the server refuses is marked with the reason, not joined again on reconnect, and can be tried again or removed", async () => {
+  // One stream may be in two rooms: the third is refused (RESOURCE_EXHAUSTED).
+  const gate = await Gate.start({ args: ["--max-rooms-per-stream", "2"] });
+  try {
+    const context = await fx.browser.newContext({ viewport: { width: 1100, height: 720 } });
+    await context.addInitScript(() => {
+      if (!localStorage.getItem("wsgate.userName")) localStorage.setItem("wsgate.userName", JSON.stringify("Ada"));
+      // Every room this page asks to join, in order.
+      window.__joins = [];
+      const send = WebSocket.prototype.send;
+      WebSocket.prototype.send = function (data) {
+        try {
+          const f = JSON.parse(data);
+          if (f.join_room) window.__joins.push(f.join_room.room_id);
+        } catch {
+          /* not JSON: not ours to look at */
+        }
+        return send.call(this, data);
+      };
+    });
+    const page = await context.newPage();
+    page.on("pageerror", (e) => (page.errors ||= []).push(e));
+    await page.goto(`${gate.url}/#one`);
+    await waitConnected(page);
+    const join = async (name) => {
+      await page.getByLabel("Join a room").fill(name);
+      await page.getByLabel("Join a room").press("Enter");
+      await page.waitForFunction((n) => location.hash === `#${n}`, name);
+    };
+    await join("two");
+    await page.locator("#empty", { hasText: "This is the start of #two" }).waitFor();
+    await join("three");
+
+    const three = page.locator('#room-list a[href="#three"]');
+    await three.locator(".room-refused", { hasText: "refused" }).waitFor();
+    assert.match(await three.getAttribute("title"), /^#three: refused, this stream is in 2 rooms/);
+    await page.locator("#empty", { hasText: "Could not open #three: this stream is in 2 rooms" }).waitFor();
+    assert.equal(await page.getByLabel("Message", { exact: true }).isDisabled(), true);
+    assert.deepEqual(await page.evaluate(() => JSON.parse(localStorage.getItem("wsgate.rooms"))), ["one", "two"]);
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    await page.screenshot({ path: path.join(SCREENSHOTS, "refused-room.png") });
+
+    // A reconnect joins the other rooms again, not the refused one.
+    await gate.restart();
+    await page.waitForFunction(() => window.__joins.filter((r) => r === "two").length === 2, null, { timeout: 20000 });
+    assert.deepEqual(await page.evaluate(() => window.__joins), ["one", "two", "three", "one", "two"]);
+    await waitConnected(page);
+    await three.locator(".room-refused").waitFor();
+
+    // With room made, "Try again" gets in.
+    await page.locator('#room-list a[href="#two"]').click();
+    await page.getByRole("button", { name: "Leave room" }).click();
+    await page.locator('#room-list a[href="#two"]').waitFor({ state: "detached" });
+    await three.click();
+    await page.getByRole("button", { name: "Try again" }).click();
+    await page.locator("#empty", { hasText: "This is the start of #three" }).waitFor();
+    assert.equal(await three.locator(".room-refused").count(), 0);
+    assert.equal(await page.getByRole("button", { name: "Try again" }).isVisible(), false);
+    await sendText(page, "in at last");
+    await waitMessage(page, "in at last");
+
+    // Refused again (a third room): "Remove from the list" takes it away.
+    await join("four");
+    await page.locator('#room-list a[href="#four"] .room-refused').waitFor();
+    await page.getByRole("button", { name: "Remove from the list" }).click();
+    await page.locator('#room-list a[href="#four"]').waitFor({ state: "detached" });
+    assert.deepEqual(await page.locator("#room-list a .room-name").allTextContents(), ["one", "three"]);
+    assert.deepEqual(page.errors || [], []);
+    await context.close();
+  } finally {
+    await gate.stop();
+  }
+});
+
+test("an edit in progress survives the message being edited or deleted on another device", async () => {
+  const ada = await openChat(fx.browser, fx.gate, { name: "Ada", room: "edit-race" });
+  const id = await ada.evaluate(() => JSON.parse(localStorage.getItem("wsgate.userId")));
+  await sendText(ada, "original words");
+  await waitMessage(ada, "original words");
+  const seq = await msg(ada, "original words").getAttribute("data-seq");
+  const phone = await Client.open(fx.gate.url); // Ada on another device
+  const box = ada.getByRole("textbox", { name: "Edit message" });
+  const focused = () => box.evaluate((e) => e === document.activeElement);
+
+  // Edited elsewhere: the editor stays, with the text typed, focused; saving wins.
+  await msg(ada, "original words").getByRole("button", { name: "Edit message" }).click();
+  await box.fill("my new words");
+  await phone.request({ edit_message: { room_id: "edit-race", seq, sender_id: id, content: "changed on the phone" } });
+  await ada.locator(".edit-error", { hasText: "Edited elsewhere meanwhile" }).waitFor();
+  assert.equal(await box.inputValue(), "my new words");
+  assert.equal(await focused(), true);
+  await box.press("Enter");
+  await waitMessage(ada, "my new words");
+  assert.equal(await box.count(), 0);
+  assert.equal((await phone.history("edit-race")).find((m) => m.seq === seq).content, "my new words");
+
+  // Deleted elsewhere: said in place, the text kept; Enter does not try to save it.
+  await msg(ada, "my new words").getByRole("button", { name: "Edit message" }).click();
+  await box.fill("words to keep");
+  await phone.request({ delete_message: { room_id: "edit-race", seq, sender_id: id } });
+  const note = ada.locator("#messages li.msg.deleted .edit-error", { hasText: "deleted elsewhere" });
+  await note.waitFor();
+  assert.equal(await box.inputValue(), "words to keep");
+  assert.equal(await focused(), true);
+  await box.press("Enter");
+  assert.equal(await box.inputValue(), "words to keep");
+  await box.press("Escape");
+  assert.equal(await box.count(), 0);
+  await ada.locator("#messages li.msg.deleted .text", { hasText: "message deleted" }).waitFor();
+  assert.equal(await ada.locator("#messages .edit-error").count(), 0);
+  assert.equal((await phone.history("edit-race")).find((m) => m.seq === seq).deleted, true);
+  phone.close();
+  assert.deepEqual(ada.errors || [], []);
+  await ada.context().close();
 });

@@ -1,7 +1,9 @@
 // Layouts that broke in issue 10: an 85-character room name must not widen
 // the page, 15 rooms must scroll above the connection footer, and a link
 // keeps its balanced trailing ")". Screenshots in e2e/screenshots/
-// (layout-long-room-name*.png, layout-15-rooms.png) are for a look.
+// (layout-long-room-name*.png, layout-15-rooms.png) are for a look; the long
+// name is cut with an ellipsis (side list, header) and the composer's
+// placeholder stays on one line, measured.
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
@@ -31,6 +33,45 @@ async function assertFits(page) {
   assert.ok(fit.leave, "Leave is inside the window");
 }
 
+/**
+ * A long room name is cut with an ellipsis in the side list and the header,
+ * its full name in their titles and text (screen readers read the text);
+ * the composer's placeholder stays on one line.
+ */
+async function assertLongNameCut(page, room) {
+  const g = await page.evaluate(() => {
+    const list = document.getElementById("room-list");
+    const link = list.querySelector('a.room[aria-current="page"]');
+    const label = link.querySelector(".room-name");
+    const head = document.getElementById("room-title");
+    const box = document.getElementById("content");
+    const cut = (el) => ({
+      cut: el.scrollWidth > el.clientWidth,
+      ellipsis: getComputedStyle(el).textOverflow === "ellipsis",
+    });
+    return {
+      listOverflow: list.scrollWidth - list.clientWidth,
+      linkRight: link.getBoundingClientRect().right,
+      listRight: list.getBoundingClientRect().right,
+      label: { ...cut(label), text: label.textContent, title: link.title },
+      head: { ...cut(head), text: head.textContent, title: head.title },
+      box: (() => {
+        const st = getComputedStyle(box);
+        const lines = (box.scrollHeight - parseFloat(st.paddingTop) - parseFloat(st.paddingBottom)) / parseFloat(st.lineHeight);
+        return { empty: box.value === "", placeholder: box.placeholder, lines };
+      })(),
+    };
+  });
+  assert.ok(g.listOverflow <= 0, `the room list is ${g.listOverflow}px wider than itself`);
+  assert.ok(g.linkRight <= g.listRight + 0.5, `the shown room's link ends at ${g.linkRight}, the list at ${g.listRight}`);
+  assert.deepEqual(g.label, { cut: true, ellipsis: true, text: room, title: `#${room}` });
+  assert.deepEqual(g.head, { cut: true, ellipsis: true, text: `# ${room}`, title: `#${room}` });
+  // The empty box's content is its placeholder: one line high, not two.
+  assert.equal(g.box.empty, true);
+  assert.equal(g.box.placeholder, `Message #${room}`);
+  assert.ok(g.box.lines < 1.5, `the placeholder takes ${g.box.lines.toFixed(2)} lines`);
+}
+
 test("an 85-character room name does not widen the page", async () => {
   const room = `a-very-long-room-name-${"x".repeat(63)}`;
   assert.equal(room.length, 85);
@@ -41,6 +82,14 @@ test("an 85-character room name does not widen the page", async () => {
     await waitMessage(page, "hello in a long-named room");
     await assertFits(page);
     await shot(page, viewport ? "layout-long-room-name-phone" : "layout-long-room-name");
+    // On a phone the side list is a drawer: open it to see the list.
+    if (viewport) {
+      await page.getByRole("button", { name: "Rooms" }).click();
+      await page.locator("body.drawer-open").waitFor();
+      await page.waitForFunction(() => document.getAnimations().every((a) => a.playState !== "running"));
+      await shot(page, "layout-long-room-name-phone-drawer");
+    }
+    await assertLongNameCut(page, room);
     await page.context().close();
   }
   c.close();

@@ -2,6 +2,7 @@
 // back on the same port and database; the message is delivered exactly once,
 // with the id it was given when typed, and nothing said meanwhile is missed.
 import assert from "node:assert/strict";
+import net from "node:net";
 import { test } from "node:test";
 import { Client, SplitGate, openChat, sendText, useGateAndBrowser, waitConnected, waitMessage } from "./lib.mjs";
 
@@ -186,4 +187,74 @@ test("the gateway's upstream dies while the page stays connected: outbox and cat
   } finally {
     await split.stop();
   }
+});
+
+/**
+ * A TCP relay to `port` whose connections can be made to go silent both
+ * ways without closing, as over a link that died (a laptop asleep, a
+ * network changed): the browser is told nothing. New connections pass.
+ */
+async function silenceableRelay(port) {
+  const pairs = new Set();
+  let accepted = 0;
+  const server = net.createServer((client) => {
+    accepted += 1;
+    const upstream = net.connect(port, "127.0.0.1");
+    const pair = { client, upstream };
+    pairs.add(pair);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+      pairs.delete(pair);
+    };
+    for (const s of [client, upstream]) s.on("error", end).on("close", end);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    accepted: () => accepted,
+    silence() {
+      for (const { client, upstream } of pairs) {
+        client.unpipe(upstream);
+        upstream.unpipe(client);
+        client.pause();
+        upstream.pause();
+      }
+    },
+    close() {
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
+      server.close();
+    },
+  };
+}
+
+test("a socket gone silent is found out by a ping and replaced; what was said meanwhile arrives", async () => {
+  const relay = await silenceableRelay(fx.gate.port);
+  const ada = await openChat(fx.browser, { url: relay.url }, { name: "Ada", room: "silent" });
+  const bob = await openChat(fx.browser, fx.gate, { name: "Bob", room: "silent" });
+  await sendText(bob, "before the silence");
+  await waitMessage(ada, "before the silence");
+  const sockets = relay.accepted();
+
+  relay.silence();
+  await sendText(bob, "said into the silence");
+  await waitMessage(bob, "said into the silence");
+  assert.equal(await ada.locator("#status").getAttribute("data-state"), "connected", "the page cannot tell by itself");
+  // The page is seen again (a laptop woken): it checks its socket at once,
+  // gets no answer within 5 s, and opens another.
+  await ada.evaluate(() => document.dispatchEvent(new Event("visibilitychange")));
+  await waitMessage(ada, "said into the silence", 15000);
+  await waitConnected(ada);
+  assert.ok(relay.accepted() > sockets, "a new connection replaced the silent one");
+  await sendText(ada, "back");
+  await waitMessage(bob, "back");
+  assert.deepEqual(ada.errors || [], []);
+  await ada.context().close();
+  await bob.context().close();
+  relay.close();
 });

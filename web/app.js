@@ -24,7 +24,7 @@ import { createAttention } from "./attention.js";
 import * as auth from "./auth.js";
 import { createChat } from "./chat.js";
 import { createConnection } from "./connection.js";
-import { MAX_CONTENT_BYTES, contentProblem, normalizeRoom, roomProblem, utf8Bytes } from "./format.js";
+import { contentProblem, normalizeRoom, roomProblem, utf8Bytes } from "./format.js";
 import { createMentionBox } from "./mention-box.js";
 import { createMessageEdit } from "./message-edit.js";
 import { createMessageList } from "./message-list.js";
@@ -102,9 +102,17 @@ createPresenceView({
 });
 const messages = createMessageList({
   store,
-  dom: { scroller: $("scroller"), list: $("messages"), empty: $("empty"), note: $("history-note"), jump: $("jump") },
+  dom: {
+    scroller: $("scroller"),
+    list: $("messages"),
+    empty: $("empty"),
+    refused: $("refused"),
+    note: $("history-note"),
+    jump: $("jump"),
+  },
   isOpen: conn.isOpen,
   onWantOlder: (room) => chat.loadOlder(room),
+  onReplaced: (old, el, focused) => edits.adopt(old, el, focused),
 });
 const attention = createAttention({
   store,
@@ -196,18 +204,30 @@ const directory = createRoomDirectory({
   },
 });
 
-const edits = createMessageEdit({ chat, room: () => store.state.current });
+const edits = createMessageEdit({ chat, room: () => store.state.current, contentLimit: () => store.state.limits.content });
 
 /** The room header and the composer follow the shown room. */
 function renderHead() {
   const r = store.currentRoom();
   $("room-title").textContent = r ? `# ${r.name}` : "No room";
+  $("room-title").title = r ? `#${r.name}` : ""; // the full name: a long one is cut with an ellipsis
   $("leave").hidden = !r;
-  $("content").disabled = !r;
-  $("send-btn").disabled = !r;
+  renderRefused();
   $("content").placeholder = r ? `Message #${r.name}` : "Join a room to send messages";
   const hash = r ? `#${encodeURIComponent(r.name)}` : "";
   if (location.hash !== hash) history.replaceState(null, "", hash || location.pathname + location.search);
+}
+
+let refusedSaid = null;
+/** A room the server refused takes no messages; the pane says why, and it is read out once. */
+function renderRefused() {
+  const r = store.currentRoom();
+  const off = !r || r.error !== null;
+  $("content").disabled = off;
+  $("send-btn").disabled = off;
+  const said = r && r.error !== null ? `Could not open #${r.name}: ${r.error}` : null;
+  if (said !== null && said !== refusedSaid) announce(said);
+  refusedSaid = said;
 }
 
 /** The connection state, in the sidebar footer, the header and the banner; changes are read out. */
@@ -236,7 +256,9 @@ store.subscribe((ev) => {
     renderHead();
     renderNotify();
     closeDrawer();
-  } else if (ev.type === "connection") renderStatus();
+  } else if (ev.type === "room" && ev.room === store.state.current) renderRefused();
+  else if (ev.type === "connection") renderStatus();
+  else if (ev.type === "limits") renderCount();
   else if ((ev.type === "name" && ev.id === store.state.userId) || ev.type === "identity") {
     $("name").value = store.state.userName;
     // Signed in: the token's name is used, nothing to ask.
@@ -253,7 +275,8 @@ addEventListener("storage", (ev) => {
     const list = persist.get(KEYS.rooms, []);
     if (!Array.isArray(list)) return;
     for (const name of list) if (typeof name === "string" && name) chat.joinRoom(name, false);
-    for (const name of [...store.state.rooms.keys()]) if (!list.includes(name)) chat.leaveRoom(name);
+    // A room refused here is not in the stored list, and stays (marked) until removed here.
+    for (const r of [...store.state.rooms.values()]) if (!list.includes(r.name) && r.error === null) chat.leaveRoom(r.name);
   } else if (ev.key === KEYS.drafts) {
     const stored = persist.get(KEYS.drafts, {}) || {};
     for (const room of [...drafts.keys()]) if (room !== draftRoom && !(room in stored)) drafts.delete(room);
@@ -263,8 +286,9 @@ addEventListener("storage", (ev) => {
 
 setInterval(() => conn.updateReconnectText(), 1000);
 addEventListener("online", conn.reconnectNow);
+addEventListener("offline", conn.networkLost);
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible") conn.reconnectNow();
+  if (document.visibilityState === "visible") conn.checkNow();
 });
 
 // ---------- controls ----------
@@ -304,8 +328,9 @@ const COUNT_FROM = 0.8;
 function renderCount(refused = null) {
   const n = utf8Bytes($("content").value);
   const el = $("composer-count");
-  const over = n > MAX_CONTENT_BYTES;
-  const text = refused || (n >= MAX_CONTENT_BYTES * COUNT_FROM ? `${n} / ${MAX_CONTENT_BYTES} bytes` : "");
+  const max = store.state.limits.content;
+  const over = n > max;
+  const text = refused || (n >= max * COUNT_FROM ? `${n} / ${max} bytes` : "");
   if (el.textContent !== text) el.textContent = text;
   el.classList.toggle("over", over);
   $("content").setAttribute("aria-invalid", String(over));
@@ -360,7 +385,7 @@ function wire() {
   $("join").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const name = normalizeRoom($("join-room").value);
-    const problem = roomProblem(name);
+    const problem = roomProblem(name, store.state.limits.id);
     $("join-note").textContent = problem || "";
     $("join-note").className = problem ? "note error" : "note";
     $("join-room").setAttribute("aria-invalid", String(!!problem));
@@ -377,6 +402,11 @@ function wire() {
   });
   $("leave").addEventListener("click", () => store.state.current !== null && chat.leaveRoom(store.state.current));
   $("retry").addEventListener("click", conn.reconnectNow);
+  $("refused-retry").addEventListener("click", () => store.state.current !== null && chat.retryRoom(store.state.current));
+  $("refused-remove").addEventListener("click", () => {
+    if (store.state.current !== null) chat.leaveRoom(store.state.current);
+    $("content").focus();
+  });
   $("browse-rooms").addEventListener("click", () => directory.open());
   $("banner-retry").addEventListener("click", () => {
     conn.reconnectNow();
@@ -438,7 +468,7 @@ function wire() {
     const text = content.value.replace(/^\s*\n|\s+$/g, "");
     if (!text.trim() || store.state.current === null || draftRoom !== store.state.current) return;
     // Refused here, the text kept: the server would refuse it for good.
-    const problem = contentProblem(text);
+    const problem = contentProblem(text, store.state.limits.content);
     if (problem) {
       renderCount(problem);
       announce(problem); // the counter is not a live region: it changes with every key

@@ -3,9 +3,11 @@
 // the "New messages" divider, the title badge and desktop notifications.
 //
 // Read = the room shown, the tab visible and the list scrolled to the bottom.
-// What arrived while the page was closed (the first history page of a room)
-// counts as unread from the read position; a room never read before has
-// nothing unread from before this visit.
+// What arrived while the page was closed counts as unread from the read
+// position, also beyond the first history page: seqs have no gaps, so the
+// seqs between the read position and the first page are messages too (see
+// ARCHITECTURE.md, "The web client"); a room never read before has nothing
+// unread from before this visit.
 
 import { KEYS } from "./persist.js";
 import { mentionsUser } from "./mention.js";
@@ -25,8 +27,9 @@ export function createAttention({ store, persist, messages, dom, notify }) {
   const top = new Map(); // room -> highest seq already counted
   let hiddenHere = 0; // messages in the shown room that arrived while the tab was hidden
   // The shown room's divider: `mark` is the read position it is placed after;
-  // `placed` once it stands (it stays until another room is shown).
-  let divider = { room: null, mark: null, placed: false };
+  // `seq`, the message it stands above (it stays until another room is
+  // shown); `final` once nothing between the mark and it is still to load.
+  let divider = { room: null, mark: null, seq: null, final: false };
 
   const visible = () => document.visibilityState === "visible";
   const reading = () => store.state.current !== null && visible() && messages.atBottom();
@@ -58,19 +61,26 @@ export function createAttention({ store, persist, messages, dom, notify }) {
   function markRead() {
     const r = store.currentRoom();
     if (!r || !reading() || !r.maxSeq) return;
-    if (!divider.placed) divider.mark = r.maxSeq;
+    if (divider.seq === null) divider.mark = r.maxSeq;
     if ((readSeq.get(r.name) || 0) >= r.maxSeq) return;
     readSeq.set(r.name, r.maxSeq);
     saveRead();
   }
 
-  /** Places the divider before the first message of others after the mark, if any. */
+  /**
+   * Places the divider before the first message of others after the mark, if
+   * any. When more came than the first page holds, the messages right after
+   * the mark are not loaded yet: it goes above the oldest one held, and moves
+   * up as older pages bring earlier ones.
+   */
   function placeDivider(msgs) {
     const r = store.currentRoom();
-    if (!r || divider.placed || divider.mark === null) return;
-    const first = othersAfter(msgs, divider.mark).sort((a, b) => a.seq - b.seq)[0];
-    if (!first) return;
-    divider.placed = true;
+    if (!r || divider.final || divider.mark === null) return;
+    let first = null;
+    for (const m of othersAfter(msgs, divider.mark)) if (!first || m.seq < first.seq) first = m;
+    if (!first || (divider.seq !== null && first.seq >= divider.seq)) return;
+    divider.seq = first.seq;
+    divider.final = r.minSeq <= divider.mark + 1;
     messages.setDivider(r.name, first.seq);
   }
 
@@ -84,7 +94,7 @@ export function createAttention({ store, persist, messages, dom, notify }) {
     if (divider.room !== null) messages.setDivider(divider.room, null);
     const r = store.room(room);
     const mark = r ? readSeq.get(room) : undefined;
-    divider = { room, mark: mark === undefined ? null : mark, placed: false };
+    divider = { room, mark: mark === undefined ? null : mark, seq: null, final: false };
     if (r) placeDivider([...r.bySeq.values()]);
     markRead();
   }
@@ -98,16 +108,28 @@ export function createAttention({ store, persist, messages, dom, notify }) {
     const from = Math.max(top.get(room) || 0, read || 0);
     top.set(room, Math.max(top.get(room) || 0, r.maxSeq));
     const fresh = firstPage && read === undefined ? [] : othersAfter(added, from);
+    const count = firstPage && read !== undefined ? fresh.length + notLoaded(added, from, r.maxSeq) : fresh.length;
     const shown = room === store.state.current;
-    if (shown && (firstPage || !reading())) placeDivider(added);
-    if (fresh.length) {
+    if (shown && (firstPage || !reading() || (divider.seq !== null && !divider.final))) placeDivider(added);
+    if (count) {
       // Live messages of a room not shown are counted by chat.js.
-      if (firstPage && !shown) store.addUnread(room, fresh.length);
-      if (shown && !visible()) hiddenHere += fresh.length;
-      if (!firstPage) notifyOf(room, fresh);
+      if (firstPage && !shown) store.addUnread(room, count);
+      if (shown && !visible()) hiddenHere += count;
+      if (!firstPage && fresh.length) notifyOf(room, fresh);
     }
     if (shown) markRead();
     renderTitle();
+  }
+
+  /**
+   * How many seqs after `from`, up to `top`, the page `added` does not hold:
+   * messages too (a room's seqs have no gaps), counted as others' without
+   * loading them; the own ones among them are over-counted (ARCHITECTURE.md).
+   */
+  function notLoaded(added, from, top) {
+    let held = 0;
+    for (const m of added) if (m.seq > from) held += 1;
+    return Math.max(0, top - from - held);
   }
 
   function notifyOf(room, msgs) {

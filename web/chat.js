@@ -105,8 +105,14 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     // Others may have renamed themselves meanwhile.
     fresh.clear();
     if (!signedIn) conn.call("set_user_name", { user_id: me(), name: store.state.userName }).catch(() => {});
+    // What this server accepts (a server without get_limits: the defaults stay, it still refuses with a reason).
+    conn
+      .call("get_limits", {})
+      .then((a) => store.setLimits(a.limits))
+      .catch(() => {});
     flushOutbox(true);
-    for (const name of store.state.rooms.keys()) enterRoom(name);
+    // A room the server refused is not asked again (its "Try again" does).
+    for (const r of store.state.rooms.values()) if (r.error === null) enterRoom(r.name);
     wantNamesShown();
   }
 
@@ -237,14 +243,13 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
       .call("join_room", { room_id: name, user_id: me() })
       .then((f) => {
         if (f.presence) onPresence(f.presence);
-        store.setRoomMeta(name, { error: null });
         return true;
       })
       .catch((e) => {
-        // Closed meanwhile: the re-join after reconnecting does it again.
-        if (!e || e.code === "UNAVAILABLE" || e.code === "DEADLINE_EXCEEDED") return true;
-        // Refused for good (a name too long, a room the token may not enter): say why.
-        store.setRoomMeta(name, { error: e.message || e.code });
+        // Closed meanwhile (or signed out): the re-join after reconnecting does it again.
+        if (!e || ["UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED"].includes(e.code)) return true;
+        // Refused (a bad name, a room the token may not enter, too many rooms): say why, do not ask again.
+        store.setRefused(name, e.message || e.code);
         return false;
       })
       .then((ok) => {
@@ -265,7 +270,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
       do {
         s.catchAgain = false;
         const r = store.room(name);
-        if (!r) return;
+        if (!r || r.error !== null) return;
         if (r.lastSeq === null) {
           const a = await conn.call("get_chat_history", { room_id: name, limit: PAGE, before_seq: 0 });
           const h = a.chat_history;
@@ -381,9 +386,18 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     wantNamesShown();
   }
 
+  /** Asks the server again for a room it refused (the user's "Try again"). */
+  function retryRoom(name) {
+    const r = store.room(name);
+    if (!r || r.error === null) return;
+    store.setRefused(name, null);
+    enterRoom(name);
+  }
+
   function leaveRoom(name) {
-    if (!store.room(name)) return;
-    conn.send({ leave_room: { room_id: name } });
+    const r = store.room(name);
+    if (!r) return;
+    if (r.error === null) conn.send({ leave_room: { room_id: name } });
     const s = rooms.get(name);
     if (s) clearTimeout(s.retryTimer);
     rooms.delete(name);
@@ -451,6 +465,7 @@ export function createChat({ store, conn, announce = () => {}, newId, isVisible 
     joinRoom,
     selectRoom,
     leaveRoom,
+    retryRoom,
     loadOlder,
     send,
     retry,

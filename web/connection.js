@@ -8,6 +8,18 @@ import { backoffDelay } from "./backoff.js";
 const CALL_TIMEOUT_MS = 35000;
 
 /**
+ * A socket whose other end vanished (a laptop that slept, a network that
+ * changed, a gateway host that died) says nothing until TCP gives up,
+ * minutes later, and the page would say Connected meanwhile. So when
+ * nothing has come for a QUIET_MS, the gateway is pinged (a frame with only
+ * a request_id, docs/protocol.md "Ping"), and with no frame at all within
+ * PONG_MS the socket is given up as if it had closed.
+ */
+const QUIET_MS = 25000;
+const PONG_MS = 5000;
+const PING_PREFIX = "ping:";
+
+/**
  * `hooks`: onOpen(socket) once the upgrade is through (the caller signs in,
  * then says "connected"); onFrame(frame) for frames that answer no call;
  * onDrop() when the connection is forgotten (what was in flight has failed);
@@ -23,6 +35,9 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
   let nextRequest = 1;
   const pending = new Map(); // request_id -> {resolve, reject, timer}
   let opened = false; // the current socket got past its upgrade
+  let heard = false; // a frame came since the liveness check last looked
+  let liveTimer = null;
+  let pinged = false; // the liveness check is waiting for a ping's answer
   let neverOpened = 0; // sockets in a row that closed before opening
 
   const isOpen = () => ws !== null && ws.readyState === WebSocketImpl.OPEN;
@@ -37,9 +52,11 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
     socket.onopen = () => {
       attempt = 0;
       opened = true;
+      expectFrames(QUIET_MS);
       hooks.onOpen(socket);
     };
     socket.onmessage = (ev) => {
+      heard = true;
       let frame;
       try {
         frame = JSON.parse(ev.data);
@@ -59,6 +76,9 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
   function drop() {
     const socket = ws;
     ws = null;
+    clearTimeout(liveTimer);
+    liveTimer = null;
+    pinged = false;
     if (socket && socket.readyState <= WebSocketImpl.OPEN) socket.close(1000);
     neverOpened = opened ? 0 : neverOpened + 1;
     opened = false;
@@ -85,6 +105,9 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
 
   function onFrame(frame) {
     const rid = frame.request_id;
+    // A ping's answer (or, in jwt mode before sign-in, its refusal) has
+    // done its work by arriving.
+    if (typeof rid === "string" && rid.startsWith(PING_PREFIX)) return;
     if (typeof rid === "string" && pending.has(rid)) {
       const p = pending.get(rid);
       pending.delete(rid);
@@ -113,6 +136,44 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
     if (hooks.waitText) text = hooks.waitText(text, neverOpened);
     if (globalThis.navigator?.onLine === false) hooks.onStatus("offline", "Offline — waiting for the network");
     else hooks.onStatus("reconnecting", text);
+  }
+
+  /**
+   * Gives the socket up as if it had closed: calls in flight fail, the
+   * outbox waits, and a reconnect is scheduled. For a socket that will
+   * never report its close: a ping unanswered (checkAlive), or the browser's
+   * `offline` event (networkLost): Chromium holds a socket's frames while
+   * offline and does not always report its close (a server killed then
+   * left a page "Connected" for good), so the page says Offline and the
+   * reconnect comes with `online` (reconnectNow) or the backoff.
+   */
+  function abandon() {
+    if (!ws || hooks.mayReconnect?.() === false) return;
+    drop();
+    scheduleReconnect();
+  }
+
+  /** Looks again in `ms` whether a frame came meanwhile (see QUIET_MS). */
+  function expectFrames(ms) {
+    clearTimeout(liveTimer);
+    heard = false;
+    liveTimer = setTimeout(checkAlive, ms);
+  }
+
+  function checkAlive() {
+    if (!isOpen()) return;
+    if (heard) {
+      pinged = false;
+      expectFrames(QUIET_MS);
+    } else if (!pinged) ping();
+    else abandon(); // the ping went unanswered, and nothing else came
+  }
+
+  /** Pings the gateway now, expecting a frame within PONG_MS. */
+  function ping() {
+    pinged = true;
+    ws.send(JSON.stringify({ request_id: `${PING_PREFIX}${nextRequest++}` }));
+    expectFrames(PONG_MS);
   }
 
   /** Skips the backoff (the network is back, the tab is visible again, "Retry now"). */
@@ -145,7 +206,16 @@ export function createConnection(hooks, { url = defaultUrl(), WebSocketImpl = gl
     });
   }
 
-  return { connect, reconnectNow, updateReconnectText, isOpen, send, call, drop, stop, restart, isCurrent: (s) => s === ws };
+  /**
+   * The page is seen again (the tab shown, a laptop woken): a socket that
+   * looks open is checked at once with a ping, a closed one reconnected.
+   */
+  function checkNow() {
+    if (!isOpen()) reconnectNow();
+    else if (!pinged) ping();
+  }
+
+  return { connect, reconnectNow, checkNow, networkLost: abandon, updateReconnectText, isOpen, send, call, drop, stop, restart, isCurrent: (s) => s === ws };
 }
 
 function defaultUrl() {

@@ -94,12 +94,12 @@ export const normalizeRoom = (s) => s.trim().replace(/^#+/, "").trim();
 export const badgeText = (n) => (n > 99 ? "99+" : String(n));
 
 /**
- * The server's default `--max-content-bytes`: the client cannot ask the
- * server for it, so a server run with another limit still refuses (and the
- * refusal is shown) where this one would have let a message through.
+ * The server's default `--max-content-bytes`, used until the server says its
+ * own (`get_limits`, asked on each connection; a server without that call
+ * keeps this one, and still refuses with its reason shown).
  */
 export const MAX_CONTENT_BYTES = 4096;
-/** The server's limit on ids, room names included (src/server/validate.rs). */
+/** The server's limit on ids, room names included (src/server/validate.rs), until it says. */
 export const MAX_ID_BYTES = 128;
 
 const utf8 = new TextEncoder();
@@ -114,10 +114,10 @@ export function contentProblem(text, limit = MAX_CONTENT_BYTES) {
 }
 
 /** Why the server would refuse this room name (already normalized), or null. */
-export function roomProblem(name) {
+export function roomProblem(name, limit = MAX_ID_BYTES) {
   if (!name) return "Type a room name.";
   const n = utf8Bytes(name);
-  return n > MAX_ID_BYTES ? `Room names are at most ${MAX_ID_BYTES} bytes; this one is ${n}.` : null;
+  return n > limit ? `Room names are at most ${limit} bytes; this one is ${n}.` : null;
 }
 
 /** "just now", "5 min ago", "3 h ago", "2 days ago", or the date for older ones. */

@@ -2,12 +2,23 @@
 // saves, Escape cancels, a refusal keeps the text and shows the server's
 // reason) and the delete confirmation. Works on the elements message-list.js
 // builds; the saved message comes back through the store (message_changed)
-// and replaces the element, which ends the editing.
+// and replaces the element, which ends the editing. An element replaced for
+// another reason (the message edited or deleted in another tab or device,
+// or regrouped) takes the editor over with the text typed so far (`adopt`);
+// a deletion is said in place.
 
 import { contentProblem } from "./format.js";
 
-/** `chat`: chat.js (editMessage, deleteMessage); `room()`: the shown room's name. */
-export function createMessageEdit({ chat, room }) {
+const DELETED_NOTE = "This message was deleted elsewhere. Your text is kept here to copy; Escape closes it.";
+
+/**
+ * `chat`: chat.js (editMessage, deleteMessage); `room()`: the shown room's
+ * name; `contentLimit()`: the server's content limit in bytes.
+ */
+export function createMessageEdit({ chat, room, contentLimit }) {
+  /** The message element being edited -> its editor {li, text, box, hint, saving, deleted}. */
+  const editors = new Map();
+
   function problemEl(li) {
     let p = li.querySelector(".edit-error");
     if (!p) {
@@ -19,36 +30,42 @@ export function createMessageEdit({ chat, room }) {
     return p;
   }
 
-  function focusEdit(seq) {
-    document.querySelector(`#messages li.msg[data-seq="${seq}"] button[data-action="edit"]`)?.focus();
+  /** Puts the editor of `ed` into its element `ed.li`, over the message's text. */
+  function mount(ed) {
+    ed.text = ed.li.querySelector(".text");
+    ed.li.classList.add("editing");
+    ed.text.hidden = true;
+    ed.text.after(ed.box, ed.hint);
+    editors.set(ed.li, ed);
   }
 
   function edit(li) {
     if (li.classList.contains("editing")) return;
-    const text = li.querySelector(".text");
     const seq = Number(li.dataset.seq);
     const name = room();
-    if (!text || !seq || name === null) return;
-    li.classList.add("editing");
+    if (!li.querySelector(".text") || !seq || name === null) return;
     const box = document.createElement("textarea");
     box.className = "edit-box";
     box.rows = 2;
-    box.value = text.textContent;
+    box.value = li.querySelector(".text").textContent;
     box.setAttribute("aria-label", "Edit message");
     const hint = document.createElement("p");
     hint.className = "hint";
     hint.textContent = "Enter to save · Escape to cancel";
-    text.hidden = true;
-    text.after(box, hint);
+    const ed = { li, text: null, box, hint, saving: false, deleted: false };
+    mount(ed);
     box.focus();
     box.setSelectionRange(box.value.length, box.value.length);
     const done = () => {
+      editors.delete(ed.li);
       box.remove();
       hint.remove();
-      li.querySelector(".edit-error")?.remove();
-      text.hidden = false;
-      li.classList.remove("editing");
-      li.querySelector('button[data-action="edit"]')?.focus();
+      ed.li.querySelector(".edit-error")?.remove();
+      ed.text.hidden = false;
+      ed.li.classList.remove("editing");
+      const again = ed.li.querySelector('button[data-action="edit"]');
+      if (again) again.focus();
+      else document.getElementById("content")?.focus(); // deleted: nothing to edit any more
     };
     box.addEventListener("keydown", async (ev) => {
       if (ev.key === "Escape") {
@@ -56,23 +73,54 @@ export function createMessageEdit({ chat, room }) {
         done();
       } else if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
         ev.preventDefault();
+        if (ed.deleted) return void (problemEl(ed.li).textContent = DELETED_NOTE);
         const value = box.value.replace(/^\s*\n|\s+$/g, "");
-        if (value === text.textContent) return done();
-        const problem = contentProblem(value);
-        if (problem) return void (problemEl(li).textContent = problem);
+        if (value === ed.text.textContent) return done();
+        const problem = contentProblem(value, contentLimit());
+        if (problem) return void (problemEl(ed.li).textContent = problem);
         box.readOnly = true;
+        ed.saving = true;
         try {
+          // The saved message replaces the element (the editor moves over): then editing ends.
           await chat.editMessage(name, seq, value);
-          // The element was rebuilt from the store; this one is gone: focus goes where it was.
-          if (li.isConnected) done();
-          else focusEdit(seq);
+          done();
         } catch (e) {
           box.readOnly = false;
-          problemEl(li).textContent = `Not saved: ${(e && (e.message || e.code)) || "no answer"}`;
+          ed.saving = false;
+          problemEl(ed.li).textContent = `Not saved: ${(e && (e.message || e.code)) || "no answer"}`;
           box.focus();
         }
       }
     });
+  }
+
+  /**
+   * The list replaced element `old`, being edited, with `li` (message-list.js):
+   * the editor moves over with what was typed, its focus (`focused`: it had
+   * it) and selection kept. While saving, the new element is most likely
+   * the saved message: nothing is said.
+   */
+  function adopt(old, li, focused) {
+    const ed = editors.get(old);
+    if (!ed) return;
+    editors.delete(old);
+    const { selectionStart, selectionEnd } = ed.box;
+    const was = ed.text.textContent;
+    const problem = old.querySelector(".edit-error");
+    ed.li = li;
+    mount(ed);
+    if (focused) {
+      ed.box.focus();
+      ed.box.setSelectionRange(selectionStart, selectionEnd);
+    }
+    if (li.classList.contains("deleted")) {
+      ed.deleted = true;
+      problemEl(li).textContent = DELETED_NOTE;
+    } else if (ed.saving) {
+      // The answer ends the editing (or says why it was not saved).
+    } else if (ed.text.textContent !== was) {
+      problemEl(li).textContent = "Edited elsewhere meanwhile: saving replaces that text.";
+    } else if (problem) problemEl(li).textContent = problem.textContent;
   }
 
   function confirmDelete(li) {
@@ -128,5 +176,5 @@ export function createMessageEdit({ chat, room }) {
     return true;
   }
 
-  return { onAction };
+  return { onAction, adopt };
 }

@@ -1,5 +1,5 @@
 // Rendering of the message list, at the cost of what changed. Each room has
-// its own <ol>, built once and kept in the page while the room is not shown
+// its own list, built once and kept in the page while the room is not shown
 // (class "away": content-visibility hidden, so the browser keeps its layout
 // and showing it again costs little); the shown one carries id="messages". A live message inserts one element (and redraws
 // the one after it if its grouping changed), an older page one fragment, a
@@ -61,10 +61,13 @@ export function appendText(el, text, people = [], me = null) {
 }
 
 /**
- * `dom`: {scroller, list (the initial #messages), empty, note, jump};
- * `isOpen()`: whether the connection is up (for "Sending…").
+ * `dom`: {scroller, list (the initial #messages), empty, refused (Try again and Remove
+ * of a refused room), note, jump};
+ * `isOpen()`: whether the connection is up (for "Sending…"); `onReplaced(old, el, focused)`:
+ * an element being edited (class "editing") was replaced by `el` (message-edit.js);
+ * `focused`: the focus was in it.
  */
-export function createMessageList({ store, dom, isOpen, onWantOlder }) {
+export function createMessageList({ store, dom, isOpen, onWantOlder, onReplaced = () => {} }) {
   // The own id is read at each use: signing in (--auth jwt) may change it.
   const me = () => store.state.userId;
   const views = new Map(); // room name -> view
@@ -89,6 +92,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     const { msg: m, grouped, pending, failed } = entry;
     const li = document.createElement("li");
     li.className = "msg";
+    li.setAttribute("role", "listitem"); // its chunk's <ol> is role=none (see chunk())
     if (m.sender_id === me()) li.classList.add("mine");
     if (grouped) li.classList.add("grouped");
     if (pending) li.classList.add("pending");
@@ -212,19 +216,20 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   /** Puts the "New messages" line above message `seq` of `room` (null: none). */
   function setDivider(room, seq) {
     const view = views.get(room);
-    if (view) for (const old of view.ol.querySelectorAll(".unread-line")) old.remove();
+    if (view) for (const old of view.list.querySelectorAll(".unread-line")) old.remove();
     if (seq === null) {
       dividers.delete(room);
       return;
     }
     dividers.set(room, seq);
-    const li = view && view.ol.querySelector(`li.msg[data-seq="${seq}"]`);
+    const li = view && view.list.querySelector(`li.msg[data-seq="${seq}"]`);
     if (li) li.prepend(dividerEl());
   }
 
   function daySep(m) {
     const sep = document.createElement("li");
     sep.className = "day";
+    sep.setAttribute("role", "listitem");
     sep.textContent = dayLabel(whenOf(m), new Date(), (d) => dayFmt.format(d));
     return sep;
   }
@@ -234,9 +239,9 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   // order; each {key, msg, pending, failed, grouped, day, el, sep}.
 
   function newView(room) {
-    const ol = template.cloneNode(false);
-    ol.removeAttribute("id");
-    const view = { room, ol, entries: [], confirmed: 0, queued: [], outboxStale: false, scrollTop: null };
+    const list = template.cloneNode(false);
+    list.removeAttribute("id");
+    const view = { room, list, entries: [], confirmed: 0, queued: [], outboxStale: false, scrollTop: null };
     views.set(room, view);
     const all = store.messagesOf(room).map(confirmedEntry);
     for (let i = 0; i < all.length; i += CHUNK) insertRun(view, view.entries.length, all.slice(i, i + CHUNK));
@@ -261,7 +266,12 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     if (!entry.el || entry.grouped !== grouped) {
       entry.grouped = grouped;
       const el = messageEl(entry);
-      if (entry.el && entry.el.parentNode) entry.el.replaceWith(el);
+      if (entry.el && entry.el.parentNode) {
+        // Taking the element out of the page takes the focus from what is in it.
+        const focused = entry.el.contains(document.activeElement);
+        entry.el.replaceWith(el);
+        if (entry.el.classList.contains("editing")) onReplaced(entry.el, el, focused);
+      }
       entry.el = el;
       changed = true;
     }
@@ -281,21 +291,21 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
   const firstNode = (entry) => entry.sep || entry.el;
 
   /**
-   * The list is made of chunks (an <li> holding an <ol> of up to CHUNK
-   * entries; an older page is one chunk): a layout after one message then
-   * walks the chunks and one chunk, not every message of the room.
+   * The list is made of chunks (an <ol> of up to CHUNK entries; an older
+   * page is one chunk): a layout after one message then walks the chunks
+   * and one chunk, not every message of the room. A chunk is role=none and
+   * its entries say role=listitem, so a screen reader hears one list of
+   * every message (the room's, role=list), not a list per chunk.
    */
   function chunk(content) {
-    const li = document.createElement("li");
-    li.className = "chunk";
+    const ol = document.createElement("ol");
+    ol.className = "chunk";
+    ol.setAttribute("role", "none");
     // Off screen a chunk is skipped (content-visibility: auto) and counts
     // this estimate until it has been drawn once; then its real height.
-    li.style.containIntrinsicSize = `auto ${Math.max(1, content.childElementCount) * ESTIMATE_PX}px`;
-    const ol = document.createElement("ol");
-    ol.className = "chunk-list";
+    ol.style.containIntrinsicSize = `auto ${Math.max(1, content.childElementCount) * ESTIMATE_PX}px`;
     ol.append(content);
-    li.append(ol);
-    return li;
+    return ol;
   }
 
   /** Inserts entries (in order) at `index` as one fragment, then re-places the entry after them. */
@@ -311,11 +321,11 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     }
     const next = view.entries[index];
     if (next && index > 0) next.el.parentNode.insertBefore(frag, firstNode(next));
-    else if (next) view.ol.prepend(chunk(frag)); // an older page: a chunk of its own, above
+    else if (next) view.list.prepend(chunk(frag)); // an older page: a chunk of its own, above
     else {
-      const last = view.ol.lastElementChild?.firstElementChild;
+      const last = view.list.lastElementChild;
       if (last && last.childElementCount < CHUNK) last.append(frag);
-      else view.ol.append(chunk(frag));
+      else view.list.append(chunk(frag));
     }
     view.entries.splice(index, 0, ...run);
     if (!run[0].pending && !run[0].failed) view.confirmed += run.length;
@@ -327,7 +337,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     const list = e.el.parentNode;
     e.sep?.remove();
     e.el.remove();
-    if (list && !list.firstChild) list.parentNode.remove(); // the chunk is empty
+    if (list && !list.firstChild) list.remove(); // the chunk is empty
     if (!e.pending && !e.failed) view.confirmed -= 1;
     const next = view.entries[index];
     if (next) place(next, view.entries[index - 1] || null);
@@ -533,6 +543,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     else if (!r.bySeq.size && !hasPending) text = `This is the start of #${r.name}. Say hello!`;
     empty.hidden = text === null;
     if (text !== null && empty.textContent !== text) empty.textContent = text;
+    dom.refused.hidden = !r || r.error === null;
 
     const note = dom.note;
     if (!r || r.lastSeq === null || !r.bySeq.size) {
@@ -554,18 +565,18 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
     const s = dom.scroller;
     if (shown) shown.scrollTop = stuck || atBottom() ? null : s.scrollTop;
     const view = room === null ? null : views.get(room) || newView(room);
-    const ol = view ? view.ol : template;
-    if (ol !== dom.list) {
+    const list = view ? view.list : template;
+    if (list !== dom.list) {
       dom.list.removeAttribute("id");
       dom.list.classList.add("away");
       dom.list.setAttribute("aria-hidden", "true");
-      if (!ol.isConnected) template.parentNode.append(ol);
-      ol.classList.remove("away");
-      ol.removeAttribute("aria-hidden");
-      ol.id = "messages";
+      if (!list.isConnected) template.parentNode.append(list);
+      list.classList.remove("away");
+      list.removeAttribute("aria-hidden");
+      list.id = "messages";
       resized.unobserve(dom.list);
-      resized.observe(ol);
-      dom.list = ol;
+      resized.observe(list);
+      dom.list = list;
     }
     shown = view;
     if (view) flushQueued(view);
@@ -646,13 +657,13 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       }
       case "identity": {
         // Signed in as someone else: which messages are "mine" changed everywhere.
-        for (const view of views.values()) if (view !== shown) view.ol.remove();
+        for (const view of views.values()) if (view !== shown) view.list.remove();
         const room = store.state.current;
         const old = shown;
         views.clear();
         shown = null;
         show(room);
-        if (old && old.ol !== dom.list) old.ol.remove();
+        if (old && old.list !== dom.list) old.list.remove();
         break;
       }
       case "room":
@@ -664,7 +675,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
       case "rooms":
         for (const [name, view] of views) {
           if (store.room(name)) continue;
-          view.ol.remove();
+          view.list.remove();
           views.delete(name);
         }
         break;
@@ -679,7 +690,7 @@ export function createMessageList({ store, dom, isOpen, onWantOlder }) {
 
   function rename(view, id) {
     const sel = `li.msg[data-sender="${CSS.escape(id)}"]`;
-    for (const li of view.ol.querySelectorAll(sel)) senderHeader(li, { sender_id: id });
+    for (const li of view.list.querySelectorAll(sel)) senderHeader(li, { sender_id: id });
   }
 
   function refreshSendState(entry) {

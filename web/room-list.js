@@ -21,7 +21,7 @@ export function createRoomList({ store, dom }) {
       a.append(label);
       li.append(a);
       frag.append(li);
-      const item = { li, a, badge: null };
+      const item = { li, a, badge: null, refused: null };
       items.set(r.name, item);
       update(r.name);
     }
@@ -29,11 +29,24 @@ export function createRoomList({ store, dom }) {
     total();
   }
 
-  /** The badge and the "current" mark of one room. */
+  /** The badge, the "current" mark and the "refused" mark of one room. */
   function update(name) {
     const item = items.get(name);
     const r = store.room(name);
     if (!item || !r) return;
+    // The full name (a long one is cut with an ellipsis), and why the server refused it.
+    const title = r.error === null ? `#${r.name}` : `#${r.name}: refused, ${r.error}`;
+    if (item.a.title !== title) item.a.title = title;
+    item.a.classList.toggle("refused", r.error !== null);
+    if (r.error === null) {
+      item.refused?.remove();
+      item.refused = null;
+    } else if (!item.refused) {
+      item.refused = document.createElement("span");
+      item.refused.className = "room-refused";
+      item.refused.textContent = "refused";
+      item.a.append(item.refused);
+    }
     const isCurrent = name === store.state.current;
     if (isCurrent) item.a.setAttribute("aria-current", "page");
     else item.a.removeAttribute("aria-current");

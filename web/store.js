@@ -7,7 +7,7 @@
 // Events (`{type, ...}`):
 //   rooms                      the room list changed (joined, left)
 //   current    {prev, room}    another room is shown
-//   room       {room}          a room's unread count or loading state changed
+//   room       {room}          a room's unread count, loading state or refusal changed
 //   messages   {room, added}   stored messages were added (sorted by seq; any position)
 //   changed    {room, msg}     a held message was edited or deleted (same seq)
 //   outbox     {room}          the room's unconfirmed messages changed
@@ -15,10 +15,11 @@
 //   presence   {room}          who is online in a room changed
 //   typing     {room}          who is typing in a room changed
 //   connection                 the connection state changed
+//   limits                     the server said what it accepts (content and id bytes)
 //   identity                   the own user id changed (signed in as someone else)
 
 import { KEYS } from "./persist.js";
-import { shortId } from "./format.js";
+import { MAX_CONTENT_BYTES, MAX_ID_BYTES, shortId } from "./format.js";
 
 /** Names kept across visits (the most recent ones). */
 const NAMES_KEPT = 500;
@@ -43,6 +44,8 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     outbox: validOutbox(persist.get(KEYS.outbox, [])),
     names: new Map(Object.entries(persist.get(KEYS.names, {}) || {})),
     connection: { state: "connecting", text: "Connecting…" },
+    /** What the server accepts, in UTF-8 bytes: its defaults until it says (setLimits). */
+    limits: { content: MAX_CONTENT_BYTES, id: MAX_ID_BYTES },
   };
   state.names.set(userId, userName);
   const me = () => state.userId;
@@ -93,7 +96,7 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
       online: null, // Set of user ids from the last presence snapshot; null = not known yet
       typing: new Set(), // user ids typing now
       revision: null, // highest edit revision known (docs/protocol.md, catching up); null = none yet
-      error: null, // why the server refused to let us in, shown instead of the messages
+      error: null, // why the server refused to let us in (shown instead of the messages); not joined again
     };
   }
 
@@ -161,6 +164,19 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
         }
       }
       if (changed) emit({ type: "room", room: name });
+    },
+
+    /**
+     * The server refused the room for good (`reason`), or it is to be tried
+     * again (null). A refused room stays in the list, marked, but leaves the
+     * stored list: another visit or tab does not ask for it again.
+     */
+    setRefused(name, reason) {
+      const r = state.rooms.get(name);
+      if (!r || r.error === reason) return;
+      r.error = reason;
+      saveRooms(reason === null ? { add: name } : { remove: name });
+      emit({ type: "room", room: name });
     },
 
     /** Counts messages of others that arrived in a room not shown. */
@@ -413,6 +429,15 @@ export function createStore({ persist, userId, userName, setTimer = setTimeout, 
     },
 
     // ---------- connection ----------
+
+    /** The server's `limits` answer; a missing or nonsensical value keeps the one known. */
+    setLimits(l) {
+      const pick = (v, known) => (Number.isSafeInteger(v) && v > 0 ? v : known);
+      const next = { content: pick(l && l.max_content_bytes, state.limits.content), id: pick(l && l.max_id_bytes, state.limits.id) };
+      if (next.content === state.limits.content && next.id === state.limits.id) return;
+      state.limits = next;
+      emit({ type: "limits" });
+    },
 
     /** Connection state ("connecting", "connected", "reconnecting", "offline") and its text. */
     setConnection(s, text) {

@@ -26,6 +26,7 @@ test("room names are limited to 128 bytes, not characters", () => {
   assert.equal(roomProblem("é".repeat(64)), null);
   assert.match(roomProblem("é".repeat(100)), /at most 128 bytes; this one is 200/);
   assert.match(roomProblem(""), /Type a room name/);
+  assert.match(roomProblem("abcdef", 5), /at most 5 bytes; this one is 6/);
 });
 
 test("relative times read naturally and fall back to the date", () => {

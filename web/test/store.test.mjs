@@ -217,3 +217,16 @@ test("when storage refuses a write, the outbox lives on in memory", () => {
   store.queue("r", "two", "id2");
   assert.deepEqual(store.state.outbox.map((o) => o.id), ["id1", "id2"]);
 });
+
+test("the server's limits replace the defaults; a missing or bad value keeps the one known", () => {
+  const { store, events } = setup();
+  assert.deepEqual(store.state.limits, { content: 4096, id: 128 });
+  store.setLimits({ max_content_bytes: 100, max_id_bytes: 128, max_rooms_per_stream: 3 });
+  assert.deepEqual(store.state.limits, { content: 100, id: 128 });
+  assert.deepEqual(events, [{ type: "limits" }]);
+  store.setLimits({ max_content_bytes: 100 });
+  store.setLimits({ max_content_bytes: "200", max_id_bytes: -1 });
+  store.setLimits(undefined);
+  assert.deepEqual(store.state.limits, { content: 100, id: 128 });
+  assert.equal(events.length, 1, "nothing changed, nothing announced");
+});
