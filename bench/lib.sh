@@ -4,11 +4,14 @@
 # Waits until FILE has a line matching PATTERN (the process at PID must stay
 # alive) and prints the first address (host:port) found on that line.
 await_address() {
-  local file=$1 pattern=$2 pid=$3 line
+  local file=$1 pattern=$2 pid=$3 address
   for _ in $(seq 1 600); do
-    line=$(grep -m1 -a "$pattern" "$file" 2>/dev/null || true)
-    if [[ -n $line ]]; then
-      grep -oE '([0-9]{1,3}\.){3}[0-9]{1,3}:[0-9]+' <<<"$line" | head -1
+    # The line may be caught half written (an unbuffered stderr writes the
+    # text and the address separately): only a line with its address counts.
+    address=$(grep -m1 -a "$pattern" "$file" 2>/dev/null \
+      | grep -oE '([0-9]{1,3}\.){3}[0-9]{1,3}:[0-9]+' | head -1 || true)
+    if [[ -n $address ]]; then
+      echo "$address"
       return 0
     fi
     kill -0 "$pid" 2>/dev/null || { echo "process died; its log:" >&2; cat "$file" >&2; return 1; }

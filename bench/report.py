@@ -15,7 +15,8 @@ import statistics
 import subprocess
 from collections import defaultdict
 
-SYSTEMS = [("wsgate", "wsgate"), ("node", "Node (handout)"), ("bare", "bare broadcast")]
+SYSTEMS = [("wsgate", "wsgate"), ("node", "Node (handout)"), ("bare", "bare broadcast"),
+           ("cluster", "wsgate, several servers (PostgreSQL + NATS)")]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -41,6 +42,13 @@ ROWS = [
     ("rooms_100x100", "p99 delivery latency, 100 x 100 at 2,000 msgs/s", "delivery_latency.p99_us", "us",
      "<= 2x bare"),
     ("rooms_100x100", "lost deliveries", "lost", "", "0"),
+    ("cross_server", "p50 delivery latency, same server, 10 x 10 at 1,000 msgs/s",
+     "delivery_latency_same_url.p50_us", "us", ""),
+    ("cross_server", "p99 delivery latency, same server", "delivery_latency_same_url.p99_us", "us", ""),
+    ("cross_server", "p50 delivery latency, across servers", "delivery_latency_other_url.p50_us", "us", ""),
+    ("cross_server", "p99 delivery latency, across servers", "delivery_latency_other_url.p99_us", "us",
+     "<= same + 2 ms"),
+    ("cross_server", "lost deliveries", "lost", "", "0"),
     ("connections", "idle connections joined", "joined", "", "19,000"),
     ("connections", "connect failures", "failures", "", "0"),
     ("connections", "WebSocket connects/s", "handshakes_per_sec", "/s", ">= 3x Node, >= 0.7x bare"),
@@ -61,7 +69,11 @@ ROWS = [
 
 
 def system_key(system):
-    # The history benchmark runs wsgate on a database kept between runs.
+    # wsgate on PostgreSQL or on a database kept between runs (history) is
+    # in wsgate's column; wsgate_cluster and wsgate_cross (several servers)
+    # in their own.
+    if system in ("wsgate_cluster", "wsgate_cross"):
+        return "cluster"
     return "wsgate" if system.startswith("wsgate") else system
 
 
@@ -149,17 +161,18 @@ def markdown(meds, runs, info, n_runs):
         f"Machine: {info['cores']} cores ({info['cpu']}), {info['memory_gib']} GiB, Linux {info['kernel']}; "
         f"load generator on the same machine; commit `{info['commit']}`; median of {n_runs} run(s).",
         "",
-        "| benchmark | figure | " + " | ".join(label for _, label in SYSTEMS) + " | wsgate / Node | wsgate / bare | target |",
-        "|---|---|" + "---:|" * len(SYSTEMS) + "---:|---:|---|",
+        "| benchmark | figure | " + " | ".join(label for _, label in SYSTEMS)
+        + " | wsgate / Node | wsgate / bare | several / wsgate | target |",
+        "|---|---|" + "---:|" * len(SYSTEMS) + "---:|---:|---:|---|",
     ]
     for bench, label, path, unit, target in ROWS:
         vals = [dig(meds, f"{bench}") and meds[bench].get(key, {}).get(path) for key, _ in SYSTEMS]
         if all(v is None for v in vals):
             continue
-        w, n, b = vals
+        w, n, b, c = vals
         lines.append(
             f"| {bench} | {label} | " + " | ".join(fmt(v, unit) for v in vals)
-            + f" | {ratio(w, n)} | {ratio(w, b)} | {target} |"
+            + f" | {ratio(w, n)} | {ratio(w, b)} | {ratio(c, w)} | {target} |"
         )
     lines += ["", "Commands (`@WS@`/`@GRPC@`: the address of the system started for the run):", ""]
     seen = set()
@@ -167,6 +180,11 @@ def markdown(meds, runs, info, n_runs):
         if run["bench"] not in seen:
             seen.add(run["bench"])
             lines.append(f"- {run['bench']}: `{run['command']}`")
+    if any(system_key(run["system"]) == "cluster" for run in runs):
+        lines += ["", "Several servers: saturation and rooms_100x100 on three servers (one PostgreSQL schema, the NATS "
+                  "bus) behind two gateways over all three; cross_server on two servers each behind its own gateway, "
+                  "publishers on the first. All processes on this machine: the cost of the bus and the database, "
+                  "not a scaling claim."]
     issues = problems(runs)
     if issues:
         lines += ["", "Runs that failed (left out of the medians) or were not clean:", ""] + [f"- {p}" for p in issues]

@@ -146,7 +146,7 @@ pub async fn run(args: &ConnectionsArgs) -> anyhow::Result<ConnectionsReport> {
     let self_before = rss(me)?;
 
     let spec = Spec {
-        target: Target::resolve(&args.url).await?,
+        targets: vec![Target::resolve(&args.url).await?],
         clients: args.n,
         rooms,
         layout: Layout::RoundRobin,

@@ -17,9 +17,18 @@ use crate::ws::{self, Target};
 #[derive(Args, Clone, Debug, Serialize)]
 #[command(group(ArgGroup::new("load").required(true).args(["rate", "window"])))]
 pub struct FanoutArgs {
-    /// WebSocket URL of the system under test.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/")]
-    pub url: String,
+    /// WebSocket URL of the system under test; repeat it (or separate
+    /// with commas) to spread each room's clients over several gateways:
+    /// the client in slot k of its room connects to URL k mod N. The JSON
+    /// gives them as one comma-separated string.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        num_args = 1,
+        default_value = "ws://127.0.0.1:8080/"
+    )]
+    #[serde(serialize_with = "comma_separated")]
+    pub url: Vec<String>,
     /// Number of rooms.
     #[arg(long, default_value_t = 10)]
     pub rooms: u32,
@@ -95,6 +104,11 @@ pub struct FanoutReport {
     pub delivered_per_sec: f64,
     /// Send to arrival at the other members, messages sent in the window.
     pub delivery_latency: Latency,
+    /// `delivery_latency` of the members on the publisher's URL.
+    pub delivery_latency_same_url: Latency,
+    /// `delivery_latency` of the members on another URL than the
+    /// publisher's (no samples with one URL).
+    pub delivery_latency_other_url: Latency,
     /// Send to the sender's own echo.
     pub confirm_latency: Latency,
     /// Open loop: how late the tool sent after the schedule (its own
@@ -121,7 +135,14 @@ pub struct FanoutReport {
     pub error_samples: Samples,
 }
 
+fn comma_separated<S: serde::Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&urls.join(","))
+}
+
 fn validate(args: &FanoutArgs) -> anyhow::Result<()> {
+    if args.url.is_empty() {
+        bail!("--url is required");
+    }
     if args.rooms == 0 || args.clients == 0 {
         bail!("--rooms and --clients must be at least 1");
     }
@@ -172,8 +193,12 @@ pub(crate) async fn run_labelled(
         (None, Some(w)) => Mode::Window(w),
         (None, None) => bail!("one of --rate or --window is required"),
     };
+    let mut targets = Vec::with_capacity(args.url.len());
+    for url in &args.url {
+        targets.push(Target::resolve(url).await?);
+    }
     let spec = swarm::Spec {
-        target: Target::resolve(&args.url).await?,
+        targets,
         clients: args.rooms * args.clients,
         rooms: args.rooms,
         layout: Layout::Blocks {
@@ -238,6 +263,8 @@ pub(crate) fn report(
         confirmed_per_sec: per_sec(sum(|c| c.confirmed_measured), t.measured_ns),
         delivered_per_sec: per_sec(sum(|c| c.delivered_measured), t.measured_ns),
         delivery_latency: Latency::of(&t.delivery),
+        delivery_latency_same_url: Latency::of(&t.delivery_same_url),
+        delivery_latency_other_url: Latency::of(&t.delivery_other_url),
         confirm_latency: Latency::of(&t.confirm),
         send_lag: Latency::of(&t.send_lag),
         sent,
@@ -312,6 +339,13 @@ impl FanoutReport {
             self.delivered_per_sec,
             self.delivery_latency.line(),
         );
+        if a.url.len() > 1 {
+            s += &format!(
+                "  delivery, same URL as the publisher    {}\n  delivery, other URL than the publisher  {}\n",
+                self.delivery_latency_same_url.line(),
+                self.delivery_latency_other_url.line(),
+            );
+        }
         if self.mode == "open" {
             s += &format!("  send lag (tool)            {}\n", self.send_lag.line());
         }
@@ -351,7 +385,7 @@ pub(crate) mod tests {
 
     fn args() -> FanoutArgs {
         FanoutArgs {
-            url: "ws://127.0.0.1:9/".to_owned(),
+            url: vec!["ws://127.0.0.1:9/".to_owned()],
             rooms: 1,
             clients: 1,
             publishers: 1,
@@ -392,6 +426,8 @@ pub(crate) mod tests {
             drain_secs: 0.0,
             drained: true,
             delivery: new_histogram(),
+            delivery_same_url: new_histogram(),
+            delivery_other_url: new_histogram(),
             confirm,
             send_lag: new_histogram(),
         };
@@ -454,6 +490,8 @@ pub(crate) mod tests {
                 drain_secs: 0.0,
                 drained: false,
                 delivery: new_histogram(),
+                delivery_same_url: new_histogram(),
+                delivery_other_url: new_histogram(),
                 confirm,
                 send_lag: new_histogram(),
             };

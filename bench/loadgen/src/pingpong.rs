@@ -59,7 +59,7 @@ pub async fn run(args: &PingpongArgs) -> anyhow::Result<PingpongReport> {
         bail!("--count must be at least 1 (0 would measure nothing)");
     }
     let fanout = FanoutArgs {
-        url: args.url.clone(),
+        url: vec![args.url.clone()],
         rooms: 1,
         clients: 1,
         publishers: 1,

@@ -75,7 +75,9 @@ pub struct RunPlan {
 /// Everything a swarm needs.
 #[derive(Clone, Debug)]
 pub struct Spec {
-    pub target: Target,
+    /// Where clients connect: the client in slot k of its room to
+    /// `targets[k % len]` (at least one).
+    pub targets: Vec<Target>,
     pub clients: u32,
     pub rooms: u32,
     pub layout: Layout,
@@ -140,7 +142,9 @@ struct Shared {
     times: OnceLock<Times>,
     sent: Sharded,
     received: Sharded,
-    delivery: HistShards,
+    /// Delivery latency to members on the publisher's target `[0]` and on
+    /// another `[1]`.
+    delivery: [HistShards; 2],
     confirm: HistShards,
     lag: HistShards,
 }
@@ -174,7 +178,7 @@ impl Shared {
             times: OnceLock::new(),
             sent: Sharded::default(),
             received: Sharded::default(),
-            delivery: HistShards::default(),
+            delivery: Default::default(),
             confirm: HistShards::default(),
             lag: HistShards::default(),
             spec,
@@ -195,6 +199,11 @@ impl Shared {
 
     fn total_publishers(&self) -> u32 {
         self.publishers_per_room() * self.spec.rooms
+    }
+
+    /// Index in `spec.targets` of the client in `slot` of its room.
+    fn target_of(&self, slot: u32) -> usize {
+        slot as usize % self.spec.targets.len().max(1)
     }
 
     fn user_name(&self, room: u32, slot: u32) -> String {
@@ -263,7 +272,12 @@ pub struct RunTotals {
     pub measured_ns: u64,
     pub drain_secs: f64,
     pub drained: bool,
+    /// Both of the next two.
     pub delivery: hdrhistogram::Histogram<u64>,
+    /// Deliveries to members on the publisher's target.
+    pub delivery_same_url: hdrhistogram::Histogram<u64>,
+    /// Deliveries to members on another target than the publisher's.
+    pub delivery_other_url: hdrhistogram::Histogram<u64>,
     pub confirm: hdrhistogram::Histogram<u64>,
     pub send_lag: hdrhistogram::Histogram<u64>,
 }
@@ -451,12 +465,19 @@ impl Swarm {
         }
         let drain_secs = round3(drain_start.elapsed().as_secs_f64());
         let clients = self.stop().await;
+        let [same, other] = &shared.delivery;
+        let (delivery_same_url, delivery_other_url) = (same.merged(), other.merged());
+        let mut delivery = delivery_same_url.clone();
+        // Same bounds on both sides: adding cannot fail.
+        let _ = delivery.add(&delivery_other_url);
         Ok(RunTotals {
             clients,
             measured_ns,
             drain_secs,
             drained,
-            delivery: shared.delivery.merged(),
+            delivery,
+            delivery_same_url,
+            delivery_other_url,
             confirm: shared.confirm.merged(),
             send_lag: shared.lag.merged(),
         })
@@ -566,7 +587,10 @@ struct Client {
     publisher: Option<Publisher>,
     /// What this client saw of each publisher of its room.
     tracks: Vec<Track>,
-    delivery: LatBuf,
+    /// Index of the target this client is connected to.
+    target: usize,
+    /// As `Shared::delivery`: same target as the publisher, another.
+    delivery: [LatBuf; 2],
     confirm: LatBuf,
     stats: ClientStats,
 }
@@ -591,8 +615,11 @@ async fn client(shared: Arc<Shared>, index: u32, phase: watch::Receiver<Phase>) 
         if *phase.borrow() == Phase::Stop {
             return Err("aborted".to_owned());
         }
+        let Some(target) = shared.spec.targets.get(shared.target_of(slot)) else {
+            return Err("no target".to_owned());
+        };
         let mut ws = ws::connect(
-            &shared.spec.target,
+            target,
             source,
             shared.ws_config,
             shared.spec.connect_timeout,
@@ -647,6 +674,7 @@ impl Client {
             })
         });
         let tracks = vec![Track::default(); shared.publishers_per_room() as usize];
+        let target = shared.target_of(slot);
         Client {
             shared,
             index,
@@ -657,7 +685,8 @@ impl Client {
             probe_retry: FIRST_PROBE_RETRY,
             publisher,
             tracks,
-            delivery: LatBuf::default(),
+            target,
+            delivery: Default::default(),
             confirm: LatBuf::default(),
             stats: ClientStats {
                 connected: true,
@@ -899,7 +928,12 @@ impl Client {
             }
             _ => {
                 if sent_measured {
-                    self.delivery.push(&self.shared.delivery, shard, latency);
+                    let other = self.shared.target_of(m.publisher % per_room) != self.target;
+                    self.delivery[usize::from(other)].push(
+                        &self.shared.delivery[usize::from(other)],
+                        shard,
+                        latency,
+                    );
                 }
             }
         }
@@ -1045,7 +1079,9 @@ impl Client {
 
     fn flush_latencies(&mut self) {
         let shard = self.index as usize;
-        self.delivery.flush(&self.shared.delivery, shard);
+        for (buf, shards) in self.delivery.iter_mut().zip(&self.shared.delivery) {
+            buf.flush(shards, shard);
+        }
         self.confirm.flush(&self.shared.confirm, shard);
         if let Some(p) = self.publisher.as_mut() {
             p.lag.flush(&self.shared.lag, shard);
@@ -1129,7 +1165,7 @@ mod tests {
     /// One room, one client publishing in a closed loop of `window`.
     fn closed_loop(target: Target, window: u32) -> Spec {
         Spec {
-            target,
+            targets: vec![target],
             clients: 1,
             rooms: 1,
             layout: Layout::Blocks { per_room: 1 },

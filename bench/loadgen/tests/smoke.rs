@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Parser as _;
@@ -39,27 +40,7 @@ impl Wsgate {
             server::Config::default(),
             shutdown.clone(),
         ));
-        let pool = wsgate::proto::descriptor_pool();
-        let service = pool
-            .get_service_by_name(wsgate::proto::CHAT_SERVICE)
-            .expect("service");
-        let gateway = Arc::new(proxy::Gateway::from_service(&service, None).expect("gateway"));
-        let ws_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let ws = ws_listener.local_addr().expect("addr");
-        let proxy = tokio::spawn(proxy::run(
-            ws_listener,
-            gateway,
-            // A load generator floods on purpose: the edge limits that protect
-            // a deployment from one client are lifted, as bench/lib.sh does.
-            proxy::Config {
-                max_connections: 1_000_000,
-                max_connections_per_ip: 1_000_000,
-                max_frames_per_second: 1_000_000,
-                frame_burst: 1_000_000,
-                ..proxy::Config::new(format!("http://{grpc}"))
-            },
-            shutdown.clone(),
-        ));
+        let (ws, proxy) = gateway(grpc, &shutdown).await;
         Wsgate {
             grpc,
             ws,
@@ -89,6 +70,65 @@ impl Wsgate {
     }
 }
 
+/// A WebSocket gateway in front of the chat server at `grpc`.
+async fn gateway(
+    grpc: SocketAddr,
+    shutdown: &CancellationToken,
+) -> (SocketAddr, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let pool = wsgate::proto::descriptor_pool();
+    let service = pool
+        .get_service_by_name(wsgate::proto::CHAT_SERVICE)
+        .expect("service");
+    let gateway = Arc::new(proxy::Gateway::from_service(&service, None).expect("gateway"));
+    let ws_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ws = ws_listener.local_addr().expect("addr");
+    let task = tokio::spawn(proxy::run(
+        ws_listener,
+        gateway,
+        // A load generator floods on purpose: the edge limits that protect
+        // a deployment from one client are lifted, as bench/lib.sh does.
+        proxy::Config {
+            max_connections: 1_000_000,
+            max_connections_per_ip: 1_000_000,
+            max_frames_per_second: 1_000_000,
+            frame_burst: 1_000_000,
+            ..proxy::Config::new(format!("http://{grpc}"))
+        },
+        shutdown.clone(),
+    ));
+    (ws, task)
+}
+
+/// A TCP relay to `to` that counts the connections it accepted.
+async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Runs the fanout of command line `line`; it must be ok and clean.
+async fn clean_fanout(line: &str) -> fanout::FanoutReport {
+    let Command::Fanout(args) = command(line) else {
+        panic!("not a fanout: {line}")
+    };
+    let r = fanout::run(&args).await.expect("fanout runs");
+    eprintln!("{}", r.summary());
+    assert!(r.ok && r.clean, "{r:#?}");
+    r
+}
+
 /// Parses a command line exactly as the binary does.
 fn command(line: &str) -> Command {
     Cli::try_parse_from(std::iter::once("wsgate-bench").chain(line.split_whitespace()))
@@ -99,16 +139,12 @@ fn command(line: &str) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_closed_loop_delivers_every_message_to_every_member() {
     let w = Wsgate::start().await;
-    let Command::Fanout(args) = command(&format!(
+    let r = clean_fanout(&format!(
         "fanout --url {} --rooms 2 --clients 3 --publishers 1 --window 4 --size 64 \
          --warmup 0.2 --duration 1",
         w.url()
-    )) else {
-        unreachable!()
-    };
-    let r = fanout::run(&args).await.expect("fanout runs");
-    eprintln!("{}", r.summary());
-    assert!(r.ok && r.clean, "{r:#?}");
+    ))
+    .await;
     assert_eq!(r.setup.connected, 6);
     assert_eq!(r.setup.members_confirmed, 6);
     assert!(r.sent > 0 && r.sent_measured > 0);
@@ -124,6 +160,8 @@ async fn fanout_closed_loop_delivers_every_message_to_every_member() {
     // Two other members per message; the sender's echo is the confirmation.
     assert_eq!(r.confirm_latency.count, r.sent_measured);
     assert_eq!(r.delivery_latency.count, 2 * r.sent_measured);
+    assert_eq!(r.delivery_latency_same_url.count, 2 * r.sent_measured);
+    assert_eq!(r.delivery_latency_other_url.count, 0, "one URL");
     assert!(r.confirm_latency.p50_us > 0.0);
     assert_eq!(r.send_lag.count, 0, "closed loop has no schedule");
     // The JSON line holds the figures.
@@ -131,21 +169,50 @@ async fn fanout_closed_loop_delivers_every_message_to_every_member() {
         serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
     assert_eq!(json["lost"], 0);
     assert_eq!(json["scenario"], "fanout");
+    assert_eq!(json["run"]["url"], w.url(), "one URL: a string, as before");
+    w.stop().await;
+}
+
+/// Two gateways in front of one server; the second behind a relay that
+/// counts who connects to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_over_two_urls_spreads_each_room_and_splits_the_latency() {
+    let mut w = Wsgate::start().await;
+    let (second, task) = gateway(w.grpc, &w.shutdown).await;
+    w.tasks.push(task);
+    let (relay, accepted) = counting_relay(second).await;
+    let r = clean_fanout(&format!(
+        "fanout --url {} --url ws://{relay}/ --rooms 2 --clients 3 --publishers 1 --window 4 \
+         --warmup 0.2 --duration 1",
+        w.url()
+    ))
+    .await;
+    // Slots 0 and 2 of each room on the first URL, slot 1 on the second.
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one client per room on URL 2"
+    );
+    // The publisher (slot 0) is on the first URL: slot 2 is on its URL,
+    // slot 1 is not.
+    assert_eq!(r.delivery_latency_same_url.count, r.sent_measured);
+    assert_eq!(r.delivery_latency_other_url.count, r.sent_measured);
+    assert_eq!(r.delivery_latency.count, 2 * r.sent_measured);
+    let json: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
+    assert_eq!(json["run"]["url"], format!("{},ws://{relay}/", w.url()));
+    assert_eq!(json["delivery_latency_other_url"]["count"], r.sent_measured);
     w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_open_loop_keeps_its_schedule() {
     let w = Wsgate::start().await;
-    let Command::Fanout(args) = command(&format!(
+    let r = clean_fanout(&format!(
         "fanout --url {} --rooms 2 --clients 2 --publishers 2 --rate 400 --warmup 0.2 --duration 1",
         w.url()
-    )) else {
-        unreachable!()
-    };
-    let r = fanout::run(&args).await.expect("fanout runs");
-    eprintln!("{}", r.summary());
-    assert!(r.ok && r.clean, "{r:#?}");
+    ))
+    .await;
     assert_eq!(r.received, r.expected);
     assert_eq!(r.expected, r.sent * 2);
     // 400/s offered over 1 s (schedule with random phases: +-1 per publisher).
