@@ -22,6 +22,12 @@
 //! copies only the last frames, and its next transaction starts the WAL over.
 //! That costs the writer a pause (two fsyncs) ten times less often than
 //! SQLite's automatic checkpoint would.
+//!
+//! The writer skips its checkpoint while the thread's is running, and on a
+//! loaded machine the thread can be descheduled for many commits; so past
+//! [`WAL_HARD_FACTOR`] times the threshold the writer waits for the thread's
+//! checkpoint to end and then runs its own. That bounds the WAL (and the
+//! disk it takes) whatever the scheduler does.
 
 use std::ffi::c_int;
 use std::path::Path;
@@ -38,6 +44,10 @@ use super::StoreError;
 /// writer checkpoints itself (see the module documentation).
 const WAL_LIMIT_FACTOR: u32 = 10;
 
+/// The WAL size, as a multiple of the checkpoint threshold, at which the
+/// writer waits for a running checkpoint rather than skip its own.
+pub(super) const WAL_HARD_FACTOR: u32 = 2 * WAL_LIMIT_FACTOR;
+
 /// Installs the writer connection's WAL hook: asks the thread for a
 /// checkpoint once the WAL holds `threshold` pages, and checkpoints on the
 /// writer itself past [`WAL_LIMIT_FACTOR`] times that. Replaces SQLite's
@@ -49,14 +59,15 @@ pub(super) fn hook_writer(
 ) -> rusqlite::Result<()> {
     let threshold = threshold.max(1);
     let limit = threshold.saturating_mul(WAL_LIMIT_FACTOR);
+    let hard_limit = threshold.saturating_mul(WAL_HARD_FACTOR);
     let signal = checkpointer.signal();
     writer.wal_hook(Some(move |wal: &mut Wal, pages: c_int| {
         let pages = u32::try_from(pages).unwrap_or(0);
         if pages >= limit {
             // Only while the thread is idle, which it then stays until
             // released, so this checkpoint is not refused as busy; if it is
-            // running, the next commit tries again.
-            if signal.try_hold() {
+            // running, the next commit tries again, up to the hard limit.
+            if signal.try_hold(pages >= hard_limit) {
                 if let Err(e) = wal.checkpoint_v2(CheckpointMode::PASSIVE) {
                     tracing::warn!("WAL checkpoint on the writer failed: {e}");
                 }
@@ -111,12 +122,20 @@ impl Signal {
         }
     }
 
-    /// If no checkpoint is running, keeps the thread from starting one and
-    /// returns true: the caller checkpoints, then calls [`Signal::release`].
-    fn try_hold(&self) -> bool {
+    /// If no checkpoint is running (or, with `wait`, once the running one
+    /// has ended), keeps the thread from starting one and returns true: the
+    /// caller checkpoints, then calls [`Signal::release`].
+    fn try_hold(&self, wait: bool) -> bool {
         let mut state = self.shared.lock();
-        if state.running {
-            return false;
+        while state.running {
+            if !wait {
+                return false;
+            }
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         state.held = true;
         true
