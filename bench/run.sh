@@ -335,14 +335,14 @@ fi
 
 # The web client in headless Chromium (bench/client.mjs): its own figures,
 # printed and kept in $OUT/client.json; BENCHMARKS.md's client section is
-# written by hand from them. Needs Chromium and e2e/'s packages
-# (scripts/e2e.sh installs both).
+# written by hand from them. Needs Chromium and e2e/'s packages, which
+# scripts/browser-deps.sh installs if missing.
 if wanted client; then
   log "client (web client in headless Chromium)"
   client_args=()
   [[ $MODE == smoke ]] && client_args=(--smoke)
-  if [[ ! -d e2e/node_modules ]]; then
-    FAILED+=("client: e2e/node_modules missing (run scripts/e2e.sh once, or: cd e2e && npm ci)")
+  if ! scripts/browser-deps.sh >&2; then
+    FAILED+=("client: Chromium or e2e/'s npm packages could not be installed (scripts/browser-deps.sh, above)")
   elif ! WSGATE_BIN="$BIN/wsgate" node bench/client.mjs "${client_args[@]}" > "$OUT/client.json"; then
     FAILED+=("client: bench/client.mjs failed (its output is above)")
   else

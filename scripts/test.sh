@@ -13,7 +13,8 @@
 #     PostgreSQL restart, a PostgreSQL cluster of its own (initdb, pg_ctl);
 #     it fails saying so if either program is missing;
 #  4. browser end-to-end tests of the web client in headless Chromium
-#     (scripts/e2e.sh installs Chromium and the npm packages if missing).
+#     (scripts/e2e.sh installs Chromium and the npm packages if missing,
+#     with scripts/browser-deps.sh).
 # Usage: scripts/test.sh [extra cargo test args]
 #        scripts/test.sh -h|--help   prints this and exits
 set -euo pipefail
