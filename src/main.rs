@@ -541,20 +541,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Crates whose trace level logs whole frames: tungstenite prints every
 /// WebSocket message received, which carries tokens (`auth` frames) and
-/// people's messages. Capped whatever RUST_LOG says: no log, at any level,
-/// holds a token.
-const NEVER_TRACED: &[&str] = &["tungstenite=debug", "tokio_tungstenite=debug"];
+/// people's messages. Capped at debug whatever RUST_LOG says (no log, at
+/// any level, holds a token), and never raised: at the default `info` they
+/// log nothing (their debug lines are every close handshake).
+const NEVER_TRACED: &[&str] = &["tungstenite", "tokio_tungstenite"];
 
 fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    for directive in NEVER_TRACED {
-        if let Ok(directive) = directive.parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    // RUST_LOG unset or empty: `info` (an empty filter would log nothing
+    // at all, not even errors); not understood: `info`, and a warning.
+    let given = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty());
+    let (wanted, refused) = match given.map(tracing_subscriber::EnvFilter::try_new) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
+        None => (tracing_subscriber::EnvFilter::new("info"), None),
+    };
+    // A second filter that every event must also pass: a directive added to
+    // the EnvFilter would set these crates' level, raising it above `info`.
+    let cap = NEVER_TRACED.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |cap, target| cap.with_target(*target, LevelFilter::DEBUG),
+    );
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours for a terminal, plain text for a log file or a pipe.
         .with_ansi(std::io::stderr().is_terminal())
@@ -564,7 +578,11 @@ fn init_logging() {
         // eprintln!, which panics on that same dead stderr, in whatever
         // task logged (a session at connect, the shutdown on SIGTERM).
         .log_internal_errors(false)
-        .init();
+        .with_filter(wanted.and(cap));
+    tracing_subscriber::registry().with(log).init();
+    if let Some(e) = refused {
+        tracing::warn!("RUST_LOG not understood ({e}): logging at info");
+    }
 }
 
 async fn run_all(args: AllArgs) -> anyhow::Result<()> {

@@ -175,6 +175,55 @@ async fn a_dead_log_pipe_stops_neither_chat_nor_a_graceful_shutdown() {
     assert!(status.success(), "{status}");
 }
 
+/// What `wsgate` logs of one chat (a message said, then a close
+/// handshake) at the level RUST_LOG gives.
+async fn log_of_one_chat(rust_log: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = wsgate();
+    command
+        .env("RUST_LOG", rust_log)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--db",
+        ])
+        .arg(dir.path().join("chat.db"));
+    let all = spawn_listening(command, "WebSocket gateway listening");
+    let mut ws = Ws::connect(&format!("ws://{}/", all.addr)).await;
+    let echo = ws.say("r", "u", "m1", "hello").await;
+    assert_eq!(echo["seq"], "1");
+    // The gateway has logged the close frame before it answered it.
+    ws.hang_up().await;
+    all.kill_and_read_log()
+}
+
+/// The WebSocket library's levels are capped, not raised: at `info` it logs
+/// nothing (it logs every close handshake at debug, which the cap once set
+/// it to), and at `trace` no more than debug (its trace lines hold whole
+/// frames: tokens and messages).
+#[tokio::test]
+async fn the_websocket_library_logs_at_most_debug_and_nothing_at_info() {
+    let from_library = |log: &[String], level: &str| {
+        log.iter()
+            .filter(|line| line.contains("tungstenite") && line.contains(level))
+            .count()
+    };
+    let info = log_of_one_chat("info").await;
+    assert!(
+        info.iter().any(|line| line.contains("disconnect")),
+        "{info:#?}"
+    );
+    assert!(
+        info.iter().all(|line| !line.contains("tungstenite")),
+        "{info:#?}"
+    );
+    let trace = log_of_one_chat("trace").await;
+    assert!(from_library(&trace, " DEBUG ") > 0, "{trace:#?}");
+    assert_eq!(from_library(&trace, " TRACE "), 0, "{trace:#?}");
+}
+
 #[test]
 fn listen_addresses_that_are_not_host_and_port_are_refused() {
     let dir = tempfile::tempdir().unwrap();
