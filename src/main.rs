@@ -547,8 +547,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 const NEVER_TRACED: &[&str] = &["tungstenite", "tokio_tungstenite"];
 
 fn init_logging() {
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::filter::{FilterExt as _, LevelFilter, Targets};
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -562,12 +561,20 @@ fn init_logging() {
         Some(Err(e)) => (tracing_subscriber::EnvFilter::new("info"), Some(e)),
         None => (tracing_subscriber::EnvFilter::new("info"), None),
     };
-    // A second filter that every event must also pass: a directive added to
-    // the EnvFilter would set these crates' level, raising it above `info`.
-    let cap = NEVER_TRACED.iter().fold(
-        Targets::new().with_default(LevelFilter::TRACE),
-        |cap, target| cap.with_target(*target, LevelFilter::DEBUG),
-    );
+    // A second global filter that every event must also pass: a directive
+    // added to the EnvFilter would set these crates' level, raising it
+    // above `info`. Its default is the EnvFilter's most verbose level: the
+    // stack's is the most verbose of its layers', and the `log` crate's
+    // records (tungstenite's, one per frame at trace) are made and filtered
+    // one by one whenever it reaches their level. (Global filters, not a
+    // per-layer one: that would cost a lookup on every entry into a span,
+    // and a session's span is entered on every poll.)
+    let most = wanted.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let cap = NEVER_TRACED
+        .iter()
+        .fold(Targets::new().with_default(most), |cap, target| {
+            cap.with_target(*target, most.min(LevelFilter::DEBUG))
+        });
     let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours for a terminal, plain text for a log file or a pipe.
@@ -577,9 +584,12 @@ fn init_logging() {
         // else: by default tracing-subscriber reports the failed write with
         // eprintln!, which panics on that same dead stderr, in whatever
         // task logged (a session at connect, the shutdown on SIGTERM).
-        .log_internal_errors(false)
-        .with_filter(wanted.and(cap));
-    tracing_subscriber::registry().with(log).init();
+        .log_internal_errors(false);
+    tracing_subscriber::registry()
+        .with(wanted)
+        .with(cap)
+        .with(log)
+        .init();
     if let Some(e) = refused {
         tracing::warn!("RUST_LOG not understood ({e}): logging at info");
     }
