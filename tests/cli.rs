@@ -93,6 +93,22 @@ fn an_upstream_other_than_http_or_https_is_refused_before_anything_starts() {
     }
 }
 
+/// `wsgate` (gateway and chat server in one process) on ephemeral loopback
+/// ports, with its database in `dir`.
+fn all_on_loopback(dir: &tempfile::TempDir) -> Command {
+    let mut command = wsgate();
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--db",
+        ])
+        .arg(dir.path().join("chat.db"));
+    command
+}
+
 #[tokio::test]
 async fn listen_addresses_may_be_host_names() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,16 +147,8 @@ async fn listen_addresses_may_be_host_names() {
 #[tokio::test]
 async fn a_dead_log_pipe_stops_neither_chat_nor_a_graceful_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = wsgate();
+    let mut command = all_on_loopback(&dir);
     command
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--db",
-        ])
-        .arg(dir.path().join("chat.db"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -179,17 +187,8 @@ async fn a_dead_log_pipe_stops_neither_chat_nor_a_graceful_shutdown() {
 /// handshake) at the level RUST_LOG gives.
 async fn log_of_one_chat(rust_log: &str) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = wsgate();
-    command
-        .env("RUST_LOG", rust_log)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--db",
-        ])
-        .arg(dir.path().join("chat.db"));
+    let mut command = all_on_loopback(&dir);
+    command.env("RUST_LOG", rust_log);
     let all = spawn_listening(command, "WebSocket gateway listening");
     let mut ws = Ws::connect(&format!("ws://{}/", all.addr)).await;
     let echo = ws.say("r", "u", "m1", "hello").await;
